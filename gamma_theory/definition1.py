@@ -1,0 +1,152 @@
+r"""Definition 1 of the paper, the gamma-optimization principle, as a pure function of a trace.
+
+For every step ``k`` the principle asks, for one ``gamma > 0`` shared by all steps,
+
+.. math::
+    \langle \theta_k - \theta^*, U_k \rangle - \tfrac{\eta}{2}\|U_k\|^2
+    \;\ge\; \gamma\,\|\theta_0 - \theta^*\|^2\,\bigl(\ell(\theta_k; z_k) - \ell(\theta^*; z_k)\bigr).
+
+With ``num_k = inner_k - eta/2 * update_sq_k`` and ``gap_k = loss_k - loss_star_k`` each step
+gives one constraint on gamma:
+
+* ``gap_k > 0``: an upper bound ``gamma <= num_k / (dist0_sq * gap_k)`` (the per-step gamma the
+  paper plots);
+* ``gap_k < 0``: a lower bound ``gamma >= num_k / (dist0_sq * gap_k)`` (dividing flips the sign);
+* ``gap_k == 0``: every gamma works iff ``num_k >= 0``, none otherwise.
+
+The path obeys the principle iff ``{gamma > 0} ∩ [max lower, +inf) ∩ (-inf, min upper]`` is not
+empty and no zero-gap step has ``num_k < 0``. Nothing is smoothed or dropped: every step counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .trace import Trace
+
+
+@dataclass(frozen=True)
+class StepBounds:
+    """Per-step pieces of inequality (2); arrays have one entry per step."""
+
+    num: np.ndarray  #: ``inner - lr/2 * update_sq``
+    gap: np.ndarray  #: ``loss - loss_star``
+    bound: np.ndarray  #: ``num / (dist0_sq * gap)``; NaN where ``gap == 0``
+    is_upper: np.ndarray  #: ``gap > 0``
+    is_lower: np.ndarray  #: ``gap < 0``
+    is_zero: np.ndarray  #: ``gap == 0``
+
+
+def step_bounds(trace: Trace) -> StepBounds:
+    """The constraint each step puts on gamma (see the module docstring)."""
+    num = trace.inner - 0.5 * trace.lr * trace.update_sq
+    gap = trace.loss - trace.loss_star
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bound = np.where(gap != 0, num / (trace.dist0_sq * gap), np.nan)
+    return StepBounds(num=num, gap=gap, bound=bound, is_upper=gap > 0, is_lower=gap < 0, is_zero=gap == 0)
+
+
+@dataclass(frozen=True)
+class Definition1Result:
+    """The verdict of Definition 1 on one path.
+
+    ``gamma_low``/``gamma_high`` bound the feasible set ``[max(lower bounds), min(upper bounds)]``
+    intersected with ``gamma > 0``; ``gamma_max`` is its largest element (``inf`` when no step
+    bounds gamma from above), ``None`` when the set is empty.
+    """
+
+    holds: bool
+    gamma_low: float  #: max(0, largest lower bound); the set is open at 0
+    gamma_high: float  #: smallest upper bound (inf if none)
+    gamma_max: float | None
+    n_steps: int
+    n_upper: int
+    n_lower: int
+    n_zero: int
+    share_positive: float  #: share of upper-bound steps (gap > 0) whose bound is > 0
+    own_infeasible_steps: np.ndarray  #: steps no gamma > 0 can satisfy on their own
+    conflicting_steps: np.ndarray  #: steps whose lower bound exceeds another step's upper bound
+    per_step_gamma: np.ndarray  #: ``bound`` for every step (NaN where gap == 0)
+
+    @property
+    def violating_steps(self) -> np.ndarray:
+        """Steps that break the principle: infeasible on their own, or in conflict."""
+        return np.union1d(self.own_infeasible_steps, self.conflicting_steps)
+
+    def to_dict(self, max_steps: int = 50) -> dict:
+        """A JSON-ready summary; step lists are cut to ``max_steps`` entries (counts are exact)."""
+        viol = self.violating_steps
+        pos = self.per_step_gamma[np.isfinite(self.per_step_gamma) & (self.per_step_gamma > 0)]
+        return {
+            "holds": bool(self.holds),
+            "feasible_set": None if not self.holds else [_num(self.gamma_low), _num(self.gamma_high)],
+            "gamma_low": _num(self.gamma_low),
+            "gamma_high": _num(self.gamma_high),
+            "gamma_max": None if self.gamma_max is None else _num(self.gamma_max),
+            "n_steps": self.n_steps,
+            "n_upper": self.n_upper,
+            "n_lower": self.n_lower,
+            "n_zero": self.n_zero,
+            "share_positive": float(self.share_positive),
+            "median_positive_gamma": float(np.median(pos)) if pos.size else None,
+            "n_violating": int(viol.size),
+            "violating_steps": [int(s) for s in viol[:max_steps]],
+            "n_own_infeasible": int(self.own_infeasible_steps.size),
+            "n_conflicting": int(self.conflicting_steps.size),
+        }
+
+
+def _num(x: float) -> float | str:
+    """JSON has no infinity: write it as the string 'inf'."""
+    return "inf" if np.isposinf(x) else ("-inf" if np.isneginf(x) else float(x))
+
+
+def definition_1(trace: Trace) -> Definition1Result:
+    """Check inequality (2) of the paper on every step of ``trace``.
+
+    >>> import numpy as np
+    >>> t = Trace(loss=[1.0, 0.5], loss_star=[0.0, 0.0], inner=[2.0, 1.0], update_sq=[1.0, 1.0],
+    ...           dist_sq=[4.0, 2.2], lr=0.1, dist0_sq=4.0)
+    >>> r = definition_1(t)
+    >>> r.holds, round(r.gamma_max, 4)
+    (True, 0.475)
+    """
+    b = step_bounds(trace)
+    steps = trace.step
+    upper = b.bound[b.is_upper]
+    lower = b.bound[b.is_lower]
+    gamma_high = float(upper.min()) if upper.size else np.inf
+    max_lower = float(lower.max()) if lower.size else -np.inf
+    gamma_low = max(0.0, max_lower)
+
+    own_bad = (b.is_upper & (b.num <= 0)) | (b.is_zero & (b.num < 0))
+    holds = (not own_bad.any()) and gamma_high > 0 and gamma_high >= max_lower
+    conflicting = np.zeros(len(trace), dtype=bool)
+    if not own_bad.any() and not holds:
+        # Every step is satisfiable alone, but some lower bound exceeds some upper bound.
+        positive_upper = b.is_upper & (b.bound > 0)
+        min_upper = b.bound[positive_upper].min() if positive_upper.any() else np.inf
+        conflicting = (b.is_lower & (b.bound > min_upper)) | (positive_upper & (b.bound < max_lower))
+    share_positive = float(np.mean(upper > 0)) if upper.size else 1.0
+    return Definition1Result(
+        holds=bool(holds),
+        gamma_low=gamma_low,
+        gamma_high=gamma_high,
+        gamma_max=gamma_high if holds else None,
+        n_steps=len(trace),
+        n_upper=int(b.is_upper.sum()),
+        n_lower=int(b.is_lower.sum()),
+        n_zero=int(b.is_zero.sum()),
+        share_positive=share_positive,
+        own_infeasible_steps=steps[own_bad],
+        conflicting_steps=steps[conflicting],
+        per_step_gamma=b.bound,
+    )
+
+
+def violations_at(trace: Trace, gamma: float) -> np.ndarray:
+    """Steps at which inequality (2) fails for this particular ``gamma``."""
+    b = step_bounds(trace)
+    return trace.step[b.num < gamma * trace.dist0_sq * b.gap]

@@ -1,0 +1,215 @@
+"""The trace: what a path records, step by step, for the checkers to judge.
+
+A trace of a path ``theta_0, ..., theta_K`` of ``theta_{k+1} = theta_k - lr * U_k`` holds,
+for every step ``k`` on the mini-batch ``z_k`` that step used:
+
+==========  ==============================================
+column      meaning
+==========  ==============================================
+loss        ``l(theta_k; z_k)``
+loss_star   ``l(theta*; z_k)`` (same batch, same mode)
+inner       ``<theta_k - theta*, U_k>``
+update_sq   ``||U_k||^2``
+dist_sq     ``||theta_k - theta*||^2``
+step        ``k`` (int)
+epoch       the epoch the step belongs to (int)
+==========  ==============================================
+
+and the scalars ``lr`` (the constant base learning rate ``eta``) and
+``dist0_sq = ||theta_0 - theta*||^2``. On disk a trace is ``NAME.npz`` (columns and
+scalars) with an optional sidecar ``NAME.json`` of metadata (config, seeds, versions,
+hardware, timings). Loading validates the schema and says what is wrong with which file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FLOAT_COLUMNS = ("loss", "loss_star", "inner", "update_sq", "dist_sq")
+INT_COLUMNS = ("step", "epoch")
+SCALARS = ("lr", "dist0_sq")
+#: columns whose values are squared norms and so can never be negative
+SQUARE_COLUMNS = ("update_sq", "dist_sq")
+
+
+class TraceError(ValueError):
+    """A trace that breaks the schema; the message names the file and the problem."""
+
+
+@dataclass
+class Trace:
+    """Columns of one recorded path plus the scalars ``lr`` and ``dist0_sq``."""
+
+    loss: np.ndarray
+    loss_star: np.ndarray
+    inner: np.ndarray
+    update_sq: np.ndarray
+    dist_sq: np.ndarray
+    lr: float
+    dist0_sq: float
+    step: np.ndarray | None = None
+    epoch: np.ndarray | None = None
+    #: optional, one value per epoch: the largest per-sample gap l(theta_k; z_i) - l(theta*; z_i)
+    #: over the samples z_i of that epoch (for Theorem 1 item 2 per sample)
+    sample_gap_max: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in FLOAT_COLUMNS:
+            setattr(self, name, np.asarray(getattr(self, name), dtype=np.float64).reshape(-1))
+        n = len(self.loss)
+        if self.step is None:
+            self.step = np.arange(n, dtype=np.int64)
+        if self.epoch is None:
+            self.epoch = np.zeros(n, dtype=np.int64)
+        self.step = np.asarray(self.step, dtype=np.int64).reshape(-1)
+        self.epoch = np.asarray(self.epoch, dtype=np.int64).reshape(-1)
+        if self.sample_gap_max is not None:
+            self.sample_gap_max = np.asarray(self.sample_gap_max, dtype=np.float64).reshape(-1)
+        self.lr = float(self.lr)
+        self.dist0_sq = float(self.dist0_sq)
+
+    def __len__(self) -> int:
+        return len(self.loss)
+
+    @property
+    def gap(self) -> np.ndarray:
+        """``loss_k - loss_star_k``, the loss gap on the step's own batch."""
+        return self.loss - self.loss_star
+
+    def validate(self, where: str = "trace") -> "Trace":
+        """Raise :class:`TraceError` naming ``where`` if the trace breaks the schema."""
+        n = len(self.loss)
+        if n == 0:
+            raise TraceError(f"{where}: the trace has no steps")
+        for name in FLOAT_COLUMNS + INT_COLUMNS:
+            col = getattr(self, name)
+            if len(col) != n:
+                raise TraceError(
+                    f"{where}: column '{name}' has {len(col)} rows but 'loss' has {n}; "
+                    "all columns must have one row per step"
+                )
+        for name in FLOAT_COLUMNS:
+            col = getattr(self, name)
+            bad = np.flatnonzero(~np.isfinite(col))
+            if bad.size:
+                raise TraceError(
+                    f"{where}: column '{name}' is not finite at {bad.size} step(s), first at "
+                    f"row {bad[0]} (value {col[bad[0]]}); a diverged run cannot be judged"
+                )
+        if self.sample_gap_max is not None and not np.isfinite(self.sample_gap_max).all():
+            raise TraceError(f"{where}: 'sample_gap_max' is not finite")
+        for name in SQUARE_COLUMNS:
+            col = getattr(self, name)
+            bad = np.flatnonzero(col < 0)
+            if bad.size:
+                raise TraceError(
+                    f"{where}: column '{name}' is a squared norm but is negative at row "
+                    f"{bad[0]} ({col[bad[0]]})"
+                )
+        if not (np.isfinite(self.lr) and self.lr > 0):
+            raise TraceError(f"{where}: scalar 'lr' must be a positive number, got {self.lr}")
+        if not (np.isfinite(self.dist0_sq) and self.dist0_sq > 0):
+            raise TraceError(
+                f"{where}: scalar 'dist0_sq' must be positive, got {self.dist0_sq} "
+                "(theta_0 == theta* leaves gamma undefined)"
+            )
+        return self
+
+    # -- persistence ---------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``PATH.npz`` (and ``PATH.json`` with ``meta``) atomically; return the npz path."""
+        npz = _npz_path(path)
+        npz.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {name: getattr(self, name) for name in FLOAT_COLUMNS + INT_COLUMNS}
+        if self.sample_gap_max is not None:
+            arrays["sample_gap_max"] = self.sample_gap_max
+        arrays["lr"] = np.float64(self.lr)
+        arrays["dist0_sq"] = np.float64(self.dist0_sq)
+        tmp = npz.with_name(npz.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, npz)
+        sidecar = npz.with_suffix(".json")
+        tmp = sidecar.with_name(sidecar.name + ".tmp")
+        tmp.write_text(json.dumps(self.meta, indent=2, sort_keys=True, default=_json_default))
+        os.replace(tmp, sidecar)
+        return npz
+
+
+def _npz_path(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    return p if p.suffix == ".npz" else p.with_name(p.name + ".npz")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} in trace metadata")
+
+
+def load_trace(path: str | os.PathLike) -> Trace:
+    """Load and validate a trace; :class:`TraceError` says what is wrong with which file.
+
+    Only the five float columns and the scalars ``lr`` and ``dist0_sq`` are required; ``step``
+    and ``epoch`` default to ``0..n-1`` and all zeros, and the JSON sidecar is optional.
+    """
+    npz = Path(path)
+    if not npz.exists() and npz.suffix != ".npz":
+        npz = _npz_path(path)
+    where = str(npz)
+    if not npz.exists():
+        raise TraceError(f"{where}: no such file")
+    if npz.is_dir():
+        raise TraceError(f"{where}: is a folder, not a trace file (.npz)")
+    try:
+        with np.load(npz, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise TraceError(f"{where}: not a readable .npz trace ({exc.__class__.__name__}: {exc})") from None
+    missing = [k for k in FLOAT_COLUMNS + SCALARS if k not in arrays]
+    if missing:
+        raise TraceError(
+            f"{where}: missing {', '.join(repr(m) for m in missing)}; a trace needs the columns "
+            f"{', '.join(FLOAT_COLUMNS)} and the scalars {', '.join(SCALARS)}"
+        )
+    for k in SCALARS:
+        if arrays[k].size != 1:
+            raise TraceError(f"{where}: '{k}' must be a scalar, got shape {arrays[k].shape}")
+    for k in FLOAT_COLUMNS + INT_COLUMNS:
+        if k in arrays and arrays[k].ndim != 1:
+            raise TraceError(f"{where}: column '{k}' must be 1-D, got shape {arrays[k].shape}")
+        if k in arrays and not np.issubdtype(arrays[k].dtype, np.number):
+            raise TraceError(f"{where}: column '{k}' must be numeric, got dtype {arrays[k].dtype}")
+    meta: dict[str, Any] = {}
+    sidecar = npz.with_suffix(".json")
+    if sidecar.exists():
+        try:
+            meta = json.loads(sidecar.read_text())
+        except json.JSONDecodeError as exc:
+            raise TraceError(f"{sidecar}: metadata sidecar is not valid JSON ({exc})") from None
+    lengths = {k: len(arrays[k]) for k in FLOAT_COLUMNS + INT_COLUMNS if k in arrays}
+    if len(set(lengths.values())) > 1:
+        detail = ", ".join(f"{k}={v}" for k, v in lengths.items())
+        raise TraceError(f"{where}: columns have unequal lengths ({detail}); the file may be truncated")
+    trace = Trace(
+        **{k: arrays[k] for k in FLOAT_COLUMNS},
+        lr=float(arrays["lr"]),
+        dist0_sq=float(arrays["dist0_sq"]),
+        step=arrays.get("step"),
+        epoch=arrays.get("epoch"),
+        sample_gap_max=arrays.get("sample_gap_max"),
+        meta=meta,
+    )
+    return trace.validate(where)
