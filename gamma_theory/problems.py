@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .optimizers import OPTIMIZERS, make_optimizer
 from .recorder import trace_from_iterates
 from .trace import Trace
 
-OPTIMIZERS = ("sgd", "momentum", "adam")
 
 #: per-sample loss: (theta (d,), indices (b,)) -> losses (b,)
 SampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -50,17 +50,6 @@ class Problem:
     @property
     def theta_star_rule(self) -> str:
         return "nearest exact minimizer to the last iterate" if self.nearest_minimizer else "last iterate"
-
-
-def make_optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
-    """The paper's optimizers: SGD, SGD with momentum 0.5, Adam with betas (0.9, 0.999), eps 1e-2."""
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    if name == "momentum":
-        return torch.optim.SGD(params, lr=lr, momentum=0.5)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-2)
-    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
 def cyclic_batches(n: int, batch_size: int, epochs: int, seed: int) -> list[tuple[int, np.ndarray]]:

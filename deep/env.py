@@ -1,0 +1,83 @@
+"""Deterministic execution and a record of where a run ran.
+
+Replay (pass 2) must reproduce pass 1 bit for bit, which needs deterministic kernels and, on
+CUDA, ``CUBLAS_WORKSPACE_CONFIG`` set before CUDA initialises. cuBLAS/cuDNN only promise equal
+bits on the same GPU model, driver and library versions, so :func:`environment` records them and
+:func:`same_environment` says whether a replay may trust a checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+
+import numpy as np
+import torch
+
+# Must be in the environment before the first CUDA call (cuBLAS reads it once).
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def set_deterministic(allow_tf32: bool = False) -> None:
+    """Deterministic algorithms everywhere; TF32 is an explicit, recorded choice (off by default)."""
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    torch.backends.cudnn.allow_tf32 = allow_tf32
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``None``/"auto" picks CUDA when present; raises ValueError for an unusable device."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but this machine has no usable CUDA GPU; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not supported; use cpu, cuda or cuda:N")
+    return dev
+
+
+def _driver_version() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: torch.device) -> dict:
+    """Hardware and library versions of this process, for the trace's metadata."""
+    env = {
+        "device": str(device),
+        "device_name": platform.processor() or platform.machine(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "driver": None,
+        "num_threads": torch.get_num_threads(),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+    }
+    if device.type == "cuda":
+        env["device_name"] = torch.cuda.get_device_name(device)
+        env["driver"] = _driver_version()
+    return env
+
+
+#: what must match for a replay to be trusted to reproduce bits
+_REPLAY_KEYS = ("device_name", "torch", "cuda", "cudnn", "driver", "allow_tf32")
+
+
+def same_environment(a: dict, b: dict) -> list[str]:
+    """The replay-relevant keys on which two environments differ (empty: same)."""
+    return [k for k in _REPLAY_KEYS if a.get(k) != b.get(k)]

@@ -1,0 +1,146 @@
+"""The two-pass measured run on the CPU: bitwise replay, brute-force columns, resume, refusal."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from deep.data import CyclicSampler, DeviceData
+from deep.measure import ReplayMismatch, measure
+from gamma_theory import check_trace, flatten_params, trace_from_iterates
+from gamma_theory.optimizers import make_optimizer
+
+
+@pytest.fixture(autouse=True)
+def restore_determinism():
+    before = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
+class TinyCNN(torch.nn.Module):
+    calls = 0  # forward passes, across instances: lets a test interrupt a run
+    interrupt_at = None
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        TinyCNN.calls += 1
+        if TinyCNN.interrupt_at is not None and TinyCNN.calls >= TinyCNN.interrupt_at:
+            TinyCNN.interrupt_at = None
+            raise KeyboardInterrupt
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3)))
+
+
+def tiny_data(n=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 3, (n,), generator=g)
+    return DeviceData(images, labels)
+
+
+def run(tmp, opt="momentum", lr=0.1, epochs=2, **kw):
+    return measure(TinyCNN, lambda p: make_optimizer(opt, p, lr), tiny_data(), lr=lr, epochs=epochs,
+                   batch_size=16, workdir=tmp, seed=3, data_seed=5, progress=False, **kw)
+
+
+def brute_force(opt, lr, epochs):
+    """An independent training loop that stores every iterate; float64 columns from them."""
+    data = tiny_data()
+    torch.manual_seed(3)
+    model = TinyCNN()
+    optim = make_optimizer(opt, model.parameters(), lr)
+    sampler = CyclicSampler(len(data), 16, 5)
+    thetas, losses, batches, epoch = [flatten_params(list(model.parameters()), torch.float64)], [], [], []
+    for e in range(epochs):
+        for idx in sampler.next_epoch():
+            x, y = data.batch(idx)
+            loss = F.cross_entropy(model(x), y)
+            optim.zero_grad(); loss.backward(); optim.step()
+            losses.append(loss.item()); batches.append((x, y)); epoch.append(e)
+            thetas.append(flatten_params(list(model.parameters()), torch.float64))
+    star = TinyCNN()
+    star.load_state_dict(model.state_dict())
+    star.bn.momentum = 0.0
+    with torch.no_grad():
+        loss_star = [F.cross_entropy(star(x), y).item() for x, y in batches]
+    return trace_from_iterates(torch.stack(thetas).numpy(), np.array(losses), np.array(loss_star), lr,
+                               epoch=np.array(epoch)), model
+
+
+@pytest.mark.parametrize("opt", ["sgd", "momentum", "adam"])
+def test_columns_equal_float64_brute_force(tmp_path, opt):
+    lr = 0.01 if opt == "adam" else 0.1
+    res = run(tmp_path / opt, opt=opt, lr=lr)
+    ref, model = brute_force(opt, lr, 2)
+    tr = res.trace
+    assert res.status == "ok" and len(tr) == 6  # 40 samples, batch 16: 16 + 16 + 8, two epochs
+    for col in ("loss", "loss_star", "inner", "update_sq", "dist_sq"):
+        np.testing.assert_allclose(getattr(tr, col), getattr(ref, col), rtol=1e-12, atol=1e-15, err_msg=col)
+    np.testing.assert_array_equal(tr.epoch, [0, 0, 0, 1, 1, 1])
+    # pass 1 equals the independent loop bit for bit: same theta*
+    star = torch.load(tmp_path / opt / "theta_star.pt")
+    assert all(torch.equal(star[n], p) for n, p in model.state_dict().items())
+    assert check_trace(tr).identity.holds
+    assert tr.meta["replay_verified"]["final"] == "bitwise equal to theta*"
+    assert tr.meta["steps_per_epoch"] == 3
+
+
+def test_second_call_loads_and_checkpoints_are_pruned(tmp_path):
+    a = run(tmp_path, epochs=3, checkpoint_every=1)
+    assert not list((tmp_path / "checkpoints").glob("*.pt"))
+    b = run(tmp_path, epochs=3, checkpoint_every=1)
+    np.testing.assert_array_equal(a.trace.inner, b.trace.inner)
+
+
+@pytest.mark.parametrize("at", [5, 12, 20])  # pass 1 has 9 forwards in 3 epochs, pass 2 has 18
+def test_interrupted_run_resumes_to_identical_trace(tmp_path, at):
+    full = run(tmp_path / "full", epochs=3, checkpoint_every=1)
+    TinyCNN.calls, TinyCNN.interrupt_at = 0, at
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut", epochs=3, checkpoint_every=1)
+    TinyCNN.interrupt_at = None
+    resumed = run(tmp_path / "cut", epochs=3, checkpoint_every=1)
+    for col in ("loss", "loss_star", "inner", "update_sq", "dist_sq", "step", "epoch"):
+        np.testing.assert_array_equal(getattr(resumed.trace, col), getattr(full.trace, col), err_msg=col)
+
+
+def test_tampered_checkpoint_is_caught(tmp_path):
+    run_dir = tmp_path / "t"
+    # pass 1 only: interrupt at the first forward of pass 2 (pass 1 = 2 epochs x 3 steps)
+    TinyCNN.calls, TinyCNN.interrupt_at = 0, 7
+    with pytest.raises(KeyboardInterrupt):
+        run(run_dir, checkpoint_every=1)
+    TinyCNN.interrupt_at = None
+    ck = run_dir / "checkpoints" / "epoch0001.pt"
+    st = torch.load(ck, weights_only=False)
+    st["model"]["fc.bias"][0] += 1e-3
+    torch.save(st, ck)
+    with pytest.raises(ReplayMismatch, match=r"epoch 1: largest parameter deviation 1\.0\d*e-03"):
+        run(run_dir, checkpoint_every=1)
+
+
+def test_diverged_run_is_reported_and_truncated(tmp_path):
+    """Squared loss on a linear model with a huge step: the iterates grow geometrically to inf."""
+    def model_fn():
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 3))
+
+    def mse(out, y):
+        return F.mse_loss(out, F.one_hot(y, 3).float())
+
+    res = measure(model_fn, lambda p: make_optimizer("sgd", p, 50.0), tiny_data(), lr=50.0, epochs=40,
+                  batch_size=16, workdir=tmp_path / "d", loss_fn=mse, progress=False)
+    assert res.status == "diverged"
+    assert res.diverged["reason"] in ("loss is not finite", "parameters are not finite")
+    assert res.diverged["epoch"] >= 2  # a few good epochs come first
+    tr = res.trace
+    assert tr.meta["epochs_measured"] == res.diverged["epoch"] - 1 == tr.epoch.max() + 1
+    assert np.isfinite(tr.dist_sq).all()
+    # the same call again reports the same, from disk
+    again = measure(model_fn, lambda p: make_optimizer("sgd", p, 50.0), tiny_data(), lr=50.0, epochs=40,
+                    batch_size=16, workdir=tmp_path / "d", loss_fn=mse, progress=False)
+    assert again.status == "diverged" and again.diverged == res.diverged
