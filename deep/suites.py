@@ -1,0 +1,157 @@
+"""The paper's four experiment families as data: suites, presets, and the runs they expand to.
+
+Where the paper states a setting it is used as stated (Sec. 3.1-3.3, 4). Where it is silent,
+the choice is written down in ``ASSUMPTIONS`` and copied into every report:
+
+* the ``bn`` and ``optimizer`` suites give no epoch count: 150 epochs, as the two that do;
+* "fixed initialization point": one seed (0) for every network's initialization and one for the
+  sampler (0), the same across the variants of a network, so variants differ only in the knob;
+* no data augmentation and no weight decay (the paper mentions neither, and the principle is
+  about the plain SA update);
+* the loss is the mean cross-entropy of the mini-batch; the last, smaller batch of an epoch is
+  kept (every sample used once per epoch, as Theorem 1's cyclic sampling asks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+SUITES = ("activation", "bn", "skip", "optimizer")
+PRESETS = ("paper", "lite", "smoke")
+
+ASSUMPTIONS = [
+    "Epochs of the bn and optimizer suites are not stated in the paper: 150, as the activation and skip suites.",
+    "Fixed initialization: seed 0 for every network, sampler seed 0; variants of a network differ only in the knob.",
+    "No data augmentation, no weight decay, constant learning rate, mean cross-entropy loss.",
+    "Every sample is used once per epoch; the last, smaller batch is kept.",
+    "BatchNorm layers of theta* use batch statistics in the forward pass that gives loss_star; running statistics untouched.",
+]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of a suite."""
+
+    network: str
+    variant: str  #: the value of the knob the suite varies
+    activation: str = "relu"
+    bn: str = "all"
+    skip: str = "all"
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    batch_size: int = 128
+    epochs: int = 150
+    width: float = 1.0
+    seed: int = 0
+    data_seed: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.network}-{self.variant}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    epochs: int | None  #: None: the suite's own (paper) epochs
+    train_subset: int | None  #: class-balanced subset of the training set; None = all
+    width: float
+    batch_size: int | None  #: None: the paper's 128
+    default_dataset: str
+
+
+PRESET_TABLE = {
+    "paper": Preset("paper", "the paper's protocol: full CIFAR training set, full-width networks, "
+                    "150 epochs, batch 128", None, None, 1.0, None, "cifar10"),
+    "lite": Preset("lite", "a class-balanced 5,000-image CIFAR-10 subset, full-width networks, 10 epochs, "
+                   "batch 128 (sized for one suite in about five minutes on one H100)",
+                   10, 5000, 1.0, None, "cifar10"),
+    "smoke": Preset("smoke", "tiny networks (width 1/8), a class-balanced 256-image subset, 2 epochs, "
+                    "batch 64: checks the machinery end to end in minutes on 2 CPU cores; "
+                    "its numbers are no evidence about the paper", 2, 256, 0.125, 64, "cifar10-jpeg"),
+}
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    knob: str  #: the RunSpec field the suite varies
+    question: str
+    #: variants in the paper's expected order of *increasing* gamma and speed (None: no order claimed)
+    networks: dict[str, list[str]]
+    expected_order: dict[str, list[list[str]]]
+    runs: list[RunSpec]
+
+
+def _suite_activation() -> Suite:
+    acts = ["sigmoid", "tanh", "relu", "leaky_relu"]
+    runs = [RunSpec(net, a, activation=a, lr=0.05) for net in ("alexnet", "resnet18") for a in acts]
+    return Suite(
+        "activation", "activation",
+        "Does a ReLU-type activation give a larger gamma and faster convergence than tanh and sigmoid? (Sec. 3.1)",
+        {"alexnet": acts, "resnet18": acts},
+        # AlexNet: sigmoid slowest, smallest gamma; ResNet-18: sigmoid < tanh < ReLU types
+        {"alexnet": [["sigmoid"], ["tanh", "relu", "leaky_relu"]],
+         "resnet18": [["sigmoid"], ["tanh"], ["relu", "leaky_relu"]]},
+        runs,
+    )
+
+
+def _suite_bn() -> Suite:
+    settings = ["none", "first", "all"]
+    nets = {"resnet18": 0.05, "resnet34": 0.05, "vgg11": 0.01, "vgg16": 0.01}
+    runs = [RunSpec(net, s, bn=s, lr=lr) for net, lr in nets.items() for s in settings]
+    return Suite(
+        "bn", "bn",
+        "Does removing all BN layers give a smaller gamma and slower convergence than keeping them? (Sec. 3.2)",
+        {net: settings for net in nets},
+        {net: [["none"], ["first", "all"]] for net in nets},
+        runs,
+    )
+
+
+def _suite_skip() -> Suite:
+    runs = [RunSpec("resnet18", s, skip=s) for s in ("first", "all")]
+    runs += [RunSpec("resnet34", s, skip=s) for s in ("first", "first2", "all")]
+    return Suite(
+        "skip", "skip",
+        "Do more skip connections per block give a larger gamma and faster convergence? (Sec. 3.3)",
+        {"resnet18": ["first", "all"], "resnet34": ["first", "first2", "all"]},
+        {"resnet18": [["first"], ["all"]], "resnet34": [["first"], ["first2"], ["all"]]},
+        runs,
+    )
+
+
+def _suite_optimizer() -> Suite:
+    opts = ["sgd", "momentum", "adam"]
+    nets = ("resnet18", "resnet34", "vgg11", "vgg16")
+    runs = [RunSpec(net, o, optimizer=o, lr=0.001) for net in nets for o in opts]
+    return Suite(
+        "optimizer", "optimizer",
+        "Do momentum and Adam give a larger gamma and faster convergence than SGD, Adam the largest? (Sec. 4)",
+        {net: opts for net in nets},
+        {net: [["sgd"], ["momentum"], ["adam"]] for net in nets},
+        runs,
+    )
+
+
+_BUILDERS = {"activation": _suite_activation, "bn": _suite_bn, "skip": _suite_skip, "optimizer": _suite_optimizer}
+
+
+def get_suite(name: str, preset: str = "paper") -> Suite:
+    """The suite with its runs resolved for ``preset``; ValueError lists the choices."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown suite {name!r}; choose one of {', '.join(SUITES)}")
+    if preset not in PRESET_TABLE:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    suite = _BUILDERS[name]()
+    p = PRESET_TABLE[preset]
+    runs = [
+        replace(r, epochs=p.epochs or r.epochs, width=p.width, batch_size=p.batch_size or r.batch_size)
+        for r in suite.runs
+    ]
+    return replace(suite, runs=runs)

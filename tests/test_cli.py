@@ -1,0 +1,196 @@
+"""The `gpcheck` command: `check` on good and bad traces, errors as one line with exit status 2."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from gamma_theory import Trace, check_trace, load_trace
+from gamma_theory import problems as P
+from validation import cli
+from validation.util import jsonable
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def good_trace(tmp_path_factory):
+    """A small least-squares SGD path (closed-form PASS), saved as a trace file."""
+    prob = P.least_squares(n=8, d=20, batch_size=2, epochs=30, seed=1)
+    res = P.run_path(prob, "sgd", seed=1)
+    return res.trace.save(tmp_path_factory.mktemp("good") / "ls-sgd")
+
+
+def _cols(n=6, **override):
+    cols = dict(loss=np.linspace(1, 0.1, n), loss_star=np.zeros(n), inner=np.ones(n),
+                update_sq=np.ones(n) * 0.1, dist_sq=np.linspace(2, 1, n), lr=0.1, dist0_sq=2.0)
+    cols.update(override)
+    return {k: v for k, v in cols.items() if v is not None}
+
+
+def _bad_files(tmp_path, good_trace):
+    """name -> path of a trace file that cannot be judged."""
+    out = {"missing": tmp_path / "does-not-exist.npz"}
+    data = Path(good_trace).read_bytes()
+    (tmp_path / "truncated.npz").write_bytes(data[: len(data) // 2])
+    out["truncated"] = tmp_path / "truncated.npz"
+    np.savez(tmp_path / "nocol.npz", **_cols(inner=None))
+    out["missing column"] = tmp_path / "nocol.npz"
+    loss = np.linspace(1, 0.1, 6)
+    loss[3] = np.nan
+    np.savez(tmp_path / "nan.npz", **_cols(loss=loss))
+    out["NaN column"] = tmp_path / "nan.npz"
+    (tmp_path / "text.npz").write_text("not a zip\nat all\n")
+    out["not npz"] = tmp_path / "text.npz"
+    (tmp_path / "folder.npz").mkdir()
+    out["folder"] = tmp_path / "folder.npz"
+    return out
+
+
+def _stderr(result):
+    return result.stderr if hasattr(result, "stderr") else result.output
+
+
+def test_check_json_equals_check_trace(good_trace):
+    result = CliRunner().invoke(cli.main, ["check", str(good_trace), "--json"])
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.stdout)
+    want = jsonable(check_trace(load_trace(good_trace)).to_dict())
+    assert got == want
+    assert got["holds"] is True
+    assert got["definition_1"]["holds"] is True
+    assert got["definition_1"]["gamma_max"] > 0
+    assert got["definition_1"]["violating_steps"] == []
+    assert got["theorem_1"]["distance_monotone"]["holds"] is True
+    assert got["theorem_1"]["rate_bound"]["holds"] is True
+
+
+def test_check_summary_is_readable(good_trace):
+    result = CliRunner().invoke(cli.main, ["check", str(good_trace)])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    for text in ("verdict: PASS", "Definition 1", "feasible gamma:   (0, ", "largest gamma:",
+                 "share positive:   100%", "violating steps:  0", "item 1", "item 2", "item 3",
+                 "recording identity"):
+        assert text in out, text
+    assert "Traceback" not in result.output
+
+
+def test_check_fail_is_a_finding_not_an_error(tmp_path):
+    # step 2's update points away from theta*: inequality (2) breaks there
+    inner = np.ones(6)
+    inner[2] = -1.0
+    Trace(**_cols(inner=inner), epoch=np.arange(6) // 2).save(tmp_path / "bad")
+    result = CliRunner().invoke(cli.main, ["check", str(tmp_path / "bad.npz")])
+    assert result.exit_code == 0, result.output
+    assert "verdict: FAIL" in result.stdout
+    assert "holds:            no" in result.stdout
+    assert "feasible gamma:   empty" in result.stdout
+    assert "first: 2" in result.stdout
+    d = json.loads(CliRunner().invoke(cli.main, ["check", str(tmp_path / "bad.npz"), "--json"]).stdout)
+    assert d["definition_1"]["holds"] is False and d["definition_1"]["violating_steps"] == [2]
+
+
+@pytest.mark.parametrize("kind", ["missing", "truncated", "missing column", "NaN column", "not npz", "folder"])
+def test_bad_input_one_line_exit_2(tmp_path, good_trace, kind):
+    path = _bad_files(tmp_path, good_trace)[kind]
+    for args in (["check", str(path)], ["check", str(path), "--json"]):
+        result = CliRunner().invoke(cli.main, args)
+        assert result.exit_code == 2, (kind, result.output)
+        assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+        err = _stderr(result)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, err
+        assert lines[0].startswith("gpcheck: error: ")
+        assert str(path) in lines[0]
+        assert "Traceback" not in result.output
+        assert result.stdout == ""
+
+
+def test_bad_input_messages_say_what_is_wrong(tmp_path, good_trace):
+    files = _bad_files(tmp_path, good_trace)
+    expect = {"missing": "no such file", "truncated": "not a readable", "missing column": "missing 'inner'",
+              "NaN column": "'loss' is not finite", "folder": "folder"}
+    for kind, text in expect.items():
+        result = CliRunner().invoke(cli.main, ["check", str(files[kind])])
+        assert text in _stderr(result), (kind, _stderr(result))
+
+
+def _script():
+    script = shutil.which("gpcheck") or str(Path(sys.executable).with_name("gpcheck"))
+    return script if Path(script).exists() else None
+
+
+def _one_line_error(proc, path):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpcheck: error: ") and str(path) in lines[0]
+
+
+def test_real_process_no_traceback(tmp_path, good_trace):
+    """`python -m validation.cli` as a user runs it: bad file -> one line, good file -> JSON."""
+    bad = _bad_files(tmp_path, good_trace)["truncated"]
+    cmd = [sys.executable, "-m", "validation.cli"]
+    proc = subprocess.run(cmd + ["check", str(bad)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    _one_line_error(proc, bad)
+    proc = subprocess.run(cmd + ["check", str(good_trace), "--json"], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["holds"] is True
+
+
+@pytest.mark.skipif(_script() is None, reason="console script gpcheck not installed")
+def test_console_script_no_traceback(tmp_path):
+    missing = tmp_path / "nope.npz"
+    proc = subprocess.run([_script(), "check", str(missing)], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    _one_line_error(proc, missing)
+
+
+def test_fail_helper_prints_one_line(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.fail("bad.npz: first line\nsecond line")
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err == "gpcheck: error: bad.npz: first line second line\n"
+
+
+def test_version_and_help():
+    r = CliRunner().invoke(cli.main, ["--version"])
+    assert r.exit_code == 0 and r.output.startswith("gpcheck, version ")
+    r = CliRunner().invoke(cli.main, ["--help"])
+    assert r.exit_code == 0 and "ladder" in r.output and "check" in r.output
+
+
+def test_ladder_command_prints_summary(monkeypatch, tmp_path):
+    import validation.ladder as L
+
+    fake = {
+        "figure": "figures/ladder.png", "n_pass": 1, "n_runs": 2, "wall_s": 1.25,
+        "runs": [
+            {"rung": "least_squares", "optimizer": "sgd", "verdict": "PASS",
+             "check": {"definition_1": {"holds": True, "gamma_max": 0.0239, "n_violating": 0}}},
+            {"rung": "mlp_relu", "optimizer": "sgd", "verdict": "FAIL",
+             "check": {"definition_1": {"holds": False, "gamma_max": None, "n_violating": 80}}},
+        ],
+    }
+    seen = {}
+
+    def run_ladder(out_dir, seed, progress):
+        seen.update(out_dir=out_dir, seed=seed)
+        return fake
+
+    monkeypatch.setattr(L, "run_ladder", run_ladder)
+    r = CliRunner().invoke(cli.main, ["ladder", "--out", str(tmp_path), "--seed", "3"])
+    assert r.exit_code == 0, r.output
+    assert seen == {"out_dir": str(tmp_path), "seed": 3}
+    assert f"{tmp_path}/report.md" in r.stdout
+    assert "least_squares/sgd  PASS  gamma_max 2.39e-02" in r.stdout
+    assert "mlp_relu/sgd       FAIL  gamma_max n/a (80 violating steps)" in r.stdout
+    assert "1 of 2 PASS" in r.stdout

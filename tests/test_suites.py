@@ -1,0 +1,138 @@
+"""Suites as data, `gpcheck deep` end to end on the smoke preset, and `gpcheck report`."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from deep.data import default_jpeg_archive
+from deep.suites import PRESETS, SUITES, get_suite
+from validation.claims import FAIL, NA, PASS
+from validation.cli import main
+
+needs_archive = pytest.mark.skipif(not default_jpeg_archive().exists(),
+                                   reason="the shared CIFAR-10 JPEG archive is not beside the repo")
+
+
+def test_suites_match_the_paper():
+    act = get_suite("activation", "paper")
+    assert len(act.runs) == 8 and {r.network for r in act.runs} == {"alexnet", "resnet18"}
+    assert all(r.lr == 0.05 and r.batch_size == 128 and r.epochs == 150 and r.optimizer == "sgd" for r in act.runs)
+    bn = get_suite("bn", "paper")
+    assert len(bn.runs) == 12
+    assert {r.lr for r in bn.runs if r.network.startswith("vgg")} == {0.01}
+    assert {r.lr for r in bn.runs if r.network.startswith("resnet")} == {0.05}
+    skip = get_suite("skip", "paper")
+    assert sorted(r.name for r in skip.runs) == ["resnet18-all", "resnet18-first", "resnet34-all",
+                                                 "resnet34-first", "resnet34-first2"]
+    opt = get_suite("optimizer", "paper")
+    assert len(opt.runs) == 12 and {r.lr for r in opt.runs} == {0.001}
+    smoke = get_suite("bn", "smoke")
+    assert all(r.epochs == 2 and r.width == 0.125 for r in smoke.runs)
+    for s in SUITES:  # variants of a network share their initialization seed
+        assert len({(r.seed, r.data_seed) for r in get_suite(s).runs}) == 1
+
+
+def test_unknown_names_list_the_choices():
+    with pytest.raises(ValueError, match="activation, bn, skip, optimizer"):
+        get_suite("dropout")
+    with pytest.raises(ValueError, match="paper, lite, smoke"):
+        get_suite("bn", "huge")
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--suite", "dropout"], "unknown suite 'dropout'; choose one of: activation, bn, skip, optimizer"),
+    (["--suite", "bn", "--preset", "huge"], "unknown preset 'huge'; choose one of: paper, lite, smoke"),
+    (["--suite", "bn", "--dataset", "mnist"], "unknown data set 'mnist'"),
+    (["--suite", "bn", "--device", "quantum"], "unknown device 'quantum'"),
+    (["--suite", "bn", "--preset", "paper"], "needs a GPU"),
+    (["--suite", "bn", "--dataset", "cifar100", "--data-root", "/nonexistent"], "pass --download"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, match, tmp_path):
+    import torch
+
+    if "paper" in args and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    res = CliRunner().invoke(main, ["deep", *args, "--out", str(tmp_path), "--quiet"])
+    assert res.exit_code == 2, res.output
+    assert match in res.output and "Traceback" not in res.output
+
+
+def _expected_order_verdict(claim, runs):
+    """Re-derive an order claim's verdict from the per-run numbers in report.json."""
+    net = claim["claim"].split()[0]
+    quantity = claim["claim"].split()[1]
+    groups = claim["statement"].split(": ", 1)[1].split(" (every")[0].split(f"{quantity} ", 1)[1].split(" < ")
+    groups = [g.strip("()").split(", ") for g in groups]
+    vals = {}
+    for r in runs:
+        if r["name"].startswith(net + "-") and r.get("check"):
+            v = r["name"][len(net) + 1:]
+            vals[v] = r["gamma_summary"] if quantity == "gamma" else (
+                -math.inf if r["status"] == "diverged" else r["convergence"]["speed"])
+    if any(v not in vals or vals[v] is None for g in groups for v in g):
+        return NA
+    ok = all(max(vals[v] for v in lo) < min(vals[v] for v in hi) for lo, hi in zip(groups, groups[1:]))
+    return PASS if ok else FAIL
+
+
+@needs_archive
+@pytest.mark.parametrize("suite", SUITES)
+def test_smoke_suite_end_to_end(suite, tmp_path):
+    res = CliRunner().invoke(main, ["deep", "--suite", suite, "--preset", "smoke", "--out", str(tmp_path), "--quiet"])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / f"{suite}-smoke-cifar10-jpeg"
+    rep = json.loads((out / "report.json").read_text())
+    spec = get_suite(suite, "smoke")
+    assert [r["name"] for r in rep["runs"]] == [r.name for r in spec.runs]
+    for r in rep["runs"]:
+        assert r["status"] in ("ok", "diverged"), r
+        if r["status"] == "ok":
+            c = r["check"]
+            assert r["verdict"] == ("PASS" if c["holds"] else "FAIL")
+            assert c["recording_identity"]["holds"]
+            assert r["replay_verified"]["final"] == "bitwise equal to theta*"
+            assert (out / "runs" / r["name"] / "trace.npz").exists()
+    names = [c["claim"] for c in rep["claims"]]
+    assert names[:3] == ["principle holds", "gamma positive throughout", "distance diminishes"]
+    assert names[-1] == "gamma-speed correlation"
+    for c in rep["claims"]:
+        assert c["verdict"] in (PASS, FAIL, NA) and c["why"]
+        if c["claim"].endswith(" order"):
+            assert c["verdict"] == _expected_order_verdict(c, rep["runs"]), c
+        if c["claim"] == "principle holds":
+            judged = [r for r in rep["runs"] if r.get("check")]
+            assert (c["verdict"] == PASS) == all(r["check"]["definition_1"]["holds"] for r in judged)
+    md = (out / "report.md").read_text()
+    assert f"`{suite}` suite" in md and "| claim | verdict |" in md
+    assert all(f"| {r['run']['network']} | {r['run']['variant']} |" in md for r in rep["runs"])
+    assert (out / rep["figure"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # `gpcheck report` rebuilds the same verdicts from the traces alone
+    for f in ("report.json", "report.md", "suite.json"):
+        (out / f).unlink()
+    shutil.rmtree(out / "figures")
+    res = CliRunner().invoke(main, ["report", str(out)])
+    assert res.exit_code == 0, res.output
+    again = json.loads((out / "report.json").read_text())
+    assert [(c["claim"], c["verdict"], c["numbers"]) for c in again["claims"]] == \
+           [(c["claim"], c["verdict"], c["numbers"]) for c in rep["claims"]]
+    assert (out / again["figure"]).exists()
+
+
+@needs_archive
+def test_rerun_skips_finished_runs(tmp_path):
+    args = ["deep", "--suite", "skip", "--preset", "smoke", "--out", str(tmp_path), "--quiet"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    out = tmp_path / "skip-smoke-cifar10-jpeg"
+    stamp = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/trace.npz")}
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert stamp == {p: p.stat().st_mtime_ns for p in out.glob("runs/*/trace.npz")}
+
+
+def test_report_on_a_folder_without_runs(tmp_path):
+    res = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert res.exit_code == 2 and "no runs/ folder" in res.output

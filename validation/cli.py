@@ -1,0 +1,240 @@
+"""The ``gpcheck`` command.
+
+Every command is a plain function registered with ``@main.command()``. Bad input is reported
+as one line, ``gpcheck: error: <message>``, on stderr with exit status 2, never a traceback:
+call :func:`fail` for errors a command finds itself; a :class:`~gamma_theory.TraceError` or an
+``OSError`` escaping any command is turned into the same line by the group.
+
+Adding a command later (``deep``, ``report``, ...)::
+
+    @main.command()
+    @click.argument("path")
+    def report(path):
+        ...
+        if bad:
+            fail(f"{path}: what is wrong")
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import NoReturn
+
+import click
+
+from gamma_theory import TraceError, check_trace, load_trace
+
+from .util import (
+    feasible_set,
+    fmt3,
+    identity_cell,
+    item1_cell,
+    item2_cell,
+    item3_cell,
+    jsonable,
+    pct,
+)
+
+#: exit status for bad input (as click uses for usage errors)
+EXIT_BAD_INPUT = 2
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("gpcheck")
+    except Exception:  # not installed: running from a checkout
+        return "0.1.0+checkout"
+
+
+def fail(msg: str) -> NoReturn:
+    """Print ``gpcheck: error: <msg>`` as one line on stderr and exit with status 2."""
+    one_line = " ".join(str(msg).split())
+    click.echo(f"gpcheck: error: {one_line}", err=True)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+class _Group(click.Group):
+    """A group that turns bad-input exceptions from any command into :func:`fail`."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except TraceError as exc:
+            fail(str(exc))
+        except OSError as exc:
+            where = exc.filename if exc.filename is not None else ""
+            fail(f"{where}: {exc.strerror or exc}" if where else str(exc))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version(), "--version", prog_name="gpcheck")
+def main() -> None:
+    """Put the gamma-optimization principle to the test: record paths, check Definition 1 and
+    Theorem 1, and report where they hold and where they break."""
+
+
+# -- gpcheck ladder ------------------------------------------------------------------------------
+@main.command()
+@click.option("--out", "out_dir", default="reports/ladder", show_default=True,
+              help="folder for report.md, report.json, traces/ and figures/")
+@click.option("--seed", default=0, show_default=True, type=int, help="seed of the data and the sampling")
+def ladder(out_dir: str, seed: int) -> None:
+    """Run every rung of the problem ladder with every optimizer, check and report."""
+    from .ladder import run_ladder
+
+    report = run_ladder(out_dir=out_dir, seed=seed, progress=True)
+    click.echo(f"report: {out_dir}/report.md  (json: {out_dir}/report.json, figure: {out_dir}/{report['figure']})")
+    width = max(len(f"{r['rung']}/{r['optimizer']}") for r in report["runs"])
+    for r in report["runs"]:
+        name = f"{r['rung']}/{r['optimizer']}"
+        c = r.get("check")
+        if c is None:
+            detail = "diverged"
+        else:
+            d1 = c["definition_1"]
+            detail = (f"gamma_max {fmt3(d1['gamma_max'])}" if d1["holds"]
+                      else f"gamma_max n/a ({d1['n_violating']} violating steps)")
+        click.echo(f"  {name:<{width}}  {r['verdict']}  {detail}")
+    click.echo(f"{report['n_pass']} of {report['n_runs']} PASS in {report['wall_s']:.1f} s")
+
+
+# -- gpcheck check -------------------------------------------------------------------------------
+def _summary(path: str, trace, result) -> str:
+    d = jsonable(result.to_dict())
+    d1 = d["definition_1"]
+    t1 = d["theorem_1"]
+    dm, lc, rb = t1["distance_monotone"], t1["loss_convergence"], t1["rate_bound"]
+    n_epochs = len(set(trace.epoch.tolist()))
+    viol = d1["violating_steps"][:10]
+    viol_text = str(d1["n_violating"])
+    if d1["n_violating"]:
+        viol_text += (f" ({d1['n_own_infeasible']} infeasible on their own, {d1['n_conflicting']} "
+                      f"in conflict); first: {', '.join(map(str, viol))}")
+    lines = [
+        f"trace: {path}",
+        f"  {len(trace)} steps, {n_epochs} epoch(s), lr {fmt3(trace.lr)}, dist0_sq {fmt3(trace.dist0_sq)}",
+        f"verdict: {'PASS' if d['holds'] else 'FAIL'} "
+        "(PASS: Definition 1 feasible set non-empty and Theorem 1 items 1-3 hold)",
+        "Definition 1 (gamma-optimization principle, inequality (2) at every step)",
+        f"  holds:            {'yes' if d1['holds'] else 'no'}",
+        f"  feasible gamma:   {feasible_set(d1)}",
+        f"  largest gamma:    {fmt3(d1['gamma_max'])}",
+        f"  share positive:   {pct(d1['share_positive'])} of {d1['n_upper']} steps with gap > 0 "
+        f"({d1['n_lower']} with gap < 0, {d1['n_zero']} with gap = 0)",
+        f"  violating steps:  {viol_text}",
+        "Theorem 1",
+        f"  item 1, distance never grows:          {item1_cell(dm)}",
+        f"  item 2, losses converge ({lc['mode']}):  {item2_cell(lc)}  "
+        f"(last/first epoch gap, must be <= {pct(lc['rel_tol'])})",
+        f"  item 3, rate 1/(2 eta gamma K):        {item3_cell(rb)}",
+        f"recording identity (max rel residual):   {identity_cell(d['recording_identity'])}",
+    ]
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=True, path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="print check_trace(...).to_dict() as JSON")
+def check(path: str, as_json: bool) -> None:
+    """Check one trace file (.npz): Definition 1, Theorem 1 items 1-3, the recording identity.
+
+    Exit status 0 whatever the verdict (a FAIL is a finding), 2 for a file that cannot be judged.
+    """
+    trace = load_trace(path)
+    result = check_trace(trace)
+    if as_json:
+        click.echo(json.dumps(jsonable(result.to_dict()), indent=2))
+    else:
+        click.echo(_summary(path, trace, result))
+
+
+# -- gpcheck deep --------------------------------------------------------------------------------
+def _choice_error(kind: str, value: str, choices) -> NoReturn:
+    fail(f"unknown {kind} {value!r}; choose one of: {', '.join(choices)}")
+
+
+@main.command()
+@click.option("--suite", required=True, help="activation, bn, skip or optimizer")
+@click.option("--preset", default="smoke", show_default=True, help="paper, lite or smoke")
+@click.option("--dataset", default=None,
+              help="cifar10, cifar100, both, or cifar10-jpeg (the offline JPEG copy); default: the preset's "
+                   "(cifar10-jpeg for smoke, cifar10 otherwise)")
+@click.option("--data-root", default=None, help="folder with cifar-10-batches-py/ or cifar-100-python/, "
+              "or the path of the JPEG archive")
+@click.option("--download", is_flag=True, help="download CIFAR through torchvision if it is not under --data-root")
+@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
+@click.option("--out", "out_root", default="reports", show_default=True,
+              help="reports go to OUT/<suite>-<preset>-<dataset>/")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def deep(suite, preset, dataset, data_root, download, device, out_root, quiet) -> None:
+    """Measure a suite of the paper's CIFAR experiments exactly and write its report.
+
+    Rerunning the same command skips finished runs and resumes an interrupted one from its last
+    checkpoint, with an identical result.
+    """
+    import torch
+
+    from deep.data import DataError
+    from deep.env import resolve_device
+    from deep.runner import DATASET_CHOICES, resolve_datasets, run_suite
+    from deep.suites import PRESETS, SUITES
+
+    if suite not in SUITES:
+        _choice_error("suite", suite, SUITES)
+    if preset not in PRESETS:
+        _choice_error("preset", preset, PRESETS)
+    if dataset is not None and dataset not in DATASET_CHOICES:
+        _choice_error("data set", dataset, DATASET_CHOICES)
+    try:
+        dev = resolve_device(device)
+    except ValueError as exc:
+        fail(str(exc))
+    if preset == "paper" and dev.type == "cpu" and device is None:
+        fail("the paper preset trains ResNets and VGGs for 150 epochs: it needs a GPU, and this machine has "
+             "none. Pass --device cpu to run it on the CPU anyway, or use --preset lite or smoke.")
+    if preset == "paper" and not torch.cuda.is_available():
+        click.echo("warning: running the paper preset on the CPU; expect weeks.", err=True)
+    argv = " ".join(["gpcheck", "deep"] + sys.argv[2:]) if len(sys.argv) > 2 else None
+    try:
+        for ds in resolve_datasets(dataset, preset):
+            out = run_suite(suite, preset, ds, data_root=data_root, download=download, device=device,
+                            out_root=out_root, progress=not quiet, command=argv)[0]
+            _print_suite_summary(out)
+    except DataError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: finished runs and checkpoints are kept; rerun the same command to resume.",
+                   err=True)
+        sys.exit(130)
+
+
+def _print_suite_summary(out) -> None:
+    rep = json.loads((out / "report.json").read_text())
+    click.echo(f"report: {out}/report.md")
+    for c in rep["claims"]:
+        click.echo(f"  {c['verdict']:<14} {c['claim']}: {c['why']}")
+
+
+# -- gpcheck report ------------------------------------------------------------------------------
+@main.command()
+@click.argument("path", type=click.Path(path_type=str))
+def report(path: str) -> None:
+    """Rebuild a suite report (report.md, report.json, figure) from the traces in PATH alone."""
+    from pathlib import Path
+
+    from .deep_report import ReportError, build_report
+
+    if not Path(path).is_dir():
+        fail(f"{path}: no such folder; give a suite folder such as reports/bn-smoke-cifar10-jpeg")
+    try:
+        build_report(path)
+    except ReportError as exc:
+        fail(str(exc))
+    _print_suite_summary(Path(path))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""Figures in the paper's layout, drawn from traces only (no computing beyond the checkers).
+
+One column per network/problem, three rows, as in the paper's Figures 1-6:
+
+1. the normalized distance to theta*, ``sqrt(dist_sq / dist0_sq)``;
+2. the training loss: each step's mini-batch loss (thin) and its per-epoch mean (thick);
+3. the per-step gamma bound of Definition 1, ``num_k / (dist0_sq * gap_k)`` on the steps with
+   ``gap_k > 0`` (the upper bounds the paper plots), on a symlog scale with the zero line, and
+   the steps that break the principle marked with small red x.
+
+The x-axis is epochs. Matplotlib runs on the Agg backend through ``Figure`` directly, so no
+display and no pyplot state are involved.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from gamma_theory.definition1 import definition_1, step_bounds  # noqa: E402
+from gamma_theory.trace import Trace  # noqa: E402
+
+from .util import fmt3  # noqa: E402
+
+#: the most points one curve is drawn with (min/max per bucket keeps the spikes)
+MAX_POINTS = 2000
+DPI = 110
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
+ROW_LABELS = ("distance to $\\theta^*$\n$\\|\\theta_k-\\theta^*\\| / \\|\\theta_0-\\theta^*\\|$",
+              "training loss",
+              "$\\gamma$ upper bound per step\n(Definition 1)")
+
+
+def decimate(x: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``max_points`` points of the curve ``(x, y)``, keeping each bucket's min and max.
+
+    Non-finite points are dropped first. Keeping both extremes of every bucket means a single
+    spike (a negative gamma, a loss jump) is still drawn after thinning.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    n = len(y)
+    if n <= max_points:
+        return x, y
+    n_buckets = max(max_points // 2, 1)
+    edges = np.linspace(0, n, n_buckets + 1).astype(np.int64)
+    starts = edges[:-1]
+    lo = np.minimum.reduceat(y, starts)
+    hi = np.maximum.reduceat(y, starts)
+    # index of the min and the max in each bucket
+    keep = []
+    for b in range(n_buckets):
+        s, e = edges[b], edges[b + 1]
+        if e <= s:
+            continue
+        seg = y[s:e]
+        i_lo = s + int(np.flatnonzero(seg == lo[b])[0])
+        i_hi = s + int(np.flatnonzero(seg == hi[b])[0])
+        keep.extend(sorted({i_lo, i_hi}))
+    idx = np.asarray(keep, dtype=np.int64)
+    return x[idx], y[idx]
+
+
+def steps_per_epoch(trace: Trace) -> float:
+    """``meta['steps_per_epoch']`` if the trace carries it, else counted from the epoch column."""
+    spe = trace.meta.get("steps_per_epoch") if trace.meta else None
+    try:
+        if spe is not None and float(spe) > 0:
+            return float(spe)
+    except (TypeError, ValueError):
+        pass
+    if len(trace) == 0:
+        return 1.0
+    _, counts = np.unique(trace.epoch, return_counts=True)
+    # the first epoch is whole unless the run was cut; the largest count is the safest guess
+    return float(max(counts.max(), 1))
+
+
+def epochs_axis(trace: Trace) -> np.ndarray:
+    """Each step's position in epochs: ``step / steps_per_epoch``."""
+    return np.asarray(trace.step, dtype=np.float64) / steps_per_epoch(trace)
+
+
+def epoch_means(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
+    """Per-epoch mean of the finite step losses, placed at the middle of each epoch."""
+    x = epochs_axis(trace)
+    loss = trace.loss
+    ok = np.isfinite(loss)
+    if not ok.any():
+        return np.empty(0), np.empty(0)
+    epochs, inverse = np.unique(trace.epoch[ok], return_inverse=True)
+    sums = np.bincount(inverse, weights=loss[ok])
+    counts = np.bincount(inverse)
+    xs = np.bincount(inverse, weights=x[ok]) / counts
+    return xs, sums / counts
+
+
+def _first_nonfinite(trace: Trace) -> int | None:
+    bad = np.zeros(len(trace), dtype=bool)
+    for name in ("loss", "loss_star", "inner", "update_sq", "dist_sq"):
+        bad |= ~np.isfinite(getattr(trace, name))
+    return int(np.flatnonzero(bad)[0]) if bad.any() else None
+
+
+def _symlog_linthresh(values: list[np.ndarray]) -> float:
+    """A linear zone for the gamma row below the typical size of the bounds."""
+    allv = np.concatenate([v[np.isfinite(v) & (v != 0)] for v in values]) if values else np.empty(0)
+    if allv.size == 0:
+        return 1e-3
+    small = float(np.percentile(np.abs(allv), 5))
+    return 10.0 ** math.floor(math.log10(small)) if small > 0 else 1e-3
+
+
+def _gamma_axis(ax, values: list[np.ndarray]) -> None:
+    """Symlog y-scale for the gamma row, the zero line, and a readable number of ticks."""
+    linthresh = _symlog_linthresh(values)
+    ax.set_yscale("symlog", linthresh=linthresh)
+    ax.axhline(0.0, color="black", lw=0.8)
+    ax.grid(alpha=0.3)
+    allv = np.concatenate(values) if values else np.empty(0)
+    allv = allv[np.isfinite(allv)]
+    if allv.size == 0:
+        return
+    e0 = int(round(math.log10(linthresh)))
+    ticks = [0.0]
+    for sign, big in ((1.0, allv.max()), (-1.0, -allv.min())):
+        if big <= linthresh:
+            continue
+        e1 = math.ceil(math.log10(big))
+        step = max(1, math.ceil((e1 - e0 + 1) / 4))
+        ticks += [sign * 10.0**e for e in range(e1, e0 - 1, -step)]
+    ax.set_yticks(sorted(ticks))
+    hi = ax.get_ylim()[1]
+    if allv.min() >= 0:  # nothing negative: keep just enough room to show the zero line
+        ax.set_ylim(-linthresh, hi)
+
+
+def plot_paths(columns: dict[str, dict[str, Trace]], path: str | os.PathLike,
+               title: str | None = None) -> Path:
+    """Draw the paper's three rows for every column and save a PNG atomically; return its path.
+
+    ``columns`` maps a column title (a network or problem) to ``{legend label: trace}`` (one
+    curve per variant, e.g. per optimizer). A trace may be short or diverged: non-finite values
+    are left out of the curves and the legend says from which step they start.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n_cols = max(len(columns), 1)
+    fig = Figure(figsize=(4.3 * n_cols + 0.9, 9.6), dpi=DPI)
+    axes = fig.subplots(3, n_cols, squeeze=False, sharex="col")
+
+    for c, (col_title, variants) in enumerate(columns.items() or [("(no runs)", {})]):
+        ax_d, ax_l, ax_g = axes[0, c], axes[1, c], axes[2, c]
+        ax_d.set_title(col_title, fontsize=11, fontweight="bold")
+        notes: list[str] = []
+        gamma_values: list[np.ndarray] = []
+        loss_positive = True
+        any_loss = False
+        for v, (label, trace) in enumerate((variants or {}).items()):
+            color = COLORS[v % len(COLORS)]
+            if trace is None or len(trace) == 0:
+                notes.append(f"{label}: no steps")
+                continue
+            x = epochs_axis(trace)
+            bad_from = _first_nonfinite(trace)  # a diverged run: said in the legend
+
+            # row 1: normalized distance
+            with np.errstate(invalid="ignore", divide="ignore"):
+                dist = np.sqrt(np.maximum(trace.dist_sq, 0.0) / trace.dist0_sq)
+            mk = "o" if len(trace) < 3 else None  # a one-step run is a point, not a line
+            ax_d.plot(*decimate(x, dist), color=color, lw=1.4, marker=mk, ms=4)
+
+            # row 2: per-step loss (thin) and per-epoch mean (thick)
+            fin = trace.loss[np.isfinite(trace.loss)]
+            if fin.size:
+                any_loss = True
+                loss_positive &= bool((fin > 0).all())
+            ax_l.plot(*decimate(x, trace.loss), color=color, lw=0.5, alpha=0.35)
+            ex, ey = epoch_means(trace)
+            ax_l.plot(ex, ey, color=color, lw=2.0, marker=mk, ms=4)
+
+            # row 3: per-step upper bounds on gamma, violations as red x
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                b = step_bounds(trace)
+                d1 = definition_1(trace)
+            up = b.is_upper & np.isfinite(b.bound)
+            gamma_values.append(b.bound[up])
+            ax_g.plot(*decimate(x[up], b.bound[up]), color=color, lw=0.7, alpha=0.9, marker=mk, ms=4)
+            viol = d1.violating_steps
+            if viol.size:
+                pos = np.flatnonzero(np.isin(trace.step, viol))
+                yv = np.where(np.isfinite(b.bound[pos]), b.bound[pos], 0.0)
+                xv, yv = decimate(x[pos], yv)
+                gamma_values.append(yv)
+                ax_g.plot(xv, yv, linestyle="none", marker="x", ms=3.5, mew=0.9, color="#d62728",
+                          zorder=5)
+            if bad_from is not None:
+                dlabel = f"{label}: diverged at step {int(trace.step[bad_from])}"
+            elif d1.holds and d1.gamma_max is not None and np.isfinite(d1.gamma_max):
+                ax_g.axhline(d1.gamma_max, color=color, lw=0.8, ls=":", alpha=0.9, zorder=1.5)
+                dlabel = f"{label}: $\\gamma_{{max}}$ = {fmt3(d1.gamma_max)}"
+            elif d1.holds:
+                dlabel = f"{label}: every $\\gamma>0$ fits"
+            else:
+                dlabel = f"{label}: no $\\gamma>0$ ({d1.violating_steps.size} steps break (2))"
+            ax_d.plot([], [], color=color, lw=1.4, label=dlabel)
+
+        # axes cosmetics
+        ax_d.set_ylim(bottom=0)
+        ax_d.grid(alpha=0.3)
+        if variants:
+            ax_d.legend(fontsize=7.5, loc="upper right", framealpha=0.85)
+        if any_loss and loss_positive:
+            ax_l.set_yscale("log")
+        ax_l.grid(alpha=0.3, which="major")
+        _gamma_axis(ax_g, gamma_values)
+        ax_g.set_xlabel("epoch")
+        if not variants:
+            notes.append("no runs")
+        if notes:
+            ax_d.text(0.02, 0.03, "\n".join(notes), transform=ax_d.transAxes, fontsize=7,
+                      color="#d62728", va="bottom", ha="left")
+        if c == 0:
+            for r, text in enumerate(ROW_LABELS):
+                axes[r, 0].set_ylabel(text, fontsize=9)
+
+    if title:
+        fig.suptitle(title, fontsize=12)
+    key = [
+        Line2D([], [], color="0.4", lw=0.5, alpha=0.6), Line2D([], [], color="0.4", lw=2.0),
+        Line2D([], [], color="0.4", lw=0.8, ls=":"),
+        Line2D([], [], linestyle="none", marker="x", color="#d62728", ms=5, mew=1.0),
+    ]
+    fig.legend(key, ["loss per step", "loss, per-epoch mean",
+                     "largest feasible $\\gamma$ (when the path obeys (2))",
+                     "step breaking inequality (2) (drawn at its bound; 0 if gap = 0)"],
+               loc="lower center", ncol=4, fontsize=8.5, frameon=False)
+    fig.tight_layout(rect=(0, 0.035, 1, 1))
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=DPI)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,169 @@
+"""Small helpers shared by the reports and the command line: number formatting, the wording of
+one check's cells, JSON that stays valid, atomic writes, and where a report was produced."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+# -- numbers -------------------------------------------------------------------------------------
+def fmt3(x: Any) -> str:
+    """A number to 3 significant digits: ``0.958``, ``14.3``, ``2.39e-02``, ``1.20e+04``.
+
+    Scientific notation below 0.1 and from 1000 on, so small gammas read like ``2.39e-02``.
+    ``None`` gives ``n/a``; infinities and NaN are spelled out; the string ``'inf'`` that the
+    checkers write for JSON is read back as infinity.
+    """
+    if x is None:
+        return "n/a"
+    if isinstance(x, str):
+        try:
+            x = float(x)
+        except ValueError:
+            return x
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
+    x = float(x)
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    if x == 0:
+        return "0"
+    if 0.1 <= abs(x) < 1000:
+        return f"{x:.3g}"
+    return f"{x:.2e}"
+
+
+def pct(x: float | None) -> str:
+    """A share in [0, 1] as a percentage with 3 significant digits (``100%``, ``97.3%``)."""
+    if x is None:
+        return "n/a"
+    return f"{100.0 * float(x):.3g}%"
+
+
+def as_float(x: Any) -> float | None:
+    """Read a number from a checker's dict (which writes infinity as ``'inf'``)."""
+    if x is None:
+        return None
+    return float(x)
+
+
+# -- the wording of one check --------------------------------------------------------------------
+def feasible_set(d1: dict) -> str:
+    """Definition 1's feasible set of gamma from its ``to_dict()``: ``(0, 2.39e-02]`` or ``empty``.
+
+    The set is ``{gamma > 0} ∩ [largest lower bound, smallest upper bound]``: open at 0 when no
+    step bounds gamma from below by a positive number, closed at a positive lower bound.
+    """
+    if not d1.get("holds"):
+        return "empty"
+    lo, hi = as_float(d1["gamma_low"]), as_float(d1["gamma_high"])
+    left = "(0" if lo <= 0 else f"[{fmt3(lo)}"
+    right = "inf)" if math.isinf(hi) else f"{fmt3(hi)}]"
+    return f"{left}, {right}"
+
+
+def item1_cell(dm: dict) -> str:
+    """Theorem 1 item 1 (distance never grows)."""
+    if dm["holds"]:
+        return "yes"
+    return f"no ({dm['n_increases']} increases)"
+
+
+def item2_cell(lc: dict) -> str:
+    """Theorem 1 item 2: the ratio of the last epoch's gap to the first epoch's."""
+    ratio = lc.get("ratio")
+    if lc["holds"] is None:
+        return "n/a (1 epoch)"
+    shown = fmt3(ratio) if ratio is not None else f"last {fmt3(lc['last_epoch_gap'])}"
+    return f"{'yes' if lc['holds'] else 'no'} ({shown})"
+
+
+def item3_cell(rb: dict) -> str:
+    """Theorem 1 item 3: the largest lhs/rhs over whole epochs, or n/a without a gamma > 0."""
+    if rb["holds"] is None:
+        return "n/a (no gamma > 0)"
+    if rb["holds"]:
+        return f"yes (max {fmt3(rb['max_ratio'])})"
+    return f"no (max {fmt3(rb['max_ratio'])}, {rb['n_violations']} epochs)"
+
+
+def identity_cell(ri: dict) -> str:
+    """The recording identity: its largest relative residual."""
+    return f"{'yes' if ri['holds'] else 'NO'} ({fmt3(ri['max_rel_residual'])})"
+
+
+# -- JSON and files ------------------------------------------------------------------------------
+def jsonable(obj: Any) -> Any:
+    """``obj`` with numpy scalars/arrays turned into Python and non-finite floats into the
+    strings ``'inf'``, ``'-inf'``, ``'nan'`` (strict JSON has no infinity), as the checkers do."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        x = float(obj)
+        if math.isnan(x):
+            return "nan"
+        if math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+        return x
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, p)
+    return p
+
+
+# -- where and with what a report was made -------------------------------------------------------
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one, else ``platform.processor()``."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict:
+    """Versions and machine: what a report needs to say where it came from."""
+    import matplotlib
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "matplotlib": matplotlib.__version__,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "executable": sys.executable,
+    }
