@@ -43,6 +43,18 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one, else ``platform.processor()``."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _driver_version() -> str | None:
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
@@ -56,7 +68,7 @@ def environment(device: torch.device) -> dict:
     """Hardware and library versions of this process, for the trace's metadata."""
     env = {
         "device": str(device),
-        "device_name": platform.processor() or platform.machine(),
+        "device_name": cpu_name(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -33,11 +33,11 @@ def report_dir(out_root: str | os.PathLike, suite: str, preset: str, dataset: st
     return Path(out_root) / f"{suite}-{preset}-{dataset}"
 
 
-def load_train_data(dataset: str, preset: str, device: torch.device, data_root=None, download=False):
-    """The (subset of the) training split on ``device``, and a description of it."""
+def load_train_data(dataset: str, n_sub: int | None, device: torch.device, data_root=None, download=False):
+    """The training split (a class-balanced subset of ``n_sub`` if given) on ``device``, and a
+    description of it."""
     split = load_split(dataset, "train", root=data_root, download=download)
     images, labels = split.images, split.labels
-    n_sub = PRESET_TABLE[preset].train_subset
     desc = f"{split.source}, {len(split)} training images"
     if n_sub is not None and n_sub < len(split):
         idx = balanced_subset(labels, n_sub, seed=0)
@@ -75,7 +75,7 @@ def run_suite(suite_name: str, preset: str = "smoke", dataset: str | None = None
     for ds in datasets:
         out = report_dir(out_root, suite_name, preset, ds)
         (out / "runs").mkdir(parents=True, exist_ok=True)
-        data, num_classes, data_desc = load_train_data(ds, preset, dev, data_root, download)
+        data, num_classes, data_desc = load_train_data(ds, PRESET_TABLE[preset].train_subset, dev, data_root, download)
         info = {
             "suite": suite_name, "preset": preset, "preset_description": PRESET_TABLE[preset].description,
             "dataset": ds, "data": data_desc, "n_train": len(data), "num_classes": num_classes,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 import click
@@ -99,6 +100,7 @@ def ladder(out_dir: str, seed: int) -> None:
                       else f"gamma_max n/a ({d1['n_violating']} violating steps)")
         click.echo(f"  {name:<{width}}  {r['verdict']}  {detail}")
     click.echo(f"{report['n_pass']} of {report['n_runs']} PASS in {report['wall_s']:.1f} s")
+    _reindex(Path(out_dir).parent)
 
 
 # -- gpcheck check -------------------------------------------------------------------------------
@@ -211,7 +213,14 @@ def deep(suite, preset, dataset, data_root, download, device, out_root, quiet) -
         sys.exit(130)
 
 
+def _reindex(root) -> None:
+    from .index import write_index
+
+    write_index(root)
+
+
 def _print_suite_summary(out) -> None:
+    _reindex(Path(out).parent)
     rep = json.loads((out / "report.json").read_text())
     click.echo(f"report: {out}/report.md")
     for c in rep["claims"]:
@@ -223,8 +232,6 @@ def _print_suite_summary(out) -> None:
 @click.argument("path", type=click.Path(path_type=str))
 def report(path: str) -> None:
     """Rebuild a suite report (report.md, report.json, figure) from the traces in PATH alone."""
-    from pathlib import Path
-
     from .deep_report import ReportError, build_report
 
     if not Path(path).is_dir():
@@ -234,6 +241,17 @@ def report(path: str) -> None:
     except ReportError as exc:
         fail(str(exc))
     _print_suite_summary(Path(path))
+
+
+@main.command()
+@click.argument("root", default="reports", type=click.Path(path_type=str))
+def index(root: str) -> None:
+    """Rebuild ROOT/README.md, the index of every report under ROOT."""
+    if not Path(root).is_dir():
+        fail(f"{root}: no such folder")
+    from .index import write_index
+
+    click.echo(f"index: {write_index(root)}")
 
 
 if __name__ == "__main__":

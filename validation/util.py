@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from deep.env import cpu_name
+
 
 # -- numbers -------------------------------------------------------------------------------------
 def fmt3(x: Any) -> str:
@@ -138,18 +140,6 @@ def write_atomic(path: str | os.PathLike, text: str) -> Path:
 
 
 # -- where and with what a report was made -------------------------------------------------------
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo where there is one, else ``platform.processor()``."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment() -> dict:
     """Versions and machine: what a report needs to say where it came from."""
     import matplotlib

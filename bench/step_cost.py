@@ -1,0 +1,205 @@
+"""What an exact measurement costs next to plain training: ms per step, side by side, in one run.
+
+Loops, all on the same network, batch size and data (random CIFAR-shaped uint8 images):
+
+* ``typical``: a typical PyTorch loop, a DataLoader over normalized float tensors with ``--workers``
+  workers, fp32, NCHW, default (non-deterministic) kernels;
+* ``resident``: data resident on the device as uint8 and normalized there (deep/data.py),
+  channels_last on CUDA;
+* ``deterministic``: the same with deterministic algorithms (what pass 1 runs);
+* ``record_only``: deterministic step + the recorder, no forward at theta* (recording overhead);
+* ``replay``: what pass 2 runs per step: deterministic step + forward at theta* + recorder;
+* ``runner``: the real two-pass runner (deep/measure.py: data indexing, the last smaller batch,
+  checkpoints, replay checks) over ``--runner-epochs`` epochs, per step of pass 1 + pass 2.
+
+Ratios printed and written to JSON (with the device name and library versions):
+``recording overhead = (record_only - deterministic) / replay`` and
+``two-pass cost = (deterministic + replay) / typical``, and the runner's own two-pass cost.
+
+Usage::
+
+    python bench/step_cost.py --device cuda --networks resnet18 resnet34 vgg16 --out $OUT/step_cost.json
+    python bench/step_cost.py --device cpu --width 0.125 --steps 5 --warmup 2 --workers 0   # CPU check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from deep.data import CyclicSampler, DeviceData  # noqa: E402
+from deep.env import environment, resolve_device, set_deterministic  # noqa: E402
+from deep.measure import measure  # noqa: E402
+from deep.models import build_model  # noqa: E402
+from gamma_theory import PathRecorder, flatten_params  # noqa: E402
+
+
+def _sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _timed(step, dev, warmup, steps) -> float:
+    for _ in range(warmup):
+        step()
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(dev)
+    return 1e3 * (time.perf_counter() - t0) / steps
+
+
+def bench_network(name, dev, args, images, labels) -> dict:
+    cl = dev.type == "cuda"
+
+    def model():
+        torch.manual_seed(0)
+        m = build_model(name, 10, width=args.width).to(dev)
+        return m.to(memory_format=torch.channels_last) if cl else m
+
+    res = {}
+    # typical: DataLoader over float tensors, NCHW, default kernels
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.benchmark = True
+    x_all = (images.float() / 255 - 0.5) / 0.25
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x_all, labels), batch_size=args.batch_size,
+                                         shuffle=True, num_workers=args.workers, pin_memory=cl, drop_last=True,
+                                         persistent_workers=args.workers > 0)
+    m = build_model(name, 10, width=args.width).to(dev)
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    it = iter(loader)
+
+    def typical():
+        nonlocal it
+        try:
+            xb, yb = next(it)
+        except StopIteration:
+            it = iter(loader)
+            xb, yb = next(it)
+        xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
+        loss = F.cross_entropy(m(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    res["typical"] = _timed(typical, dev, args.warmup, args.steps)
+    del loader, it
+
+    data = DeviceData(images, labels, device=dev, channels_last=cl)
+    sampler = CyclicSampler(len(data), args.batch_size, 0)
+    batches: list = []
+
+    def next_batch():
+        if not batches:
+            batches.extend(b for b in sampler.next_epoch(dev) if len(b) == args.batch_size)
+        return data.batch(batches.pop())
+
+    def make_step(det: bool, star: bool, record: bool):
+        if det:
+            set_deterministic()
+        else:
+            torch.use_deterministic_algorithms(False)
+            torch.backends.cudnn.benchmark = True
+        mm = model()
+        o = torch.optim.SGD(mm.parameters(), lr=0.01)
+        ms = model()
+        for b in ms.modules():
+            if isinstance(b, torch.nn.modules.batchnorm._BatchNorm):
+                b.momentum = 0.0
+        rec = PathRecorder(mm.parameters(), flatten_params(list(ms.parameters())), 0.01) if record else None
+
+        def step():
+            xb, yb = next_batch()
+            loss = F.cross_entropy(mm(xb), yb)
+            ls = 0.0
+            if star:
+                with torch.no_grad():
+                    ls = F.cross_entropy(ms(xb), yb)
+            o.zero_grad(set_to_none=True)
+            loss.backward()
+            o.step()
+            if rec is not None:
+                rec.record(loss, ls, 0)
+                if len(rec) >= 64:  # the runner flushes once per epoch
+                    rec.flush()
+        return step
+
+    res["resident"] = _timed(make_step(False, False, False), dev, args.warmup, args.steps)
+    res["deterministic"] = _timed(make_step(True, False, False), dev, args.warmup, args.steps)
+    res["record_only"] = _timed(make_step(True, False, True), dev, args.warmup, args.steps)
+    res["replay"] = _timed(make_step(True, True, True), dev, args.warmup, args.steps)
+
+    # the real runner, both passes, on the first runner_images images
+    n = min(len(data), args.runner_images)
+    sub = DeviceData(images[:n], labels[:n], device=dev, channels_last=cl)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        run = measure(lambda: build_model(name, 10, width=args.width),
+                      lambda p: torch.optim.SGD(p, lr=0.01), sub, lr=0.01, epochs=args.runner_epochs,
+                      batch_size=args.batch_size, workdir=Path(tmp) / "r", channels_last=cl, progress=False)
+        wall = time.perf_counter() - t0
+    steps = len(run.trace)
+    res["runner_two_pass_per_step"] = 1e3 * wall / steps
+    res["runner_pass1"] = run.trace.meta["pass1"]["ms_per_step"]
+    res["runner_pass2"] = run.trace.meta["pass2"]["ms_per_step"]
+    res["runner_replay_verified"] = run.trace.meta["replay_verified"]
+    res["ratios"] = {
+        "recording_overhead_of_replay_step": (res["record_only"] - res["deterministic"]) / res["replay"],
+        "two_pass_over_typical": (res["deterministic"] + res["replay"]) / res["typical"],
+        "runner_two_pass_over_typical": res["runner_two_pass_per_step"] / res["typical"],
+        "deterministic_over_resident": res["deterministic"] / res["resident"],
+    }
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--networks", nargs="+", default=["resnet18", "resnet34", "vgg16"])
+    ap.add_argument("--width", type=float, default=1.0)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--images", type=int, default=10000, help="random CIFAR-shaped images to train on")
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--runner-images", type=int, default=5000)
+    ap.add_argument("--runner-epochs", type=int, default=2)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    dev = resolve_device(args.device)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (args.images,), generator=g)
+    result = {"command": " ".join(["python", "bench/step_cost.py", *sys.argv[1:]]), "args": vars(args),
+              "env": environment(dev), "ms_per_step": {}}
+    for name in args.networks:
+        r = bench_network(name, dev, args, images, labels)
+        result["ms_per_step"][name] = r
+        rt = r["ratios"]
+        print(f"{name}: typical {r['typical']:.2f} | resident {r['resident']:.2f} | deterministic "
+              f"{r['deterministic']:.2f} | record_only {r['record_only']:.2f} | replay {r['replay']:.2f} | "
+              f"runner 2-pass {r['runner_two_pass_per_step']:.2f} ms/step")
+        print(f"  recording overhead {100 * rt['recording_overhead_of_replay_step']:.1f}% of a replay step; "
+              f"two-pass / typical {rt['two_pass_over_typical']:.2f}x; runner two-pass / typical "
+              f"{rt['runner_two_pass_over_typical']:.2f}x; replay verified: {r['runner_replay_verified']}")
+    e = result["env"]
+    print(f"device: {e['device_name']} ({e['device']}), torch {e['torch']}, CUDA {e['cuda']}, cuDNN {e['cudnn']}, "
+          f"driver {e['driver']}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

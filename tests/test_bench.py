@@ -1,0 +1,52 @@
+"""The device scripts in bench/ run end to end (on the CPU here, tiny), so a GPU session only runs them."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from deep.data import default_jpeg_archive
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(autouse=True)
+def restore_determinism():
+    before = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
+@pytest.mark.skipif(not default_jpeg_archive().exists(), reason="no shared CIFAR-10 JPEG archive")
+def test_replay_check_runs_and_verifies(tmp_path):
+    out = tmp_path / "rc.json"
+    rc = load("replay_check").main(["--device", "cpu", "--width", "0.125", "--subset", "128", "--epochs", "2",
+                                    "--batch-size", "64", "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert rc == 0
+    assert res["replay"]["ok"] and res["replay"]["verified"]["final"] == "bitwise equal to theta*"
+    assert res["replay"]["checkpoints_compared"] == 2 and res["replay"]["steps"] == 4
+    assert set(res["deterministic_step"]) == {"alexnet", "resnet18", "resnet34", "vgg11", "vgg16"}
+    assert res["env"]["torch"] == torch.__version__
+
+
+def test_step_cost_writes_ratios(tmp_path):
+    out = tmp_path / "sc.json"
+    load("step_cost").main(["--device", "cpu", "--networks", "vgg11", "--width", "0.125", "--steps", "2",
+                            "--warmup", "1", "--workers", "0", "--images", "256", "--runner-images", "128",
+                            "--runner-epochs", "1", "--batch-size", "64", "--out", str(out)])
+    res = json.loads(out.read_text())
+    r = res["ms_per_step"]["vgg11"]
+    for k in ("typical", "resident", "deterministic", "record_only", "replay", "runner_two_pass_per_step"):
+        assert r[k] > 0
+    assert r["ratios"]["two_pass_over_typical"] == pytest.approx((r["deterministic"] + r["replay"]) / r["typical"])
+    assert r["runner_replay_verified"]["final"] == "bitwise equal to theta*"
