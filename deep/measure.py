@@ -58,6 +58,10 @@ class ReplayMismatch(RuntimeError):
     """Pass 2 did not reproduce pass 1 bit for bit."""
 
 
+class RunMismatch(ValueError):
+    """The work folder holds a run with other settings than the ones asked for."""
+
+
 class EnvironmentMismatch(RuntimeError):
     """Pass 2 was asked to replay a pass 1 that ran on other hardware or libraries."""
 
@@ -153,16 +157,28 @@ def measure(
     """
     workdir = Path(workdir)
     done = workdir / "trace.json"
-    if done.exists():
-        return _finished(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "checkpoints").mkdir(exist_ok=True)
     device = data.device
-    set_deterministic(allow_tf32)
     checkpoint_every = checkpoint_every or max(1, epochs // 10)
     setup = dict(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, data_seed=data_seed,
                  channels_last=channels_last, allow_tf32=allow_tf32, checkpoint_every=checkpoint_every,
                  n_train=len(data))
+    if meta and "run" in meta:  # the suite runner's run spec (network, knobs, width, ...)
+        setup["run"] = meta["run"]
+    setup_path = workdir / "setup.json"
+    if setup_path.exists():  # resuming: the folder must hold this very run
+        before = json.loads(setup_path.read_text())
+        differ = {k: (before.get(k), v) for k, v in setup.items() if before.get(k) != v}
+        if differ:
+            detail = ", ".join(f"{k}: {a} there vs {b} now" for k, (a, b) in differ.items())
+            raise RunMismatch(f"{workdir} holds a run with other settings ({detail}); "
+                              "use another output folder, or delete this one to start over")
+    else:
+        _atomic_json(setup, setup_path)
+    if done.exists():
+        return _finished(workdir)
+    (workdir / "checkpoints").mkdir(exist_ok=True)
+    set_deterministic(allow_tf32)
 
     def fresh_model() -> torch.nn.Module:
         torch.manual_seed(seed)

@@ -42,16 +42,26 @@ def test_per_step_gamma_equals_closed_form(n, extra, b, frac, seed):
     # exactly; its later losses sit at round-off (1e-32), where the bound is 0/0 noise.
     assume(not (b == 1 and abs(frac - 0.5) < 1e-3))
     prob, X, y, batches, L, lr, res = ls_path(n, extra, b, frac, seed, epochs=4)
-    # iterates from an independent numpy SGD, not from the recorded path
-    thetas = numpy_sgd(X, y, prob.theta0, batches, lr)
-    np.testing.assert_allclose(thetas, res.thetas, rtol=1e-10, atol=1e-12)
-    expected = P.ls_closed_form_gamma(X, y, thetas, batches, lr, res.trace.dist0_sq)
+    # the path is SGD: an independent numpy SGD gives the same iterates (to round-off)
+    np.testing.assert_allclose(numpy_sgd(X, y, prob.theta0, batches, lr), res.thetas, rtol=1e-10, atol=1e-12)
+    # The closed form is computed from the path's iterates and X, y alone, not from the trace.
+    expected = P.ls_closed_form_gamma(X, y, res.thetas, batches, lr, res.trace.dist0_sq)
     d1 = definition_1(res.trace)
-    np.testing.assert_allclose(d1.per_step_gamma, expected, rtol=1e-9)
-    # the whole path obeys the principle with gamma >= (2 - eta L) / dist0_sq
+    # Tolerance: 1e-9 relative, plus the float64 forward error of the measurement itself.
+    # U_k comes from the difference of two stored iterates, off by about eps*(|theta_k|+|theta_k+1|),
+    # so inner_k is off by up to |theta_k - theta*| times that, over eta. Late in a run,
+    # theta_k - theta* is nearly orthogonal to U_k, and that bound can exceed 1e-9 of inner_k.
+    th, eps = res.thetas, np.finfo(float).eps
+    norms = np.linalg.norm(th, axis=1)
+    num_err = 16 * eps * np.sqrt(res.trace.dist_sq) * (norms[:-1] + norms[1:]) / lr
+    tol = 1e-9 * np.abs(expected) + num_err / (res.trace.dist0_sq * res.trace.gap)
+    assert np.all(np.abs(d1.per_step_gamma - expected) <= tol)
+    assert np.median(num_err / (res.trace.dist0_sq * res.trace.gap) / np.abs(expected)) < 1e-9  # rarely needed
+    # the whole path obeys the principle with gamma >= (2 - eta L) / dist0_sq; b = 1 makes the
+    # bound tight (the max-norm row gives equality), so allow each step its measurement tolerance
     assert d1.holds
-    # b = 1 makes the bound tight (the max-norm row gives equality): allow round-off
-    assert d1.gamma_max >= (2.0 - lr * L) / res.trace.dist0_sq * (1 - 1e-9)
+    floor = (2.0 - lr * L) / res.trace.dist0_sq
+    assert np.all(d1.per_step_gamma + tol >= floor * (1 - 1e-9))
     result = check_trace(res.trace)
     assert result.distance.holds and result.rate.holds and result.identity.holds
 

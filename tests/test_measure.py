@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from deep.data import CyclicSampler, DeviceData
-from deep.measure import ReplayMismatch, measure
+from deep.measure import ReplayMismatch, RunMismatch, measure
 from gamma_theory import check_trace, flatten_params, trace_from_iterates
 from gamma_theory.optimizers import make_optimizer
 
@@ -144,3 +144,16 @@ def test_diverged_run_is_reported_and_truncated(tmp_path):
     again = measure(model_fn, lambda p: make_optimizer("sgd", p, 50.0), tiny_data(), lr=50.0, epochs=40,
                     batch_size=16, workdir=tmp_path / "d", loss_fn=mse, progress=False)
     assert again.status == "diverged" and again.diverged == res.diverged
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    TinyCNN.calls, TinyCNN.interrupt_at = 0, 2
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "r", epochs=2)
+    TinyCNN.interrupt_at = None
+    with pytest.raises(RunMismatch, match="epochs: 2 there vs 3 now"):
+        run(tmp_path / "r", epochs=3)
+    full = run(tmp_path / "f", epochs=2)
+    with pytest.raises(RunMismatch, match="lr: 0.1 there vs 0.2 now"):
+        run(tmp_path / "f", epochs=2, lr=0.2)
+    assert run(tmp_path / "f", epochs=2).trace.inner.tolist() == full.trace.inner.tolist()

@@ -181,6 +181,7 @@ def deep(suite, preset, dataset, data_root, download, device, out_root, quiet) -
 
     from deep.data import DataError
     from deep.env import resolve_device
+    from deep.measure import RunMismatch
     from deep.runner import DATASET_CHOICES, resolve_datasets, run_suite
     from deep.suites import PRESETS, SUITES
 
@@ -205,7 +206,7 @@ def deep(suite, preset, dataset, data_root, download, device, out_root, quiet) -
             out = run_suite(suite, preset, ds, data_root=data_root, download=download, device=device,
                             out_root=out_root, progress=not quiet, command=argv)[0]
             _print_suite_summary(out)
-    except DataError as exc:
+    except (DataError, RunMismatch) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         click.echo("\ninterrupted: finished runs and checkpoints are kept; rerun the same command to resume.",
