@@ -157,3 +157,19 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
     with pytest.raises(RunMismatch, match="lr: 0.1 there vs 0.2 now"):
         run(tmp_path / "f", epochs=2, lr=0.2)
     assert run(tmp_path / "f", epochs=2).trace.inner.tolist() == full.trace.inner.tolist()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("network", ["resnet18", "vgg16", "alexnet"])
+def test_full_width_network_replays_bitwise(tmp_path, network):
+    """Run on purpose (`pytest -m slow`): a full-width paper network replays bit for bit on the CPU."""
+    from deep.models import build_model
+
+    g = torch.Generator().manual_seed(0)
+    data = DeviceData(torch.randint(0, 256, (200, 3, 32, 32), dtype=torch.uint8, generator=g),
+                      torch.randint(0, 10, (200,), generator=g))
+    res = measure(lambda: build_model(network, 10), lambda p: make_optimizer("momentum", p, 0.01), data,
+                  lr=0.01, epochs=2, batch_size=128, workdir=tmp_path, checkpoint_every=1, progress=False)
+    assert res.status == "ok" and len(res.trace) == 4
+    assert res.trace.meta["replay_verified"]["final"] == "bitwise equal to theta*"
+    assert check_trace(res.trace).identity.holds

@@ -136,3 +136,19 @@ def test_rerun_skips_finished_runs(tmp_path):
 def test_report_on_a_folder_without_runs(tmp_path):
     res = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert res.exit_code == 2 and "no runs/ folder" in res.output
+
+
+def test_smoke_suite_on_cifar100_in_torchvision_format(tmp_path):
+    """The whole pipeline on a CIFAR-100 folder in torchvision's format, written by the test."""
+    import numpy as np
+
+    from cifar_files import _write_cifar100
+
+    _write_cifar100(tmp_path / "data", np.random.default_rng(0))
+    res = CliRunner().invoke(main, ["deep", "--suite", "skip", "--preset", "smoke", "--dataset", "cifar100",
+                                    "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "rep"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "rep" / "skip-smoke-cifar100" / "report.json").read_text())
+    assert rep["dataset"] == "cifar100" and "torchvision CIFAR100" in rep["data"]
+    assert [r["status"] for r in rep["runs"]] == ["ok"] * 5
+    assert json.loads((tmp_path / "rep" / "skip-smoke-cifar100" / "suite.json").read_text())["num_classes"] == 100
