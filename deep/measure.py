@@ -13,8 +13,9 @@ run is terabytes. So:
   pass 1's bit for bit, and at the end its last iterate must be ``theta*``; otherwise
   :class:`ReplayMismatch` names the epoch and the largest deviation.
 
-Memory is O(d): three flat float64 buffers in the recorder, one model at ``theta*``, and one
-copy of the parameters at the start of the epoch (to fall back on when a run diverges).
+Memory is O(d): three flat float64 buffers in the recorder, one model at ``theta*``, and the
+model states at the start of this and of the previous epoch (to fall back on when a run
+diverges; each checkpoint carries the latter, so a resumed run falls back identically).
 
 Checkpoint policy: pass 1 writes a checkpoint at epoch 0, every ``checkpoint_every`` epochs
 (default ``max(1, epochs // 10)``, so at most ~11 on disk) and at its last epoch. Pass 2 deletes
@@ -235,14 +236,15 @@ def _pass1(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, progr
         opt.load_state_dict(st["optimizer"])
         sampler.load_state_dict(st["sampler"])
         losses, start, wall_before = list(st["losses"]), int(st["epoch"]), float(st.get("wall_s", 0.0))
+        state_prev = st.get("model_prev")
     else:
+        state_prev = None  # model state at the start of the previous epoch
         _atomic_torch_save({k: v.detach().clone() for k, v in model.state_dict().items()}, workdir / "theta0.pt")
         _atomic_torch_save({**_state(model, opt, sampler, 0, []), "wall_s": 0.0, "env": env}, _ckpt_path(workdir, 0))
 
     diverged = None
     t0 = time.perf_counter()
     bar = _bar(range(start, epochs), progress, f"{desc} pass 1", start, epochs)
-    state_prev = None  # model state at the start of the previous epoch
     for epoch in bar:
         params_before = [p.detach().clone() for p in model.parameters()]
         state_before = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -261,18 +263,20 @@ def _pass1(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, progr
         if diverged:
             # The iterate that starts the diverging epoch may already give an infinite loss, so
             # theta* is the one that started the epoch before: every loss in that epoch was finite.
-            if state_prev is None:
-                losses = []
-            else:
+            if state_prev is not None:
                 model.load_state_dict(state_prev)
                 losses = losses[:-1]
+            else:  # diverged in epoch 0: nothing to measure
+                model.load_state_dict(state_before)
             break
         state_prev = state_before
         losses.append(host)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{host.mean():.4g}")
         if (epoch + 1) % every == 0 or epoch + 1 == epochs:
-            _atomic_torch_save({**_state(model, opt, sampler, epoch + 1, losses),
+            # model_prev (the start of this epoch) lets a resumed run fall back exactly as an
+            # uninterrupted one would if the next epoch diverges
+            _atomic_torch_save({**_state(model, opt, sampler, epoch + 1, losses), "model_prev": state_prev,
                                 "wall_s": wall_before + time.perf_counter() - t0, "env": env},
                                _ckpt_path(workdir, epoch + 1))
     wall = wall_before + time.perf_counter() - t0

@@ -124,10 +124,25 @@ def test_tampered_checkpoint_is_caught(tmp_path):
         run(run_dir, checkpoint_every=1)
 
 
+class Linear(torch.nn.Module):
+    calls, interrupt_at = 0, None
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(192, 3)
+
+    def forward(self, x):
+        Linear.calls += 1
+        if Linear.interrupt_at is not None and Linear.calls >= Linear.interrupt_at:
+            Linear.interrupt_at = None
+            raise KeyboardInterrupt
+        return self.fc(x.flatten(1))
+
+
 def test_diverged_run_is_reported_and_truncated(tmp_path):
     """Squared loss on a linear model with a huge step: the iterates grow geometrically to inf."""
     def model_fn():
-        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 3))
+        return Linear()
 
     def mse(out, y):
         return F.mse_loss(out, F.one_hot(y, 3).float())
@@ -173,3 +188,23 @@ def test_full_width_network_replays_bitwise(tmp_path, network):
     assert res.status == "ok" and len(res.trace) == 4
     assert res.trace.meta["replay_verified"]["final"] == "bitwise equal to theta*"
     assert check_trace(res.trace).identity.holds
+
+
+def test_divergence_right_after_a_resume_keeps_the_measured_epochs(tmp_path):
+    def mse(out, y):
+        return F.mse_loss(out, F.one_hot(y, 3).float())
+
+    def go(d):
+        return measure(Linear, lambda p: make_optimizer("sgd", p, 50.0), tiny_data(), lr=50.0, epochs=40,
+                       batch_size=16, workdir=d, loss_fn=mse, checkpoint_every=1, progress=False)
+
+    full = go(tmp_path / "full")
+    e = full.diverged["epoch"]
+    Linear.calls, Linear.interrupt_at = 0, e * 3 + 1  # 3 steps per epoch: stop as epoch e starts
+    with pytest.raises(KeyboardInterrupt):
+        go(tmp_path / "cut")
+    Linear.interrupt_at = None
+    cut = go(tmp_path / "cut")
+    assert cut.status == "diverged" and cut.diverged == full.diverged
+    for col in ("loss", "loss_star", "inner", "update_sq", "dist_sq"):
+        np.testing.assert_array_equal(getattr(cut.trace, col), getattr(full.trace, col))
