@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import traceback
 from datetime import datetime, timezone
@@ -97,11 +98,14 @@ def run_suite(suite_name: str, preset: str = "smoke", dataset: str | None = None
             meta = {"suite": suite_name, "preset": preset, "dataset": ds, "data": data_desc}
             try:
                 run_one(spec, data, num_classes, workdir, meta, progress)
-            except (ReplayMismatch, EnvironmentMismatch) as exc:
-                # The run cannot be trusted; the report says so and the suite goes on.
+            except (ReplayMismatch, EnvironmentMismatch, RuntimeError) as exc:
+                # The run cannot be trusted (replay mismatch) or could not run (e.g. an op without a
+                # deterministic kernel, out of memory): the report says so and the suite goes on.
                 workdir.mkdir(parents=True, exist_ok=True)
                 err.write_text(json.dumps({"error": type(exc).__name__, "message": str(exc),
                                            "traceback": traceback.format_exc()}, indent=2))
+                print(f"gpcheck: {spec.name} failed ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+                      f"details in {err}; the suite goes on", file=sys.stderr)
         info["finished_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         info["last_invocation_wall_s"] = time.perf_counter() - t0
         suite_json.write_text(json.dumps(info, indent=2))

@@ -152,3 +152,24 @@ def test_smoke_suite_on_cifar100_in_torchvision_format(tmp_path):
     assert rep["dataset"] == "cifar100" and "torchvision CIFAR100" in rep["data"]
     assert [r["status"] for r in rep["runs"]] == ["ok"] * 5
     assert json.loads((tmp_path / "rep" / "skip-smoke-cifar100" / "suite.json").read_text())["num_classes"] == 100
+
+
+@needs_archive
+def test_a_failing_run_is_reported_and_the_suite_goes_on(tmp_path, monkeypatch):
+    import deep.runner as runner
+
+    real = runner.run_one
+
+    def flaky(spec, *a, **k):
+        if spec.name == "resnet18-first":
+            raise RuntimeError("deterministic kernel missing (simulated)")
+        return real(spec, *a, **k)
+
+    monkeypatch.setattr(runner, "run_one", flaky)
+    res = CliRunner().invoke(main, ["deep", "--suite", "skip", "--preset", "smoke", "--out", str(tmp_path), "--quiet"])
+    assert res.exit_code == 1
+    assert "resnet18-first failed (RuntimeError: deterministic kernel missing (simulated))" in res.output
+    rep = json.loads((tmp_path / "skip-smoke-cifar10-jpeg" / "report.json").read_text())
+    status = {r["name"]: r["status"] for r in rep["runs"]}
+    assert status.pop("resnet18-first") == "error" and set(status.values()) == {"ok"}
+    assert {c["claim"]: c["verdict"] for c in rep["claims"]}["resnet18 gamma order"] == NA

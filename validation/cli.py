@@ -201,17 +201,20 @@ def deep(suite, preset, dataset, data_root, download, device, out_root, quiet) -
     if preset == "paper" and not torch.cuda.is_available():
         click.echo("warning: running the paper preset on the CPU; expect weeks.", err=True)
     argv = " ".join(["gpcheck", "deep"] + sys.argv[2:]) if len(sys.argv) > 2 else None
+    errors = 0
     try:
         for ds in resolve_datasets(dataset, preset):
             out = run_suite(suite, preset, ds, data_root=data_root, download=download, device=device,
                             out_root=out_root, progress=not quiet, command=argv)[0]
-            _print_suite_summary(out)
+            errors += _print_suite_summary(out)
     except (DataError, RunMismatch) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         click.echo("\ninterrupted: finished runs and checkpoints are kept; rerun the same command to resume.",
                    err=True)
         sys.exit(130)
+    if errors:
+        sys.exit(1)
 
 
 def _reindex(root) -> None:
@@ -220,12 +223,17 @@ def _reindex(root) -> None:
     write_index(root)
 
 
-def _print_suite_summary(out) -> None:
+def _print_suite_summary(out) -> int:
+    """Print the claims of a suite report; return how many runs ended in an error."""
     _reindex(Path(out).parent)
     rep = json.loads((out / "report.json").read_text())
     click.echo(f"report: {out}/report.md")
     for c in rep["claims"]:
         click.echo(f"  {c['verdict']:<14} {c['claim']}: {c['why']}")
+    errors = [r["name"] for r in rep["runs"] if r["status"] == "error"]
+    if errors:
+        click.echo(f"  {len(errors)} run(s) ended in an error: {', '.join(errors)} (see report.md)", err=True)
+    return len(errors)
 
 
 # -- gpcheck report ------------------------------------------------------------------------------
