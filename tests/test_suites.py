@@ -173,3 +173,13 @@ def test_a_failing_run_is_reported_and_the_suite_goes_on(tmp_path, monkeypatch):
     status = {r["name"]: r["status"] for r in rep["runs"]}
     assert status.pop("resnet18-first") == "error" and set(status.values()) == {"ok"}
     assert {c["claim"]: c["verdict"] for c in rep["claims"]}["resnet18 gamma order"] == NA
+
+
+def test_orders_follow_what_the_paper_says_per_data_set():
+    skip = get_suite("skip")
+    assert "resnet18" not in skip.orders_for("cifar10-jpeg")  # "comparable" on CIFAR-10
+    assert skip.orders_for("cifar100")["resnet18"] == [["first"], ["all"]]
+    bn = get_suite("bn")
+    assert bn.orders_for("cifar10")["resnet18"] == [["none"], ["first", "all"]]
+    assert bn.orders_for("cifar100")["resnet18"] == [["none"], ["first"], ["all"]]
+    assert bn.orders_for("cifar100")["vgg11"] == [["none"], ["first", "all"]]

@@ -132,7 +132,8 @@ def build_report(out_dir: str | Path) -> dict:
     suite = get_suite(suite_name, suite_info.get("preset") or "paper") if suite_name else None
     order = {r.name: i for i, r in enumerate(suite.runs)} if suite else {}
     summaries.sort(key=lambda s: order.get(s["name"], len(order)))
-    claims = suite_claims(suite.expected_order if suite else {}, [_numbers(s) for s in summaries])
+    claims = suite_claims(suite.orders_for(suite_info.get("dataset")) if suite else {},
+                          [_numbers(s) for s in summaries])
 
     fig_rel = None
     if traces:
