@@ -96,12 +96,15 @@ class LossConvergence:
         }
 
 
+def per_epoch_mean(values: np.ndarray, epoch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct epochs and the mean of ``values`` over the steps of each."""
+    epochs, inverse = np.unique(epoch, return_inverse=True)
+    return epochs, np.bincount(inverse, weights=values) / np.bincount(inverse)
+
+
 def epoch_mean_gap(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
     """The epochs of the trace and the mean loss gap ``loss - loss_star`` in each."""
-    epochs, inverse = np.unique(trace.epoch, return_inverse=True)
-    sums = np.bincount(inverse, weights=trace.gap)
-    counts = np.bincount(inverse)
-    return epochs, sums / counts
+    return per_epoch_mean(trace.gap, trace.epoch)
 
 
 def loss_convergence(trace: Trace, rel_tol: float = 0.05) -> LossConvergence:

@@ -161,18 +161,18 @@ def test_a_failing_run_is_reported_and_the_suite_goes_on(tmp_path, monkeypatch):
     real = runner.run_one
 
     def flaky(spec, *a, **k):
-        if spec.name == "resnet18-first":
+        if spec.name == "resnet34-first2":
             raise RuntimeError("deterministic kernel missing (simulated)")
         return real(spec, *a, **k)
 
     monkeypatch.setattr(runner, "run_one", flaky)
     res = CliRunner().invoke(main, ["deep", "--suite", "skip", "--preset", "smoke", "--out", str(tmp_path), "--quiet"])
     assert res.exit_code == 1
-    assert "resnet18-first failed (RuntimeError: deterministic kernel missing (simulated))" in res.output
+    assert "resnet34-first2 failed (RuntimeError: deterministic kernel missing (simulated))" in res.output
     rep = json.loads((tmp_path / "skip-smoke-cifar10-jpeg" / "report.json").read_text())
     status = {r["name"]: r["status"] for r in rep["runs"]}
-    assert status.pop("resnet18-first") == "error" and set(status.values()) == {"ok"}
-    assert {c["claim"]: c["verdict"] for c in rep["claims"]}["resnet18 gamma order"] == NA
+    assert status.pop("resnet34-first2") == "error" and set(status.values()) == {"ok"}
+    assert {c["claim"]: c["verdict"] for c in rep["claims"]}["resnet34 gamma order"] == NA
 
 
 def test_orders_follow_what_the_paper_says_per_data_set():

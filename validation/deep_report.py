@@ -18,7 +18,7 @@ import numpy as np
 from deep.suites import ASSUMPTIONS, get_suite
 from gamma_theory import Trace, TraceError, check_trace, load_trace
 from gamma_theory.definition1 import step_bounds
-from gamma_theory.theorem1 import epoch_mean_gap
+from gamma_theory.theorem1 import epoch_mean_gap, per_epoch_mean
 
 from .claims import NA, THRESHOLD_FRACTION, RunNumbers, suite_claims
 from .util import feasible_set, fmt3, identity_cell, item1_cell, item2_cell, item3_cell, jsonable, pct, write_atomic
@@ -26,11 +26,6 @@ from .util import feasible_set, fmt3, identity_cell, item1_cell, item2_cell, ite
 
 class ReportError(ValueError):
     """A folder that holds no suite run."""
-
-
-def epoch_mean_loss(trace: Trace) -> np.ndarray:
-    epochs, inverse = np.unique(trace.epoch, return_inverse=True)
-    return np.bincount(inverse, weights=trace.loss) / np.bincount(inverse)
 
 
 def gamma_summary(trace: Trace) -> float | None:
@@ -41,7 +36,7 @@ def gamma_summary(trace: Trace) -> float | None:
 
 
 def convergence(trace: Trace) -> dict:
-    losses = epoch_mean_loss(trace)
+    losses = per_epoch_mean(trace.loss, trace.epoch)[1]
     first, last = float(losses[0]), float(losses[-1])
     hit = np.flatnonzero(losses <= THRESHOLD_FRACTION * first)
     return {

@@ -27,6 +27,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 import numpy as np  # noqa: E402
 
 from gamma_theory.definition1 import definition_1, step_bounds  # noqa: E402
+from gamma_theory.theorem1 import per_epoch_mean  # noqa: E402
 from gamma_theory.trace import Trace  # noqa: E402
 
 from .util import fmt3  # noqa: E402
@@ -99,11 +100,7 @@ def epoch_means(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
     ok = np.isfinite(loss)
     if not ok.any():
         return np.empty(0), np.empty(0)
-    epochs, inverse = np.unique(trace.epoch[ok], return_inverse=True)
-    sums = np.bincount(inverse, weights=loss[ok])
-    counts = np.bincount(inverse)
-    xs = np.bincount(inverse, weights=x[ok]) / counts
-    return xs, sums / counts
+    return per_epoch_mean(x[ok], trace.epoch[ok])[1], per_epoch_mean(loss[ok], trace.epoch[ok])[1]
 
 
 def _first_nonfinite(trace: Trace) -> int | None:
