@@ -5,8 +5,8 @@ import math
 from validation.claims import FAIL, NA, PASS, RunNumbers, correlation_claim, order_claim, principle_claims
 
 
-def rn(variant, gamma, speed, status="ok", network="net", d1=True, share=1.0, dist=True):
-    return RunNumbers(network, variant, status, gamma, speed, d1, share, dist)
+def rn(variant, gamma, speed, status="ok", network="net", d1=True, share=1.0, dist=True, strict=None):
+    return RunNumbers(network, variant, status, gamma, speed, d1, share, dist, strict)
 
 
 def test_order_claim_pass_fail_na():
@@ -48,3 +48,11 @@ def test_principle_claims():
     assert all(c["verdict"] == FAIL for c in verdicts.values())
     assert "net/b" in verdicts["principle holds"]["why"]
     assert all(c["verdict"] == PASS for c in principle_claims(runs[:1]))
+
+
+def test_strict_correlation_uses_the_largest_feasible_gamma():
+    # the summary ranks against speed, the strict gamma (0 where infeasible) with it
+    runs = [rn(str(i), float(10 - i), float(i), strict=float(i)) for i in range(6)]
+    assert correlation_claim(runs)["verdict"] == FAIL
+    c = correlation_claim(runs, strict=True)
+    assert c["verdict"] == PASS and c["claim"] == "gamma-speed correlation (strict gamma)"

@@ -98,7 +98,7 @@ def test_smoke_suite_end_to_end(suite, tmp_path):
             assert (out / "runs" / r["name"] / "trace.npz").exists()
     names = [c["claim"] for c in rep["claims"]]
     assert names[:3] == ["principle holds", "gamma positive throughout", "distance diminishes"]
-    assert names[-1] == "gamma-speed correlation"
+    assert names[-2:] == ["gamma-speed correlation (gamma summary)", "gamma-speed correlation (strict gamma)"]
     for c in rep["claims"]:
         assert c["verdict"] in (PASS, FAIL, NA) and c["why"]
         if c["claim"].endswith(" order"):

@@ -102,7 +102,13 @@ def _numbers(s: dict) -> RunNumbers:
         d1_holds=chk["definition_1"]["holds"] if chk else None,
         share_positive=chk["definition_1"]["share_positive"] if chk else None,
         distance_holds=chk["theorem_1"]["distance_monotone"]["holds"] if chk else None,
+        gamma_strict=_strict_gamma(chk["definition_1"]) if chk else None,
     )
+
+
+def _strict_gamma(d1: dict) -> float:
+    """Definition 1's largest feasible gamma, 0 when there is none ('inf' stays infinite)."""
+    return float(d1["gamma_max"]) if d1["holds"] else 0.0
 
 
 def build_report(out_dir: str | Path) -> dict:
@@ -159,6 +165,7 @@ def build_report(out_dir: str | Path) -> dict:
         "env": next((s["env"] for s in summaries if s.get("env")), None),
         "measures": {
             "gamma_summary": "median over steps with a positive loss gap of num_k / (dist0_sq * gap_k)",
+            "strict_gamma": "Definition 1's largest feasible gamma, 0 where the feasible set is empty",
             "speed": "log(first-epoch mean loss / last-epoch mean loss); diverged runs rank slowest",
             "epochs_to_threshold": f"first epoch with mean loss <= {THRESHOLD_FRACTION:g} x the first epoch's",
         },
