@@ -18,9 +18,23 @@ def restore_determinism():
     torch.use_deterministic_algorithms(before)
 
 
-class TinyCNN(torch.nn.Module):
-    calls = 0  # forward passes, across instances: lets a test interrupt a run
-    interrupt_at = None
+class Interruptible(torch.nn.Module):
+    """Counts forward passes across instances (per subclass) and raises KeyboardInterrupt at the
+    ``interrupt_at``-th one: lets a test interrupt a run anywhere in pass 1 or pass 2."""
+
+    calls, interrupt_at = 0, None
+
+    def forward(self, x):
+        cls = type(self)
+        cls.calls += 1
+        if cls.interrupt_at is not None and cls.calls >= cls.interrupt_at:
+            cls.interrupt_at = None
+            raise KeyboardInterrupt
+        return self.body(x)
+
+
+class TinyCNN(Interruptible):
+    calls, interrupt_at = 0, None
 
     def __init__(self):
         super().__init__()
@@ -28,11 +42,7 @@ class TinyCNN(torch.nn.Module):
         self.bn = torch.nn.BatchNorm2d(4)
         self.fc = torch.nn.Linear(4, 3)
 
-    def forward(self, x):
-        TinyCNN.calls += 1
-        if TinyCNN.interrupt_at is not None and TinyCNN.calls >= TinyCNN.interrupt_at:
-            TinyCNN.interrupt_at = None
-            raise KeyboardInterrupt
+    def body(self, x):
         return self.fc(torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3)))
 
 
@@ -124,18 +134,14 @@ def test_tampered_checkpoint_is_caught(tmp_path):
         run(run_dir, checkpoint_every=1)
 
 
-class Linear(torch.nn.Module):
+class Linear(Interruptible):
     calls, interrupt_at = 0, None
 
     def __init__(self):
         super().__init__()
         self.fc = torch.nn.Linear(192, 3)
 
-    def forward(self, x):
-        Linear.calls += 1
-        if Linear.interrupt_at is not None and Linear.calls >= Linear.interrupt_at:
-            Linear.interrupt_at = None
-            raise KeyboardInterrupt
+    def body(self, x):
         return self.fc(x.flatten(1))
 
 
