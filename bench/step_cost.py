@@ -93,7 +93,6 @@ def bench_network(name, dev, args, images, labels) -> dict:
         opt.step()
 
     res["typical"] = _timed(typical, dev, args.warmup, args.steps)
-    del loader, it
 
     data = DeviceData(images, labels, device=dev, channels_last=cl)
     sampler = CyclicSampler(len(data), args.batch_size, 0)

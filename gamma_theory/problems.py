@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .optimizers import OPTIMIZERS, make_optimizer
+from .optimizers import OPTIMIZERS, make_optimizer  # noqa: F401  (OPTIMIZERS re-exported for the ladder)
 from .recorder import trace_from_iterates
 from .trace import Trace
 

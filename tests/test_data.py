@@ -4,8 +4,6 @@ on-device normalization and the cyclic sampler. No network access."""
 from __future__ import annotations
 
 import io
-import os
-import pickle
 import tarfile
 import time
 from pathlib import Path
@@ -186,7 +184,7 @@ def test_archive_errors(tmp_path):
 
 # --------------------------------------------------------------------------- pickle format
 
-from cifar_files import _dump, _write_cifar10, _write_cifar100  # noqa: E402
+from cifar_files import _write_cifar10, _write_cifar100  # noqa: E402
 
 
 

@@ -3,13 +3,12 @@
 import json
 import math
 import shutil
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from deep.data import default_jpeg_archive
-from deep.suites import PRESETS, SUITES, get_suite
+from deep.suites import SUITES, get_suite
 from validation.claims import FAIL, NA, PASS
 from validation.cli import main
 
