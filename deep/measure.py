@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from gamma_theory import PathRecorder, Trace, flatten_params, load_trace
 
-from .data import CyclicSampler, DeviceData
+from .data import CyclicSampler, DeviceData, _atomic_save
 from .env import environment, same_environment, set_deterministic
 
 ModelFn = Callable[[], torch.nn.Module]
@@ -80,12 +80,6 @@ class MeasuredRun:
 
 
 # -- small file helpers --------------------------------------------------------------------------
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _atomic_json(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
@@ -239,14 +233,13 @@ def _pass1(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, progr
         state_prev = st.get("model_prev")
     else:
         state_prev = None  # model state at the start of the previous epoch
-        _atomic_torch_save({k: v.detach().clone() for k, v in model.state_dict().items()}, workdir / "theta0.pt")
-        _atomic_torch_save({**_state(model, opt, sampler, 0, []), "wall_s": 0.0, "env": env}, _ckpt_path(workdir, 0))
+        _atomic_save({k: v.detach().clone() for k, v in model.state_dict().items()}, workdir / "theta0.pt")
+        _atomic_save({**_state(model, opt, sampler, 0, []), "wall_s": 0.0, "env": env}, _ckpt_path(workdir, 0))
 
     diverged = None
     t0 = time.perf_counter()
     bar = _bar(range(start, epochs), progress, f"{desc} pass 1", start, epochs)
     for epoch in bar:
-        params_before = [p.detach().clone() for p in model.parameters()]
         state_before = {k: v.detach().clone() for k, v in model.state_dict().items()}
         batches = sampler.next_epoch(device)
         ep_loss = torch.empty(len(batches), device=device)
@@ -259,7 +252,7 @@ def _pass1(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, progr
             opt.step()
             ep_loss[i] = loss.detach()
         host = ep_loss.cpu().numpy().astype(np.float64)  # the one sync of the epoch
-        diverged = _divergence(host, model, params_before, epoch, sum(map(len, losses)))
+        diverged = _divergence(host, model, state_before, epoch, sum(map(len, losses)))
         if diverged:
             # The iterate that starts the diverging epoch may already give an infinite loss, so
             # theta* is the one that started the epoch before: every loss in that epoch was finite.
@@ -276,12 +269,12 @@ def _pass1(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, progr
         if (epoch + 1) % every == 0 or epoch + 1 == epochs:
             # model_prev (the start of this epoch) lets a resumed run fall back exactly as an
             # uninterrupted one would if the next epoch diverges
-            _atomic_torch_save({**_state(model, opt, sampler, epoch + 1, losses), "model_prev": state_prev,
+            _atomic_save({**_state(model, opt, sampler, epoch + 1, losses), "model_prev": state_prev,
                                 "wall_s": wall_before + time.perf_counter() - t0, "env": env},
                                _ckpt_path(workdir, epoch + 1))
     wall = wall_before + time.perf_counter() - t0
     measured_epochs = len(losses)
-    _atomic_torch_save({k: v.detach().clone() for k, v in model.state_dict().items()}, workdir / "theta_star.pt")
+    _atomic_save({k: v.detach().clone() for k, v in model.state_dict().items()}, workdir / "theta_star.pt")
     steps = int(sum(map(len, losses)))
     summary = {
         "epochs": measured_epochs,
@@ -296,13 +289,13 @@ def _pass1(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, progr
     return summary
 
 
-def _divergence(host_losses, model, params_before, epoch, steps_before) -> dict | None:
+def _divergence(host_losses, model, state_before: dict, epoch, steps_before) -> dict | None:
     bad = np.flatnonzero(~np.isfinite(host_losses))
     if bad.size:
         return {"epoch": epoch, "step": steps_before + int(bad[0]), "reason": "loss is not finite"}
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         return {"epoch": epoch, "step": steps_before + len(host_losses) - 1, "reason": "parameters are not finite"}
-    if all(torch.equal(p, q) for p, q in zip(model.parameters(), params_before)):
+    if all(torch.equal(p, state_before[n]) for n, p in model.named_parameters()):
         return {"epoch": epoch, "step": steps_before, "reason": "vanishing gradient: no parameter changed in a whole epoch"}
     return None
 
