@@ -60,7 +60,11 @@ def _forward_backward(model, num_classes, channels_last=False):
 
 # ---------------------------------------------------------------- parameter counts
 @pytest.mark.parametrize("name,expected", [
-    ("resnet18", 11_173_962), ("resnet34", 21_282_122), ("vgg16", 14_728_266),
+    # ResNets: the standard CIFAR counts. VGGs: kuangliu's 14,728,266 (VGG-16) plus the two
+    # 512-wide hidden layers of the head the paper removed dropout from (2 x 262,656), less the
+    # 512 -> 10 layer it replaces (5,130 -> same size, so: + 525,312).
+    ("resnet18", 11_173_962), ("resnet34", 21_282_122), ("vgg16", 14_728_266 + 525_312),
+    ("vgg11", 9_231_114 + 525_312), ("alexnet", 1_387_786),
 ])
 def test_reference_parameter_counts(name, expected):
     model = build_model(name, 10)
@@ -70,9 +74,10 @@ def test_reference_parameter_counts(name, expected):
 
 def test_alexnet_layers_and_parameter_count():
     m = build_model("alexnet", 10)
-    # conv1 3*64*25+64, conv2 64*64*25+64, fc 4096*384+384, 384*192+192, 192*10+10
-    expected = 4864 + 102464 + 1573248 + 73920 + 1930
-    assert m.describe()["num_params"] == expected
+    # 28x28 center crop -> 14 -> 7 after the two pools:
+    # conv1 3*64*25+64, conv2 64*64*25+64, fc 3136*384+384, 384*192+192, 192*10+10
+    expected = 4864 + 102464 + 1204608 + 73920 + 1930
+    assert m.describe()["num_params"] == expected == 1_387_786  # Zhang et al. (2017)
     assert m.describe()["num_lrn"] == 2
     lrn = [mod for mod in m.modules() if isinstance(mod, LocalResponseNorm)][0]
     assert (lrn.size, lrn.alpha, lrn.beta, lrn.k) == (9, 0.001, 0.75, 1.0)
@@ -83,7 +88,7 @@ def test_width_scales_and_no_buffers_are_parameters():
         full = build_model(name, 10).describe()["num_params"]
         tiny = build_model(name, 10, width=TINY).describe()["num_params"]
         assert tiny < full / 20
-    assert build_model("vgg11", 10, width=1e-6).classifier.in_features == 1
+    assert build_model("vgg11", 10, width=1e-6).classifier.fc1.in_features == 1
 
 
 # ---------------------------------------------------------------- forward/backward
@@ -135,7 +140,7 @@ def test_conv_bias_rule(name, bn):
     for i, conv in enumerate(mods):
         if not isinstance(conv, nn.Conv2d):
             continue
-        if name.startswith("vgg"):  # kuangliu: always biased (keeps 14,728,266)
+        if name.startswith("vgg"):  # as torchvision's vgg*_bn: always biased
             assert conv.bias is not None
             continue
         followed_by_bn = isinstance(mods[i + 1], nn.BatchNorm2d)
@@ -258,3 +263,48 @@ def test_deterministic_mode_forward_backward(name, deterministic):
     assert torch.are_deterministic_algorithms_enabled()
     g1, g2 = run(), run()
     assert all(torch.equal(a, b) for a, b in zip(g1, g2))
+
+
+# ---------------------------------------------------------------- shared initialization
+VARIANTS = {
+    "alexnet": [dict(activation=a) for a in ACTIVATIONS],
+    "resnet18": [dict(bn=b, skip=s, activation=a) for b in BN_SETTINGS for s in SKIP_SETTINGS
+                 for a in ("relu", "sigmoid")],
+    "resnet34": [dict(bn=b, skip=s) for b in BN_SETTINGS for s in SKIP_SETTINGS],
+    "vgg11": [dict(bn=b, activation=a) for b in BN_SETTINGS for a in ("relu", "tanh")],
+    "vgg16": [dict(bn=b) for b in BN_SETTINGS],
+}
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_variants_start_from_the_same_weights(name):
+    """Every tensor two variants share (same name) is bitwise equal, whatever the knobs; the
+    conv weights are shared by every variant, BN or not, skip or not."""
+    states = [build_model(name, 10, width=TINY, seed=7, **k).state_dict() for k in VARIANTS[name]]
+    ref = states[0]
+    for knobs, st in zip(VARIANTS[name][1:], states[1:]):
+        shared = [k for k in st if k in ref]
+        assert all(torch.equal(st[k], ref[k]) for k in shared), knobs
+    conv_weights = [k for k, v in ref.items() if k.endswith("weight") and v.dim() == 4]
+    assert conv_weights and all(all(k in st for k in conv_weights) for st in states)
+
+
+def test_seed_changes_the_weights_and_the_global_stream_is_untouched():
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    a = build_model("resnet18", 10, width=TINY, seed=0)
+    after = torch.rand(3)
+    assert torch.equal(before, after)  # building a model draws nothing from the global stream
+    b = build_model("resnet18", 10, width=TINY, seed=1)
+    c = build_model("resnet18", 10, width=TINY, seed=0)
+    assert not torch.equal(a.conv1.weight, b.conv1.weight)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), c.parameters()))
+
+
+def test_init_by_name_keeps_torch_default_distribution():
+    """The re-drawn conv weight is torch's kaiming-uniform(a=sqrt(5)): |w| <= 1/sqrt(fan_in)."""
+    m = build_model("vgg16", 10, seed=3)
+    w = m.features.conv5_3.weight
+    bound = 1 / (w.shape[1] * 9) ** 0.5
+    assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound

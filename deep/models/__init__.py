@@ -1,25 +1,36 @@
 """CIFAR model zoo for the gamma-optimization-principle experiments (paper Sec. 3-4).
 
-``build_model(name, num_classes, activation, bn, skip, width)`` builds one of
-``MODEL_NAMES``; every model has ``describe() -> dict`` (BN / skip counts, ...).
+``build_model(name, num_classes, activation, bn, skip, width, seed)`` builds one of
+``MODEL_NAMES``, initialized by layer name from ``seed`` (``common.init_by_name``: variants
+of a network share the weights of every layer they have in common); every model has
+``describe() -> dict`` (BN / skip counts, ...).
 Knob meanings are documented in ``resnet.py`` and ``vgg.py``; AlexNet has only
 ``activation`` and ``width``, VGG has no ``skip``.
 """
 
+import torch
+
 from .alexnet import AlexNet
 from .common import (ACTIVATIONS, BN_SETTINGS, SKIP_SETTINGS, LocalResponseNorm,
-                     check_choice, make_activation)
+                     check_choice, init_by_name, make_activation)
 from .resnet import ResNet
 from .vgg import VGG
 
 MODEL_NAMES = ("alexnet", "resnet18", "resnet34", "vgg11", "vgg16")
 
 __all__ = ["build_model", "MODEL_NAMES", "ACTIVATIONS", "BN_SETTINGS", "SKIP_SETTINGS",
-           "make_activation", "LocalResponseNorm", "AlexNet", "ResNet", "VGG"]
+           "make_activation", "init_by_name", "LocalResponseNorm", "AlexNet", "ResNet", "VGG"]
 
 
-def build_model(name, num_classes, activation="relu", bn="all", skip="all", width=1.0):
-    """Build a CIFAR model; raises ``ValueError`` on an unknown or inapplicable knob."""
+def build_model(name, num_classes, activation="relu", bn="all", skip="all", width=1.0, seed=0):
+    """Build a CIFAR model initialized from ``seed`` by layer name; raises ``ValueError`` on an
+    unknown or inapplicable knob. Draws nothing from the global random stream."""
+    with torch.random.fork_rng(devices=[]):  # the constructors' own default init draws from it
+        model = _build(name, num_classes, activation, bn, skip, width)
+    return init_by_name(model, seed)
+
+
+def _build(name, num_classes, activation, bn, skip, width):
     check_choice("model name", name, MODEL_NAMES)
     check_choice("activation", activation, ACTIVATIONS)
     check_choice("bn setting", bn, BN_SETTINGS)

@@ -7,8 +7,14 @@
   (torch's version uses ``avg_pool3d``, whose CUDA backward raises under
   ``torch.use_deterministic_algorithms(True)``).
 * ``scaled(channels, width)`` -- the width multiplier used by every family.
+* ``init_by_name(model, seed)`` -- torch's default initialization of every layer, drawn from a
+  random stream keyed by ``(seed, the layer's name)``, so the variants of a network (with or
+  without BN, skips, another activation) start from the same weights wherever they share a layer.
 """
 
+import hashlib
+
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -41,6 +47,30 @@ def make_activation(name):
 def scaled(channels, width):
     """Channel/hidden count multiplied by ``width``, rounded, at least 1."""
     return max(1, int(round(channels * width)))
+
+
+def layer_seed(seed, name):
+    """A 63-bit seed for the layer called ``name`` (its qualified module name) of a model seeded
+    with ``seed``: the same for the same pair, on every machine and Python (no ``hash()``)."""
+    digest = hashlib.sha256(f"{int(seed)}/{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def init_by_name(model, seed):
+    """Re-initialize every layer of ``model`` with its own ``reset_parameters`` (torch's default
+    init), drawn from the CPU generator seeded with :func:`layer_seed`; returns ``model``.
+
+    A layer's draw depends on nothing but ``seed`` and its name: not on the layers built before
+    it, nor on whether a BN or a shortcut exists elsewhere. So the variants of a network share
+    every tensor they have in common. A conv's bias is drawn after its weight, so the weight is
+    the same with or without a bias. The global random state is left as it was.
+    """
+    with torch.random.fork_rng(devices=[]):
+        for name, m in model.named_modules():
+            if hasattr(m, "reset_parameters") and any(True for _ in m.parameters(recurse=False)):
+                torch.manual_seed(layer_seed(seed, name))
+                m.reset_parameters()
+    return model
 
 
 def count_bn(module):
