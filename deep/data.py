@@ -43,7 +43,6 @@ import math
 import os
 import pickle
 import tarfile
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -52,6 +51,8 @@ from typing import Iterator
 
 import numpy as np
 import torch
+
+from gamma_theory.files import write_bytes
 
 __all__ = [
     "DataError",
@@ -311,23 +312,10 @@ def _load_cache(path: Path, split: str) -> Split | None:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o644 & ~umask)  # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """``torch.save`` to ``path`` atomically (gamma_theory.files.write_bytes)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(path, buf.getvalue())
 
 
 def _decode_archive(archive: Path) -> dict[str, Split]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -26,6 +27,21 @@ def set_deterministic(allow_tf32: bool = False) -> None:
     torch.backends.cudnn.deterministic = True
     torch.backends.cuda.matmul.allow_tf32 = allow_tf32
     torch.backends.cudnn.allow_tf32 = allow_tf32
+
+
+@contextmanager
+def deterministic(allow_tf32: bool = False):
+    """:func:`set_deterministic` inside the block; the caller's settings are restored after it."""
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+              torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    set_deterministic(allow_tf32)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) = before[2:]
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -71,7 +87,7 @@ def environment(device: torch.device) -> dict:
         "device_name": cpu_name(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "numpy": np.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
@@ -86,10 +102,12 @@ def environment(device: torch.device) -> dict:
     return env
 
 
-#: what must match for a replay to be trusted to reproduce bits
+#: what must match for a replay to be trusted to reproduce bits; on the CPU the thread count too,
+#: since a kernel may split a reduction differently over another number of threads
 _REPLAY_KEYS = ("device_name", "torch", "cuda", "cudnn", "driver", "allow_tf32")
 
 
 def same_environment(a: dict, b: dict) -> list[str]:
     """The replay-relevant keys on which two environments differ (empty: same)."""
-    return [k for k in _REPLAY_KEYS if a.get(k) != b.get(k)]
+    keys = _REPLAY_KEYS + (("num_threads",) if str(a.get("device", "")).startswith("cpu") else ())
+    return [k for k in keys if a.get(k) != b.get(k)]

@@ -5,40 +5,57 @@ run is terabytes. So:
 
 * **pass 1** trains deterministically from a seeded initialization (``theta_0`` saved), keeps a
   checkpoint (model, optimizer and sampler state) every ``checkpoint_every`` epochs and at the
-  end, and saves ``theta*``;
+  end, saves ``theta*`` and evaluates it on the whole training set (is it a global minimizer,
+  as Fact 1 needs?);
 * **pass 2** replays the identical steps from ``theta_0`` and records every column of the trace
   with :class:`gamma_theory.PathRecorder`, with ``loss_star`` from a forward pass of ``theta*``
   on the same batch in training mode (BatchNorm uses the batch statistics; its running
-  statistics are left untouched: momentum 0). At each checkpoint pass 2's parameters must equal
-  pass 1's bit for bit, and at the end its last iterate must be ``theta*``; otherwise
-  :class:`ReplayMismatch` names the epoch and the largest deviation.
+  statistics are not touched at all). At each checkpoint pass 2's parameters must equal pass 1's
+  bit for bit, and at the end its last iterate must be ``theta*``; otherwise
+  :class:`ReplayMismatch` names the epoch and the largest deviation. The finished trace must
+  satisfy the recording identity and have one row per step of pass 1, or it is never saved.
 
-Memory is O(d): three flat float64 buffers in the recorder, one model at ``theta*``, and the
-model states at the start of this and of the previous epoch (to fall back on when a run
-diverges; each checkpoint carries the latter, so a resumed run falls back identically).
+Files in the work folder, and what a crash at any moment leaves
+---------------------------------------------------------------
+``setup.json`` (the settings; a rerun with others is refused), ``theta0.pt``,
+``checkpoints/epochNNNN.pt``, ``theta_star.pt`` (each with a ``.sha256`` written after it),
+``pass1.json``, ``pass2_partial.npz`` (the verified part of pass 2: its columns and the epoch they
+reach, one file, so one fact), ``trace.npz`` and last ``trace.json`` (the sidecar, with the npz's
+sha256: its presence means "finished"). Every file is written atomically under a unique
+temporary name. Checkpoints are deleted only after the trace is saved.
+
+So a rerun after a crash anywhere resumes: pass 1 from its newest intact checkpoint, pass 2 from
+its verified part. A file found damaged (truncated, altered, missing, or a partial trace that
+disagrees with itself) is never trusted: the run falls back to an earlier intact checkpoint, or,
+where none can serve, is measured again from the start, which gives the identical trace. A
+finished run whose ``trace.npz`` no longer matches ``trace.json`` is measured again too.
 
 Checkpoint policy: pass 1 writes a checkpoint at epoch 0, every ``checkpoint_every`` epochs
 (default ``max(1, epochs // 10)``, so at most ~11 on disk) and at its last epoch. Pass 2 deletes
 each checkpoint once it has verified a later one and saved its trace up to there (unless
 ``keep_checkpoints``), so the newest verified checkpoint is always there to resume from.
 
-Interrupted? Run the same call again: pass 1 resumes from its newest checkpoint, pass 2 from its
-newest verified one, and the result is bit-identical to an uninterrupted run.
-
 A run whose loss or parameters stop being finite, or whose parameters stop changing for a whole
 epoch (vanishing gradient), is *diverged*: pass 1 stops in epoch ``e``, ``theta*`` is the iterate
 that started epoch ``e - 1`` (the last whose whole epoch of losses was finite), and the trace
 covers epochs ``0 .. e-2`` (as the paper plots such runs up to where they broke). When even that
 trace is not finite, the run is reported as diverged with no trace.
+
+Memory: the recorder's flat float64 buffers, one model at ``theta*``, and the model states at the
+start of this and of the previous epoch in pass 1 (to fall back on when a run diverges).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,17 +63,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gamma_theory import PathRecorder, Trace, flatten_params, load_trace
+from gamma_theory import PathRecorder, Trace, TraceError, flatten_params, load_trace, recording_identity
+from gamma_theory.files import BadFile, clean_stale_tmp, fault_point, read_json, write_bytes, write_json
 
-from .data import CyclicSampler, DeviceData, _atomic_save
-from .env import environment, same_environment, set_deterministic
+from .data import CyclicSampler, DeviceData
+from .env import deterministic, environment, same_environment
+from .state import StateDamaged, load_state, remove_state, save_state
 
 ModelFn = Callable[[], torch.nn.Module]
 OptimizerFn = Callable[[Iterable[torch.Tensor]], torch.optim.Optimizer]
 
+#: relative tolerance of the recording identity a finished trace must meet (as gpcheck check)
+IDENTITY_RTOL = 1e-9
+
 
 class ReplayMismatch(RuntimeError):
     """Pass 2 did not reproduce pass 1 bit for bit."""
+
+
+class RecordingError(RuntimeError):
+    """A finished trace failed its own consistency checks; it is not saved."""
 
 
 class RunMismatch(ValueError):
@@ -65,6 +91,10 @@ class RunMismatch(ValueError):
 
 class EnvironmentMismatch(RuntimeError):
     """Pass 2 was asked to replay a pass 1 that ran on other hardware or libraries."""
+
+
+class RemeasureWarning(UserWarning):
+    """Damaged run state was found; the run falls back or is measured again."""
 
 
 @dataclass
@@ -79,47 +109,73 @@ class MeasuredRun:
         return self.trace.meta if self.trace is not None else json.loads((self.workdir / "trace.json").read_text())
 
 
-# -- small file helpers --------------------------------------------------------------------------
-def _atomic_json(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
-
-
+# -- small helpers -------------------------------------------------------------------------------
 def _ckpt_path(workdir: Path, epoch: int) -> Path:
     return workdir / "checkpoints" / f"epoch{epoch:04d}.pt"
 
 
 def _ckpt_epochs(workdir: Path) -> list[int]:
     d = workdir / "checkpoints"
-    return sorted(int(p.stem[5:]) for p in d.glob("epoch*.pt")) if d.exists() else []
+    return sorted(int(p.stem[5:]) for p in d.glob("epoch[0-9][0-9][0-9][0-9].pt")) if d.exists() else []
 
 
-def _load(path: Path, device: torch.device):
-    return torch.load(path, map_location=device, weights_only=False)
-
-
-def _state(model, opt, sampler, epoch: int, losses: list[np.ndarray]) -> dict:
-    return {
-        "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "sampler": sampler.state_dict(),
-        "losses": losses,
-    }
+def _copy_state(model: torch.nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _max_deviation(a: Iterable[torch.Tensor], b: Iterable[torch.Tensor]) -> float:
     return max(float((x.double() - y.double()).abs().max()) if x.numel() else 0.0 for x, y in zip(a, b))
 
 
-def _params_equal(model: torch.nn.Module, state: dict) -> tuple[bool, float]:
+def _params_equal(model: torch.nn.Module, ref: dict | torch.nn.Module) -> tuple[bool, float]:
     names = [n for n, _ in model.named_parameters()]
     mine = [p.detach() for _, p in model.named_parameters()]
-    theirs = [state[n].to(mine[0].device) for n in names]
+    if isinstance(ref, torch.nn.Module):
+        theirs = [p.detach() for p in ref.parameters()]
+    else:
+        theirs = [ref[n].to(mine[0].device) for n in names]
     if all(torch.equal(x, y) for x, y in zip(mine, theirs)):
         return True, 0.0
     return False, _max_deviation(mine, theirs)
+
+
+@contextmanager
+def batch_stats_only(model: torch.nn.Module):
+    """In training mode, BatchNorm normalizes with the batch statistics and leaves its running
+    statistics (and ``num_batches_tracked``) untouched: the forward pass that gives ``loss_star``.
+    The same output as momentum 0, without the kernels that would update the buffers."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    before = [m.track_running_stats for m in bns]
+    for m in bns:
+        m.track_running_stats = False
+    try:
+        yield model
+    finally:
+        for m, t in zip(bns, before):
+            m.track_running_stats = t
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: DeviceData, loss_fn, batch_size: int) -> dict:
+    """The whole data set at the model's parameters, in order, in batches of ``batch_size``: the
+    mean loss, the accuracy and the largest per-sample cross-entropy, in evaluation mode (BN
+    running statistics) and in training mode (batch statistics, running statistics untouched, as
+    ``loss_star`` is taken). The model is left in the mode it was in."""
+    was_training = model.training
+    out = {"n": len(data), "batch_size": batch_size}
+    for mode in ("eval", "train"):
+        model.train(mode == "train")
+        total, correct, worst = 0.0, 0, 0.0
+        with batch_stats_only(model):
+            for x, y in data.eval_batches(batch_size):
+                logits = model(x)
+                total += float(loss_fn(logits, y)) * len(y)
+                if logits.dim() == 2 and logits.shape[0] == len(y):
+                    correct += int((logits.argmax(1) == y).sum())
+                    worst = max(worst, float(F.cross_entropy(logits.float(), y, reduction="none").max()))
+        out[mode] = {"loss": total / len(data), "accuracy": correct / len(data), "max_sample_cross_entropy": worst}
+    model.train(was_training)
+    return out
 
 
 # -- the measured run ----------------------------------------------------------------------------
@@ -149,43 +205,107 @@ def measure(
     called after ``torch.manual_seed(seed)``; ``data_seed`` seeds the sampler. Everything is
     written under ``workdir``; the finished trace is ``workdir/trace.npz`` (+ ``trace.json``).
     Calling again with the same arguments resumes or, when finished, just loads the result.
+    The caller's determinism settings are restored on return.
     """
     workdir = Path(workdir)
-    done = workdir / "trace.json"
     workdir.mkdir(parents=True, exist_ok=True)
-    device = data.device
     checkpoint_every = checkpoint_every or max(1, epochs // 10)
     setup = dict(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, data_seed=data_seed,
                  channels_last=channels_last, allow_tf32=allow_tf32, checkpoint_every=checkpoint_every,
                  n_train=len(data))
     if meta and "run" in meta:  # the suite runner's run spec (network, knobs, width, ...)
         setup["run"] = meta["run"]
-    setup_path = workdir / "setup.json"
-    if setup_path.exists():  # resuming: the folder must hold this very run
-        before = json.loads(setup_path.read_text())
-        differ = {k: (before.get(k), v) for k, v in setup.items() if before.get(k) != v}
-        if differ:
-            detail = ", ".join(f"{k}: {a} there vs {b} now" for k, (a, b) in differ.items())
-            raise RunMismatch(f"{workdir} holds a run with other settings ({detail}); "
-                              "use another output folder, or delete this one to start over")
-    else:
-        _atomic_json(setup, setup_path)
-    if done.exists():
-        return _finished(workdir)
-    (workdir / "checkpoints").mkdir(exist_ok=True)
-    set_deterministic(allow_tf32)
+    _claim(workdir, setup)
+    clean_stale_tmp(workdir)
+    done = _finished(workdir)
+    if done is not None:
+        if not keep_checkpoints:
+            _drop_progress(workdir)  # what a crash during the last clean-up left behind
+        return done
 
     def fresh_model() -> torch.nn.Module:
         torch.manual_seed(seed)
-        m = model_fn().to(device)
+        m = model_fn().to(data.device)
         return m.to(memory_format=torch.channels_last) if channels_last else m
 
+    args = (fresh_model, optimizer_fn, data, loss_fn, setup, workdir)
+    with deterministic(allow_tf32):
+        try:
+            return _measure(*args, keep_checkpoints, meta, progress, desc)
+        except StateDamaged as exc:
+            warnings.warn(f"{exc}; measuring {workdir} again from the start (the result is the same "
+                          "bit for bit)", RemeasureWarning, stacklevel=2)
+            _wipe(workdir)
+            return _measure(*args, keep_checkpoints, meta, progress, desc)
+
+
+def _claim(workdir: Path, setup: dict) -> None:
+    """Write ``setup.json``, or check that the folder holds this very run."""
+    path = workdir / "setup.json"
+    if path.exists():
+        try:
+            before = read_json(path)
+            if not isinstance(before, dict):
+                raise BadFile(path, "does not hold a JSON object")
+        except BadFile as exc:
+            warnings.warn(f"{exc}; measuring {workdir} again from the start", RemeasureWarning, stacklevel=3)
+            _wipe(workdir)
+        else:
+            differ = {k: (before.get(k), v) for k, v in setup.items() if before.get(k) != v}
+            if differ:
+                detail = ", ".join(f"{k}: {a} there vs {b} now" for k, (a, b) in differ.items())
+                raise RunMismatch(f"{workdir} holds a run with other settings ({detail}); "
+                                  "use another output folder, or delete this one to start over")
+            return
+    write_json(path, setup, sort_keys=True, default=str)
+
+
+def _wipe(workdir: Path) -> None:
+    """Delete every file of the run but ``setup.json`` (the run is measured again)."""
+    for p in workdir.iterdir():
+        if p.name == "setup.json":
+            continue
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def _finished(workdir: Path) -> MeasuredRun | None:
+    """The finished run, or None. A result that does not verify is removed (measured again)."""
+    done = workdir / "trace.json"
+    if not done.exists():
+        return None
+    try:
+        info = read_json(done)
+        if not isinstance(info, dict):
+            raise BadFile(done, "does not hold a JSON object")
+        if info.get("status") == "diverged" and "npz_sha256" not in info:  # diverged, nothing measured
+            return MeasuredRun(None, "diverged", info.get("diverged"), workdir)
+        trace = load_trace(workdir / "trace.npz")
+    except (BadFile, TraceError) as exc:
+        warnings.warn(f"{workdir}: the finished trace does not verify ({exc}); measuring the run again",
+                      RemeasureWarning, stacklevel=3)
+        done.unlink(missing_ok=True)
+        return None
+    return MeasuredRun(trace, trace.meta.get("status", "ok"), trace.meta.get("diverged"), workdir)
+
+
+def _drop_progress(workdir: Path) -> None:
+    """After the trace is saved: the checkpoints and the partial trace are no longer needed."""
+    for e in _ckpt_epochs(workdir):
+        remove_state(_ckpt_path(workdir, e))
+        fault_point("cleanup")
+    (workdir / "pass2_partial.npz").unlink(missing_ok=True)
+
+
+def _measure(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, keep, meta, progress, desc):
     p1 = _pass1(fresh_model, optimizer_fn, data, loss_fn, setup, workdir, progress, desc)
-    trace = _pass2(fresh_model, optimizer_fn, data, loss_fn, setup, workdir, p1, keep_checkpoints, progress, desc)
+    trace = _pass2(fresh_model, optimizer_fn, data, loss_fn, setup, workdir, p1, keep, progress, desc)
     if trace is None:
         info = {"complete": True, "status": "diverged", "diverged": p1["diverged"], "setup": setup,
                 "pass1": p1, **(meta or {})}
-        _atomic_json(info, done)
+        write_json(workdir / "trace.json", info, sort_keys=True, default=str)
         return MeasuredRun(None, "diverged", p1["diverged"], workdir)
     trace.meta.update(meta or {})
     try:
@@ -194,53 +314,81 @@ def measure(
         reason = f"the measured path cannot be judged: {exc}"
         diverged = p1["diverged"] or {"epoch": int(trace.epoch[-1]), "step": len(trace) - 1}
         diverged = {**diverged, "reason": f"{diverged.get('reason', '')}; {reason}".lstrip("; ")}
-        _atomic_json({"complete": True, "status": "diverged", "diverged": diverged, "setup": setup,
-                      "pass1": p1, **(meta or {})}, done)
+        write_json(workdir / "trace.json", {"complete": True, "status": "diverged", "diverged": diverged,
+                                            "setup": setup, "pass1": p1, **(meta or {})}, sort_keys=True, default=str)
         return MeasuredRun(None, "diverged", diverged, workdir)
-    trace.save(workdir / "trace")
-    return _finished(workdir)
+    _check_complete(trace, p1, workdir)
+    trace.save(workdir / "trace")  # npz, then the sidecar that marks the run finished
+    if not keep:
+        _drop_progress(workdir)
+    return MeasuredRun(trace, trace.meta["status"], trace.meta["diverged"], workdir)
 
 
-def _finished(workdir: Path) -> MeasuredRun:
-    info = json.loads((workdir / "trace.json").read_text())
-    if not (workdir / "trace.npz").exists():
-        return MeasuredRun(None, info.get("status", "diverged"), info.get("diverged"), workdir)
-    trace = load_trace(workdir / "trace.npz")
-    return MeasuredRun(trace, trace.meta.get("status", "ok"), trace.meta.get("diverged"), workdir)
+def _check_complete(trace: Trace, p1: dict, workdir: Path) -> None:
+    """One row per step of pass 1, in order, and the recording identity: or no trace is saved."""
+    lengths = p1["epoch_steps"]
+    want_epoch = np.repeat(np.arange(len(lengths)), lengths)
+    if len(trace) != int(sum(lengths)) or not np.array_equal(trace.epoch, want_epoch) \
+            or not np.array_equal(trace.step, np.arange(len(trace))):
+        raise RecordingError(f"{workdir}: the recorded trace has {len(trace)} rows, not the {sum(lengths)} steps "
+                             "of pass 1 in order; delete the folder and run again")
+    ident = recording_identity(trace, IDENTITY_RTOL)
+    if not ident.holds:
+        raise RecordingError(f"{workdir}: the recorded trace breaks the recording identity (relative residual "
+                             f"{ident.max_rel_residual:.3g} at step {ident.worst_step}); it is not saved")
+
+
+def _newest_checkpoint(workdir: Path, device, env: dict) -> dict | None:
+    """The newest intact checkpoint (damaged ones are removed, with a warning), or None."""
+    for e in reversed(_ckpt_epochs(workdir)):
+        try:
+            st = load_state(_ckpt_path(workdir, e), device)
+        except StateDamaged as exc:
+            warnings.warn(f"{exc}; pass 1 resumes from an earlier checkpoint", RemeasureWarning, stacklevel=4)
+            remove_state(_ckpt_path(workdir, e))
+            continue
+        differ = same_environment(st["env"], env)
+        if differ:
+            detail = ", ".join(f"{k}: {st['env'].get(k)} vs {env.get(k)}" for k in differ)
+            raise EnvironmentMismatch(f"{workdir}: pass 1 started elsewhere ({detail}); finish it on that "
+                                      "machine, or delete the folder to start over")
+        return st
+    return None
 
 
 def _pass1(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, progress, desc) -> dict:
-    """Train, checkpoint, save theta*; returns the pass-1 summary (also in pass1.json)."""
+    """Train, checkpoint, save theta* and evaluate it; returns the pass-1 summary (pass1.json)."""
     summary_path = workdir / "pass1.json"
     if summary_path.exists():
-        return json.loads(summary_path.read_text())
+        try:
+            return read_json(summary_path)
+        except BadFile as exc:
+            raise StateDamaged.from_bad_file(exc) from None
     device = data.device
     model = fresh_model()
     opt = optimizer_fn(model.parameters())
     sampler = CyclicSampler(len(data), setup["batch_size"], setup["data_seed"])
     env = environment(device)
     epochs, every = setup["epochs"], setup["checkpoint_every"]
-    have = _ckpt_epochs(workdir)
-    losses: list[np.ndarray] = []
-    start = 0
-    wall_before = 0.0
-    if have:  # resume from the newest checkpoint
-        st = _load(_ckpt_path(workdir, have[-1]), device)
+    st = _newest_checkpoint(workdir, device, env)
+    if st is not None:  # resume
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         sampler.load_state_dict(st["sampler"])
-        losses, start, wall_before = list(st["losses"]), int(st["epoch"]), float(st.get("wall_s", 0.0))
-        state_prev = st.get("model_prev")
+        losses = [t.numpy() for t in st["losses"]]
+        start, wall_before, state_prev = int(st["epoch"]), float(st["wall_s"]), st["model_prev"]
+        del st
     else:
+        losses, start, wall_before = [], 0, 0.0
         state_prev = None  # model state at the start of the previous epoch
-        _atomic_save({k: v.detach().clone() for k, v in model.state_dict().items()}, workdir / "theta0.pt")
-        _atomic_save({**_state(model, opt, sampler, 0, []), "wall_s": 0.0, "env": env}, _ckpt_path(workdir, 0))
+        save_state(_copy_state(model), workdir / "theta0.pt")
+        save_state(_checkpoint(model, opt, sampler, 0, [], None, 0.0, env), _ckpt_path(workdir, 0))
 
     diverged = None
     t0 = time.perf_counter()
     bar = _bar(range(start, epochs), progress, f"{desc} pass 1", start, epochs)
     for epoch in bar:
-        state_before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        state_before = _copy_state(model)
         batches = sampler.next_epoch(device)
         ep_loss = torch.empty(len(batches), device=device)
         model.train()
@@ -269,24 +417,39 @@ def _pass1(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, progr
         if (epoch + 1) % every == 0 or epoch + 1 == epochs:
             # model_prev (the start of this epoch) lets a resumed run fall back exactly as an
             # uninterrupted one would if the next epoch diverges
-            _atomic_save({**_state(model, opt, sampler, epoch + 1, losses), "model_prev": state_prev,
-                                "wall_s": wall_before + time.perf_counter() - t0, "env": env},
-                               _ckpt_path(workdir, epoch + 1))
+            save_state(_checkpoint(model, opt, sampler, epoch + 1, losses, state_prev,
+                                   wall_before + time.perf_counter() - t0, env), _ckpt_path(workdir, epoch + 1))
     wall = wall_before + time.perf_counter() - t0
-    measured_epochs = len(losses)
-    _atomic_save({k: v.detach().clone() for k, v in model.state_dict().items()}, workdir / "theta_star.pt")
+    save_state(_copy_state(model), workdir / "theta_star.pt")
+    fault_point("pass1.theta_star")
     steps = int(sum(map(len, losses)))
     summary = {
-        "epochs": measured_epochs,
+        "epochs": len(losses),
         "steps": steps,
+        "epoch_steps": [len(x) for x in losses],
         "wall_s": wall,
         "ms_per_step": 1e3 * wall / steps if steps else None,
         "env": env,
         "diverged": diverged,
-        "epoch_mean_loss": [float(l.mean()) for l in losses],
+        "epoch_mean_loss": [float(x.mean()) for x in losses],
+        "theta_star_eval": evaluate(model, data, loss_fn, setup["batch_size"]) if steps else None,
     }
-    _atomic_json(summary, summary_path)
+    write_json(summary_path, summary, sort_keys=True, default=str)
     return summary
+
+
+def _checkpoint(model, opt, sampler, epoch: int, losses: list[np.ndarray], model_prev, wall_s: float, env) -> dict:
+    """Everything pass 1 needs to go on from ``epoch`` (tensors, dicts, lists and numbers only)."""
+    return {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "sampler": sampler.state_dict(),
+        "losses": [torch.from_numpy(x) for x in losses],
+        "model_prev": model_prev,
+        "wall_s": wall_s,
+        "env": env,
+    }
 
 
 def _divergence(host_losses, model, state_before: dict, epoch, steps_before) -> dict | None:
@@ -298,6 +461,45 @@ def _divergence(host_losses, model, state_before: dict, epoch, steps_before) -> 
     if all(torch.equal(p, state_before[n]) for n, p in model.named_parameters()):
         return {"epoch": epoch, "step": steps_before, "reason": "vanishing gradient: no parameter changed in a whole epoch"}
     return None
+
+
+# -- pass 2 --------------------------------------------------------------------------------------
+_PARTIAL_COLUMNS = ("loss", "loss_star", "inner", "update_sq", "dist_sq", "step", "epoch")
+
+
+def _save_partial(workdir: Path, trace: Trace, verified_epoch: int, wall_s: float) -> None:
+    """The verified part of pass 2 and the epoch it reaches, in one atomically written file."""
+    buf = io.BytesIO()
+    np.savez(buf, **{c: getattr(trace, c) for c in _PARTIAL_COLUMNS}, lr=trace.lr, dist0_sq=trace.dist0_sq,
+             verified_epoch=verified_epoch, wall_s=wall_s)
+    write_bytes(workdir / "pass2_partial.npz", buf.getvalue())
+
+
+def _load_partial(workdir: Path, p1: dict, lr: float, dist0_sq: float):
+    """``(trace, verified_epoch, wall_s)`` of the verified part of pass 2, or ``(None, 0, 0.0)``.
+    A file that does not agree with itself and with pass 1 raises :class:`StateDamaged`."""
+    path = workdir / "pass2_partial.npz"
+    if not path.exists():
+        return None, 0, 0.0
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            cols = {c: z[c] for c in _PARTIAL_COLUMNS}
+            verified, wall = int(z["verified_epoch"]), float(z["wall_s"])
+            part = Trace(**cols, lr=float(z["lr"]), dist0_sq=float(z["dist0_sq"]))
+    except Exception as exc:  # noqa: BLE001 - truncated zip, bad CRC, missing member: damaged
+        raise StateDamaged(path, f"is not readable ({type(exc).__name__}: {exc})") from None
+    lengths = p1["epoch_steps"][:verified]
+    agrees = (
+        0 < verified <= p1["epochs"]
+        and part.lr == lr and part.dist0_sq == dist0_sq
+        and np.array_equal(part.epoch, np.repeat(np.arange(verified), lengths))
+        and np.array_equal(part.step, np.arange(sum(lengths)))
+        and recording_identity(part, IDENTITY_RTOL).holds
+    )
+    if not agrees:
+        raise StateDamaged(path, f"does not agree with itself or with pass 1 (claims epoch {verified}, "
+                                 f"holds {len(part)} rows)")
+    return part, verified, wall
 
 
 def _pass2(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, p1: dict, keep, progress, desc):
@@ -314,26 +516,16 @@ def _pass2(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, p1: d
             f"{workdir}: pass 1 ran elsewhere ({detail}); bitwise replay is only promised on the same "
             "device model, driver and libraries. Rerun on that machine, or delete the folder to start over."
         )
-    star_state = _load(workdir / "theta_star.pt", device)
     model_star = fresh_model()
-    model_star.load_state_dict(star_state)
-    for m in model_star.modules():  # batch statistics in the forward pass, running stats untouched
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.momentum = 0.0
+    model_star.load_state_dict(load_state(workdir / "theta_star.pt", device))
     model_star.train()
-    theta_star = flatten_params(list(model_star.parameters()), torch.float64)
-    theta0 = _load(workdir / "theta0.pt", device)
-    names = [n for n, _ in model_star.named_parameters()]
-    t0_flat = torch.cat([theta0[n].reshape(-1).double() for n in names])
-    dist0_sq = float(torch.dot(t0_flat - theta_star, t0_flat - theta_star))
+    theta0 = load_state(workdir / "theta0.pt", device)
+    dist0_sq = float(sum(torch.sum((theta0[n].double() - p.detach().double()) ** 2)
+                         for n, p in model_star.named_parameters()))
+    del theta0
 
-    progress_path, partial_path = workdir / "pass2.json", workdir / "pass2_partial"
-    start, prior, wall_before = 0, None, 0.0
-    if progress_path.exists():
-        pr = json.loads(progress_path.read_text())
-        start, wall_before = int(pr["verified_epoch"]), float(pr["wall_s"])
-        prior = load_trace(partial_path.with_suffix(".npz"))
-    st = _load(_ckpt_path(workdir, start), device)
+    prior, start, wall_before = _load_partial(workdir, p1, setup["lr"], dist0_sq)
+    st = load_state(_ckpt_path(workdir, start), device)
     model = fresh_model()
     model.load_state_dict(st["model"])
     opt = optimizer_fn(model.parameters())
@@ -341,41 +533,39 @@ def _pass2(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, p1: d
     sampler = CyclicSampler(len(data), setup["batch_size"], setup["data_seed"])
     sampler.load_state_dict(st["sampler"])
     del st
-    first_step = len(prior) if prior is not None else 0
-    rec = PathRecorder(model.parameters(), theta_star, setup["lr"], dist0_sq=dist0_sq, first_step=first_step)
+    rec = PathRecorder(model.parameters(), flatten_params(list(model_star.parameters()), torch.float64),
+                       setup["lr"], dist0_sq=dist0_sq, first_step=len(prior) if prior is not None else 0)
 
     t0 = time.perf_counter()
     last_verified = start
-    for epoch in _bar(range(start, epochs), progress, f"{desc} pass 2", start, epochs):
-        model.train()
-        for idx in sampler.next_epoch(device):
-            x, y = data.batch(idx)
-            loss = loss_fn(model(x), y)
-            with torch.no_grad():
-                loss_star = loss_fn(model_star(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            rec.record(loss, loss_star, epoch)
-        rec.flush()
-        ck = _ckpt_path(workdir, epoch + 1)
-        if ck.exists():
-            ref = _load(ck, device)
-            ok, dev = _params_equal(model, ref["model"])
-            if not ok:
-                raise ReplayMismatch(
-                    f"{workdir}: pass 2 left pass 1 at epoch {epoch + 1}: largest parameter deviation "
-                    f"{dev:.3e}. The training is not deterministic here (an op without a deterministic "
-                    "kernel, or a different device/library); delete the folder to start over."
-                )
-            del ref
-            sofar = _concat(prior, rec.trace())
-            sofar.save(partial_path)
-            _atomic_json({"verified_epoch": epoch + 1, "wall_s": wall_before + time.perf_counter() - t0}, progress_path)
-            if not keep and last_verified != epoch + 1:
-                _ckpt_path(workdir, last_verified).unlink(missing_ok=True)
-            last_verified = epoch + 1
-    ok, dev = _params_equal(model, star_state)
+    with batch_stats_only(model_star):
+        for epoch in _bar(range(start, epochs), progress, f"{desc} pass 2", start, epochs):
+            model.train()
+            for idx in sampler.next_epoch(device):
+                x, y = data.batch(idx)
+                loss = loss_fn(model(x), y)
+                with torch.no_grad():
+                    loss_star = loss_fn(model_star(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                rec.record(loss, loss_star, epoch)
+            rec.flush()
+            ck = _ckpt_path(workdir, epoch + 1)
+            if ck.exists():
+                ok, dev = _params_equal(model, load_state(ck, device)["model"])
+                if not ok:
+                    raise ReplayMismatch(
+                        f"{workdir}: pass 2 left pass 1 at epoch {epoch + 1}: largest parameter deviation "
+                        f"{dev:.3e}. The training is not deterministic here (an op without a deterministic "
+                        "kernel, or a different device/library); delete the folder to start over."
+                    )
+                _save_partial(workdir, _concat(prior, rec.trace()), epoch + 1,
+                              wall_before + time.perf_counter() - t0)
+                if not keep and last_verified != epoch + 1:
+                    remove_state(_ckpt_path(workdir, last_verified))
+                last_verified = epoch + 1
+    ok, dev = _params_equal(model, model_star)
     if not ok:
         raise ReplayMismatch(f"{workdir}: pass 2 ended {dev:.3e} away from theta* (largest parameter deviation)")
     wall = wall_before + time.perf_counter() - t0
@@ -388,26 +578,21 @@ def _pass2(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, p1: d
         "steps_per_epoch": math.ceil(setup["n_train"] / setup["batch_size"]),
         "epochs_measured": epochs,
         "theta_star": "last iterate" + (" before divergence" if p1["diverged"] else ""),
+        "theta_star_eval": p1.get("theta_star_eval"),
         "replay_verified": {"checkpoints": "bitwise equal", "final": "bitwise equal to theta*"},
         "env": env,
         "pass1": {k: p1[k] for k in ("wall_s", "ms_per_step", "steps")},
         "pass2": {"wall_s": wall, "ms_per_step": 1e3 * wall / steps},
-        "num_params": int(theta_star.numel()),
+        "num_params": int(rec.theta_star.numel()),
     })
-    if not keep:
-        for e in _ckpt_epochs(workdir):
-            _ckpt_path(workdir, e).unlink(missing_ok=True)
-    for p in (progress_path, partial_path.with_suffix(".npz"), partial_path.with_suffix(".json")):
-        p.unlink(missing_ok=True)
     return trace
 
 
 def _concat(prior: Trace | None, new: Trace) -> Trace:
     if prior is None:
         return new
-    cols = {c: np.concatenate([getattr(prior, c), getattr(new, c)])
-            for c in ("loss", "loss_star", "inner", "update_sq", "dist_sq", "step", "epoch")}
-    return Trace(**cols, lr=new.lr, dist0_sq=new.dist0_sq, meta=dict(prior.meta))
+    cols = {c: np.concatenate([getattr(prior, c), getattr(new, c)]) for c in _PARTIAL_COLUMNS}
+    return Trace(**cols, lr=new.lr, dist0_sq=new.dist0_sq, meta=dict(new.meta))
 
 
 def _bar(it, progress: bool, desc: str, start: int, total: int):

@@ -1,26 +1,41 @@
-"""Run a suite: load the data once, measure every run (skipping finished ones), then report."""
+"""Run a suite: load the data once, measure every run (skipping finished ones), keep a manifest.
+
+Data flows one way: this module produces traces; the command line (validation/cli.py) turns
+them into verdicts and reports. Nothing here imports ``validation``.
+
+A suite folder ``OUT/<suite>-<preset>-<dataset>/`` holds ``suite.json`` (what was asked),
+``runs/<network>-<variant>/`` (one measured run each, see deep/measure.py) and ``manifest.json``:
+for every finished run, its status and the sha256 of its ``trace.npz``, written when the run
+finished, so a report can tell a trace that was altered or swapped afterwards.
+"""
 
 from __future__ import annotations
 
-import json
+import fcntl
 import os
 import sys
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
+from gamma_theory.files import BadFile, read_json, write_json
 from gamma_theory.optimizers import make_optimizer
 
-from .data import DeviceData, balanced_subset, load_split
+from .data import DataError, DeviceData, balanced_subset, load_split
 from .env import resolve_device
-from .measure import EnvironmentMismatch, ReplayMismatch, measure
+from .measure import EnvironmentMismatch, MeasuredRun, RecordingError, ReplayMismatch, measure
 from .models import build_model
+from .state import StateDamaged
 from .suites import ASSUMPTIONS, PRESET_TABLE, RunSpec, get_suite
 
 DATASET_CHOICES = ("cifar10", "cifar100", "cifar10-jpeg", "both")
+#: classes and training images of the full data sets
+DATASET_SHAPE = {"cifar10": (10, 50_000), "cifar100": (100, 50_000), "cifar10-jpeg": (10, 50_000)}
 
 
 def resolve_datasets(dataset: str | None, preset: str) -> list[str]:
@@ -36,21 +51,42 @@ def report_dir(out_root: str | os.PathLike, suite: str, preset: str, dataset: st
 
 def load_train_data(dataset: str, n_sub: int | None, device: torch.device, data_root=None, download=False):
     """The training split (a class-balanced subset of ``n_sub`` if given) on ``device``, and a
-    description of it."""
+    description of it. A split that cannot serve (too few images or classes, constant images)
+    raises :class:`DataError` saying what is wrong."""
     split = load_split(dataset, "train", root=data_root, download=download)
     images, labels = split.images, split.labels
+    classes, full = DATASET_SHAPE[dataset]
+    where = split.source
+    if split.num_classes != classes or len(torch.unique(labels)) != classes:
+        raise DataError(f"{where}: {dataset} has {classes} classes, but this copy names {split.num_classes} and "
+                        f"uses {len(torch.unique(labels))}; point --data-root at a complete copy")
+    need = n_sub if n_sub is not None else 1
+    if len(split) < need:
+        raise DataError(f"{where}: {len(split)} training images, but the preset trains on a class-balanced "
+                        f"subset of {n_sub}; point --data-root at a complete copy of {dataset}")
     desc = f"{split.source}, {len(split)} training images"
     if n_sub is not None and n_sub < len(split):
-        idx = balanced_subset(labels, n_sub, seed=0)
+        try:
+            idx = balanced_subset(labels, n_sub, seed=0)
+        except ValueError as exc:
+            raise DataError(f"{where}: {exc}; point --data-root at a complete copy of {dataset}") from None
         images, labels = images[idx], labels[idx]
         desc += f"; class-balanced subset of {n_sub} (seed 0)"
+    elif n_sub is None and len(split) < full:
+        desc += f" (NOT the full {full:,} of {dataset})"
+        print(f"gpcheck: warning: {where} holds {len(split)} training images, not the {full:,} of {dataset}; "
+              "the report says so", file=sys.stderr)
     data = DeviceData(images, labels, device=device, channels_last=device.type == "cuda")
+    if bool((data.std <= 1e-6).any()):
+        raise DataError(f"{where}: the training images are constant in a color channel (std "
+                        f"{[round(float(s), 6) for s in data.std]}), so they cannot be normalized: "
+                        "the data set is not CIFAR; point --data-root at a complete copy")
     return data, split.num_classes, desc
 
 
-def run_one(spec: RunSpec, data: DeviceData, num_classes: int, workdir: Path, meta: dict, progress: bool):
+def run_one(spec: RunSpec, data: DeviceData, num_classes: int, workdir: Path, meta: dict, progress: bool) -> MeasuredRun:
     def model_fn():
-        return build_model(spec.network, num_classes, spec.activation, spec.bn, spec.skip, spec.width)
+        return build_model(spec.network, num_classes, spec.activation, spec.bn, spec.skip, spec.width, spec.seed)
 
     def optimizer_fn(params):
         return make_optimizer(spec.optimizer, params, spec.lr)
@@ -63,12 +99,70 @@ def run_one(spec: RunSpec, data: DeviceData, num_classes: int, workdir: Path, me
     )
 
 
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (created if absent) for the block: two processes
+    working on one suite folder never measure the same run, or update the manifest, at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def read_manifest(out: Path) -> dict:
+    """``manifest.json`` of a suite folder ({} when there is none); :class:`BadFile` if damaged."""
+    path = out / "manifest.json"
+    if not path.exists():
+        return {}
+    m = read_json(path)
+    if not isinstance(m, dict) or not isinstance(m.get("runs", {}), dict):
+        raise BadFile(path, "is not a gpcheck manifest")
+    return m
+
+
+def _record_in_manifest(out: Path, name: str, run: MeasuredRun | None, error: str | None) -> None:
+    with locked(out / ".manifest.lock"):
+        try:
+            m = read_manifest(out)
+        except BadFile as exc:
+            print(f"gpcheck: warning: {exc}; writing a new manifest", file=sys.stderr)
+            m = {}
+        runs = m.setdefault("runs", {})
+        if error is not None:
+            runs[name] = {"status": "error", "error": error}
+        else:
+            info = read_json(run.workdir / "trace.json")
+            runs[name] = {"status": run.status, "trace_sha256": info.get("npz_sha256")}
+        write_json(out / "manifest.json", m, sort_keys=True)
+
+
+def write_suite_info(out: Path, info: dict, wall_s: float = 0.0) -> None:
+    """``suite.json``: keeps the first start time across resumed invocations, and adds ``wall_s``
+    to the suite's wall time over all of them."""
+    path = out / "suite.json"
+    before = {}
+    if path.exists():
+        try:
+            before = read_json(path)
+            before = before if isinstance(before, dict) else {}
+        except BadFile:
+            pass  # a damaged suite.json is rewritten whole
+    info["started_utc"] = before.get("started_utc", info["started_utc"])
+    info["wall_s"] = float(before.get("wall_s") or 0.0) + wall_s
+    write_json(path, info)
+
+
 def run_suite(suite_name: str, preset: str = "smoke", dataset: str | None = None, *, data_root=None,
               download: bool = False, device: str | None = None, out_root: str | os.PathLike = "reports",
               progress: bool = True, command: str | None = None) -> list[Path]:
-    """Measure every run of the suite on each data set and write its report; returns the report dirs."""
-    from validation.deep_report import build_report  # validation depends on deep, not the reverse at import
+    """Measure every run of the suite on each data set; returns the suite folders.
 
+    A run that fails (a replay mismatch, a damaged run folder that could not be remeasured, an op
+    without a deterministic kernel, ...) is written to its ``error.json`` and the suite goes on.
+    """
     suite = get_suite(suite_name, preset)
     datasets = resolve_datasets(dataset, preset)
     dev = resolve_device(device)
@@ -81,35 +175,37 @@ def run_suite(suite_name: str, preset: str = "smoke", dataset: str | None = None
             "suite": suite_name, "preset": preset, "preset_description": PRESET_TABLE[preset].description,
             "dataset": ds, "data": data_desc, "n_train": len(data), "num_classes": num_classes,
             "question": suite.question, "assumptions": ASSUMPTIONS, "device": str(dev),
+            "threads": torch.get_num_threads(),
             "command": command or f"gpcheck deep --suite {suite_name} --preset {preset} --dataset {ds}",
             "runs": [r.to_dict() for r in suite.runs],
+            "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        suite_json = out / "suite.json"
-        info["started_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        if suite_json.exists():  # keep the first start time across resumed invocations
-            info["started_utc"] = json.loads(suite_json.read_text()).get("started_utc", info["started_utc"])
-        suite_json.write_text(json.dumps(info, indent=2))
+        write_suite_info(out, info)
         bar = _suite_bar(suite.runs, progress, f"{suite_name}/{preset}/{ds}")
         t0 = time.perf_counter()
         for spec in bar:
             workdir = out / "runs" / spec.name
             err = workdir / "error.json"
-            err.unlink(missing_ok=True)
             meta = {"suite": suite_name, "preset": preset, "dataset": ds, "data": data_desc}
-            try:
-                run_one(spec, data, num_classes, workdir, meta, progress)
-            except (ReplayMismatch, EnvironmentMismatch, RuntimeError) as exc:
-                # The run cannot be trusted (replay mismatch) or could not run (e.g. an op without a
-                # deterministic kernel, out of memory): the report says so and the suite goes on.
-                workdir.mkdir(parents=True, exist_ok=True)
-                err.write_text(json.dumps({"error": type(exc).__name__, "message": str(exc),
-                                           "traceback": traceback.format_exc()}, indent=2))
-                print(f"gpcheck: {spec.name} failed ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-                      f"details in {err}; the suite goes on", file=sys.stderr)
+            with locked(out / "runs" / f".{spec.name}.lock"):
+                err.unlink(missing_ok=True)
+                try:
+                    run = run_one(spec, data, num_classes, workdir, meta, progress)
+                except (ReplayMismatch, EnvironmentMismatch, RecordingError, StateDamaged, RuntimeError) as exc:
+                    # The run cannot be trusted (replay mismatch, damaged state) or could not run (an
+                    # op without a deterministic kernel, out of memory): the report says so, the
+                    # suite goes on.
+                    workdir.mkdir(parents=True, exist_ok=True)
+                    write_json(err, {"error": type(exc).__name__, "message": str(exc),
+                                     "traceback": traceback.format_exc()})
+                    _record_in_manifest(out, spec.name, None, f"{type(exc).__name__}: {exc}")
+                    print(f"gpcheck: {spec.name} failed ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+                          f"details in {err}; the suite goes on", file=sys.stderr)
+                    continue
+            _record_in_manifest(out, spec.name, run, None)
         info["finished_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         info["last_invocation_wall_s"] = time.perf_counter() - t0
-        suite_json.write_text(json.dumps(info, indent=2))
-        build_report(out)
+        write_suite_info(out, info, info["last_invocation_wall_s"])
         out_dirs.append(out)
     return out_dirs
 

@@ -23,6 +23,7 @@ hardware, timings). Loading validates the schema and says what is wrong with whi
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import zipfile
@@ -31,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .files import sha256_file, write_bytes, write_text
 
 FLOAT_COLUMNS = ("loss", "loss_star", "inner", "update_sq", "dist_sq")
 INT_COLUMNS = ("step", "epoch")
@@ -104,6 +107,10 @@ class Trace:
                     f"{where}: column '{name}' is not finite at {bad.size} step(s), first at "
                     f"row {bad[0]} (value {col[bad[0]]}); a diverged run cannot be judged"
                 )
+        if n > 1 and not (np.diff(self.step) > 0).all():
+            raise TraceError(f"{where}: column 'step' must increase strictly from row to row")
+        if n > 1 and not (np.diff(self.epoch) >= 0).all():
+            raise TraceError(f"{where}: column 'epoch' must not decrease from row to row")
         if self.sample_gap_max is not None and not np.isfinite(self.sample_gap_max).all():
             raise TraceError(f"{where}: 'sample_gap_max' is not finite")
         for name in SQUARE_COLUMNS:
@@ -125,23 +132,29 @@ class Trace:
 
     # -- persistence ---------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write ``PATH.npz`` (and ``PATH.json`` with ``meta``) atomically; return the npz path."""
+        """Write ``PATH.npz``, then ``PATH.json`` (``meta`` plus the npz's sha256 as
+        ``npz_sha256``), each atomically; return the npz path.
+
+        The sidecar is written last, so a sidecar always describes a whole npz, and
+        :func:`load_trace` refuses an npz that is not the one its sidecar describes (truncated,
+        altered, or copied from another run)."""
         npz = _npz_path(path)
-        npz.parent.mkdir(parents=True, exist_ok=True)
         arrays = {name: getattr(self, name) for name in FLOAT_COLUMNS + INT_COLUMNS}
         if self.sample_gap_max is not None:
             arrays["sample_gap_max"] = self.sample_gap_max
         arrays["lr"] = np.float64(self.lr)
         arrays["dist0_sq"] = np.float64(self.dist0_sq)
-        tmp = npz.with_name(npz.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, npz)
-        sidecar = npz.with_suffix(".json")
-        tmp = sidecar.with_name(sidecar.name + ".tmp")
-        tmp.write_text(json.dumps(self.meta, indent=2, sort_keys=True, default=_json_default))
-        os.replace(tmp, sidecar)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        digest = write_bytes(npz, buf.getvalue())
+        meta = {**self.meta, "npz_sha256": digest}
+        write_text(npz.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True, default=_json_default))
         return npz
+
+
+def _real(a: np.ndarray) -> bool:
+    """Integer or floating point (not bool, complex, strings or objects)."""
+    return np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)
 
 
 def _npz_path(path: str | os.PathLike) -> Path:
@@ -163,7 +176,8 @@ def load_trace(path: str | os.PathLike) -> Trace:
     """Load and validate a trace; :class:`TraceError` says what is wrong with which file.
 
     Only the five float columns and the scalars ``lr`` and ``dist0_sq`` are required; ``step``
-    and ``epoch`` default to ``0..n-1`` and all zeros, and the JSON sidecar is optional.
+    and ``epoch`` default to ``0..n-1`` and all zeros, and the JSON sidecar is optional. Where
+    the sidecar records ``npz_sha256`` (every trace gpcheck writes), the npz must have it.
     """
     npz = Path(path)
     if not npz.exists() and npz.suffix != ".npz":
@@ -173,10 +187,23 @@ def load_trace(path: str | os.PathLike) -> Trace:
         raise TraceError(f"{where}: no such file")
     if npz.is_dir():
         raise TraceError(f"{where}: is a folder, not a trace file (.npz)")
+    meta: dict[str, Any] = {}
+    sidecar = npz.with_suffix(".json")
+    if sidecar.exists():
+        try:
+            meta = json.loads(sidecar.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise TraceError(f"{sidecar}: metadata sidecar is not valid JSON ({exc})") from None
+        if not isinstance(meta, dict):
+            raise TraceError(f"{sidecar}: metadata sidecar must hold a JSON object, got {type(meta).__name__}")
+        want = meta.pop("npz_sha256", None)  # about the file, not the path: not kept in meta
+        if want is not None and sha256_file(npz) != want:
+            raise TraceError(f"{where}: is not the file its sidecar {sidecar.name} describes (sha256 differs): "
+                             "it was truncated, altered or copied from elsewhere")
     try:
         with np.load(npz, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever the damage (zip, CRC, zlib, pickle), one message
         raise TraceError(f"{where}: not a readable .npz trace ({exc.__class__.__name__}: {exc})") from None
     missing = [k for k in FLOAT_COLUMNS + SCALARS if k not in arrays]
     if missing:
@@ -187,18 +214,19 @@ def load_trace(path: str | os.PathLike) -> Trace:
     for k in SCALARS:
         if arrays[k].size != 1:
             raise TraceError(f"{where}: '{k}' must be a scalar, got shape {arrays[k].shape}")
-    for k in FLOAT_COLUMNS + INT_COLUMNS:
-        if k in arrays and arrays[k].ndim != 1:
+        if not _real(arrays[k]):
+            raise TraceError(f"{where}: scalar '{k}' must be a real number, got dtype {arrays[k].dtype}")
+    optional = [k for k in INT_COLUMNS + ("sample_gap_max",) if k in arrays]
+    for k in FLOAT_COLUMNS + tuple(optional):
+        if arrays[k].ndim != 1:
             raise TraceError(f"{where}: column '{k}' must be 1-D, got shape {arrays[k].shape}")
-        if k in arrays and not np.issubdtype(arrays[k].dtype, np.number):
-            raise TraceError(f"{where}: column '{k}' must be numeric, got dtype {arrays[k].dtype}")
-    meta: dict[str, Any] = {}
-    sidecar = npz.with_suffix(".json")
-    if sidecar.exists():
-        try:
-            meta = json.loads(sidecar.read_text())
-        except json.JSONDecodeError as exc:
-            raise TraceError(f"{sidecar}: metadata sidecar is not valid JSON ({exc})") from None
+        if not _real(arrays[k]):
+            raise TraceError(f"{where}: column '{k}' must hold real numbers, got dtype {arrays[k].dtype}")
+    for k in INT_COLUMNS:
+        col = arrays.get(k)
+        if col is not None and np.issubdtype(col.dtype, np.floating) and not (
+                np.isfinite(col).all() and (col == np.round(col)).all() and (np.abs(col) < 2**62).all()):
+            raise TraceError(f"{where}: column '{k}' must hold whole numbers")
     lengths = {k: len(arrays[k]) for k in FLOAT_COLUMNS + INT_COLUMNS if k in arrays}
     if len(set(lengths.values())) > 1:
         detail = ", ".join(f"{k}={v}" for k, v in lengths.items())

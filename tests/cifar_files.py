@@ -34,14 +34,15 @@ def _write_cifar10(root: Path, rng, bytes_keys: bool):
     return {s: (np.concatenate([c[0] for c in v]), sum((c[1] for c in v), [])) for s, v in chunks.items()}
 
 
-def _write_cifar100(root: Path, rng):
+def _write_cifar100(root: Path, rng, n_train=20):
+    """``n_train`` training images; with ``n_train >= 100`` every class has one at least."""
     d = root / "cifar-100-python"
     d.mkdir(parents=True)
     names = [f"class_{i:02d}" for i in range(100)]
     out = {}
-    for split, n in (("train", 20), ("test", 10)):
+    for split, n in (("train", n_train), ("test", 10)):
         x = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-        y = rng.integers(0, 100, n).tolist()
+        y = (rng.permutation(n) % 100).tolist() if n >= 100 else rng.integers(0, 100, n).tolist()
         _dump(d / split, {"data": x, "fine_labels": y, "coarse_labels": [v // 5 for v in y]}, False)
         out[split] = (x, y)
     _dump(d / "meta", {"fine_label_names": names, "coarse_label_names": [f"s{i}" for i in range(20)]}, False)

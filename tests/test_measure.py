@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from deep.data import CyclicSampler, DeviceData
-from deep.measure import ReplayMismatch, RunMismatch, measure
+from deep.measure import RemeasureWarning, ReplayMismatch, RunMismatch, batch_stats_only, measure
+from deep.state import load_state, save_state
 from gamma_theory import check_trace, flatten_params, trace_from_iterates
 from gamma_theory.optimizers import make_optimizer
 
@@ -119,19 +120,101 @@ def test_interrupted_run_resumes_to_identical_trace(tmp_path, at):
         np.testing.assert_array_equal(getattr(resumed.trace, col), getattr(full.trace, col), err_msg=col)
 
 
-def test_tampered_checkpoint_is_caught(tmp_path):
-    run_dir = tmp_path / "t"
-    # pass 1 only: interrupt at the first forward of pass 2 (pass 1 = 2 epochs x 3 steps)
+def _pass1_only(run_dir):
+    """Pass 1 alone: interrupt at the first forward of pass 2 (pass 1 = 2 epochs x 3 steps)."""
     TinyCNN.calls, TinyCNN.interrupt_at = 0, 7
     with pytest.raises(KeyboardInterrupt):
         run(run_dir, checkpoint_every=1)
     TinyCNN.interrupt_at = None
+
+
+def test_replay_that_disagrees_with_an_intact_checkpoint_is_a_mismatch(tmp_path):
+    """An intact checkpoint (its digest written with it) that pass 2 does not reproduce: the
+    training is not deterministic here, and the run says so with the epoch and the deviation."""
+    run_dir = tmp_path / "t"
+    _pass1_only(run_dir)
     ck = run_dir / "checkpoints" / "epoch0001.pt"
-    st = torch.load(ck, weights_only=False)
+    st = load_state(ck)
     st["model"]["fc.bias"][0] += 1e-3
-    torch.save(st, ck)
+    save_state(st, ck)
     with pytest.raises(ReplayMismatch, match=r"epoch 1: largest parameter deviation 1\.0\d*e-03"):
         run(run_dir, checkpoint_every=1)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "digest", "delete"])
+def test_damaged_checkpoint_is_never_trusted_and_the_run_is_remeasured(tmp_path, damage):
+    """A checkpoint altered on disk is caught by its digest, named, and the run measured again:
+    the trace is bit-identical to an undisturbed run."""
+    clean = run(tmp_path / "clean", checkpoint_every=1)
+    run_dir = tmp_path / "t"
+    _pass1_only(run_dir)
+    ck = run_dir / "checkpoints" / "epoch0000.pt"  # pass 2 starts here
+    data = ck.read_bytes()
+    if damage == "flip":
+        ck.write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    elif damage == "truncate":
+        ck.write_bytes(data[: len(data) // 2])
+    elif damage == "digest":
+        (run_dir / "checkpoints" / "epoch0000.pt.sha256").unlink()
+    else:
+        ck.unlink()
+    with pytest.warns(RemeasureWarning, match="epoch0000.pt"):
+        again = run(run_dir, checkpoint_every=1)
+    for col in ("loss", "loss_star", "inner", "update_sq", "dist_sq"):
+        np.testing.assert_array_equal(getattr(again.trace, col), getattr(clean.trace, col))
+
+
+def test_pass1_resumes_from_an_earlier_checkpoint_when_the_newest_is_damaged(tmp_path):
+    clean = run(tmp_path / "clean", epochs=3, checkpoint_every=1)
+    TinyCNN.calls, TinyCNN.interrupt_at = 0, 7  # in pass 1's third epoch: checkpoints 0, 1, 2 exist
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "t", epochs=3, checkpoint_every=1)
+    TinyCNN.interrupt_at = None
+    ck = tmp_path / "t" / "checkpoints" / "epoch0002.pt"
+    ck.write_bytes(ck.read_bytes()[:50])
+    with pytest.warns(RemeasureWarning, match="epoch0002.pt is truncated.*earlier checkpoint"):
+        again = run(tmp_path / "t", epochs=3, checkpoint_every=1)
+    np.testing.assert_array_equal(again.trace.inner, clean.trace.inner)
+
+
+def test_theta_star_is_evaluated_on_the_whole_training_set(tmp_path):
+    res = run(tmp_path, epochs=2)
+    ev = res.trace.meta["theta_star_eval"]
+    star = TinyCNN()
+    star.load_state_dict(torch.load(tmp_path / "theta_star.pt"))
+    data = tiny_data()
+    x, y = data.batch(torch.arange(len(data)))
+    star.eval()
+    with torch.no_grad():
+        logits = star(x)
+    assert ev["n"] == 40
+    assert ev["eval"]["accuracy"] == pytest.approx(float((logits.argmax(1) == y).float().mean()))
+    assert ev["eval"]["loss"] == pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-6)
+    assert ev["eval"]["max_sample_cross_entropy"] == pytest.approx(
+        float(F.cross_entropy(logits, y, reduction="none").max()), rel=1e-6)
+    assert 0 < ev["train"]["loss"] and ev["train"]["loss"] != ev["eval"]["loss"]  # batch statistics
+
+
+def test_theta_star_forward_uses_batch_statistics_and_touches_no_buffer():
+    """loss_star's forward: the output of BN momentum 0, bit for bit, with no buffer changed."""
+    torch.manual_seed(0)
+    a, b = TinyCNN(), TinyCNN()
+    b.load_state_dict(a.state_dict())
+    a.train(), b.train()
+    b.bn.momentum = 0.0
+    x = torch.randn(16, 3, 8, 8)
+    before = {k: v.clone() for k, v in a.state_dict().items()}
+    with torch.no_grad(), batch_stats_only(a):
+        out = a(x)
+    assert torch.equal(out, b(x).detach())
+    assert all(torch.equal(v, before[k]) for k, v in a.state_dict().items())
+    assert a.bn.track_running_stats  # restored
+
+
+def test_measure_restores_the_callers_determinism_settings(tmp_path):
+    torch.use_deterministic_algorithms(False)
+    run(tmp_path)
+    assert not torch.are_deterministic_algorithms_enabled()
 
 
 class Linear(Interruptible):

@@ -1,5 +1,7 @@
 """Trace files: round trip, and a clear error for every kind of bad input."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -50,6 +52,14 @@ def write(tmp_path, **cols):
     (dict(dist0_sq=0.0), r"'dist0_sq' must be positive"),
     (dict(lr=np.array([0.1, 0.2])), r"'lr' must be a scalar"),
     (dict(loss=np.ones((2, 2))), r"'loss' must be 1-D"),
+    (dict(lr=np.array("0.1")), r"scalar 'lr' must be a real number"),
+    (dict(dist0_sq=np.array(True)), r"scalar 'dist0_sq' must be a real number"),
+    (dict(inner=np.ones(4) * 1j), r"column 'inner' must hold real numbers"),
+    (dict(step=np.array([0, 1, 1, 2])), r"'step' must increase strictly"),
+    (dict(epoch=np.array([0, 1, 0, 1])), r"'epoch' must not decrease"),
+    (dict(step=np.array([0.0, 1.5, 2.0, 3.0])), r"'step' must hold whole numbers"),
+    (dict(epoch=np.array([0.0, np.nan, 1.0, 1.0])), r"'epoch' must hold whole numbers"),
+    (dict(sample_gap_max=np.ones((1, 2))), r"'sample_gap_max' must be 1-D"),
 ])
 def test_schema_errors_name_file_and_problem(tmp_path, cols, match):
     p = write(tmp_path, **cols)
@@ -64,8 +74,35 @@ def test_missing_and_truncated_files(tmp_path):
     p = good().save(tmp_path / "t")
     data = p.read_bytes()
     p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(TraceError, match="not the file its sidecar t.json describes"):
+        load_trace(p)
+    (tmp_path / "t.json").unlink()  # without the sidecar's digest, the zip itself is unreadable
     with pytest.raises(TraceError, match="not a readable .npz"):
         load_trace(p)
     (tmp_path / "x.npz").write_text("hello")
     with pytest.raises(TraceError, match="not a readable"):
         load_trace(tmp_path / "x.npz")
+
+
+def test_sidecar_digest_catches_an_npz_from_elsewhere(tmp_path):
+    a = good().save(tmp_path / "a")
+    other = good()
+    other.loss = other.loss * 2
+    b = other.save(tmp_path / "b")
+    b.replace(a)  # another run's npz under a's name, a's sidecar kept
+    with pytest.raises(TraceError, match="sha256 differs"):
+        load_trace(a)
+    assert "npz_sha256" in json.loads((tmp_path / "b.json").read_text())
+
+
+def test_save_leaves_no_temporary_and_sidecar_last(tmp_path):
+    good().save(tmp_path / "t")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.json", "t.npz"]
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "{not json", ""])
+def test_bad_sidecar_is_one_clean_error(tmp_path, text):
+    p = good().save(tmp_path / "t")
+    (tmp_path / "t.json").write_text(text)
+    with pytest.raises(TraceError, match="t.json"):
+        load_trace(p)

@@ -1,0 +1,74 @@
+"""Run state on disk (theta_0, checkpoints, theta*) that is verified before it is trusted.
+
+A state file ``X.pt`` is written atomically (:func:`gamma_theory.files.write_bytes`) and then
+``X.pt.sha256`` records its size and digest. :func:`load_state` checks both before unpickling,
+and unpickles with ``weights_only=True`` (tensors, dicts, lists and numbers only), so a truncated,
+bit-flipped or foreign file raises :class:`StateDamaged` naming the file, never a confusing error
+from deep inside torch, and never runs code from the output folder.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+
+from gamma_theory.files import BadFile, sha256_bytes, write_bytes, write_text
+
+
+class StateDamaged(RuntimeError):
+    """A run-state file is missing, truncated, altered or unreadable."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path} {reason}")
+
+    @classmethod
+    def from_bad_file(cls, exc: BadFile) -> "StateDamaged":
+        return cls(exc.path, exc.reason)
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def save_state(obj, path: str | Path) -> str:
+    """``torch.save`` ``obj`` to ``path`` atomically, then its digest beside it; returns the digest."""
+    path = Path(path)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getvalue()
+    digest = write_bytes(path, data)
+    write_text(_digest_path(path), f"{digest} {len(data)}\n")
+    return digest
+
+
+def load_state(path: str | Path, device: torch.device | str = "cpu"):
+    """Load what :func:`save_state` wrote, after checking its size and digest."""
+    path = Path(path)
+    side = _digest_path(path)
+    if not path.is_file():
+        raise StateDamaged(path, "is missing")
+    try:
+        want, size = side.read_text().split()
+        size = int(size)
+    except FileNotFoundError:
+        raise StateDamaged(path, f"has no {side.name} (it was not written to the end)") from None
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise StateDamaged(side, "is not readable") from None
+    data = path.read_bytes()
+    if len(data) != size:
+        raise StateDamaged(path, f"is truncated or altered ({len(data)} bytes, {size} written)")
+    if sha256_bytes(data) != want:
+        raise StateDamaged(path, "is altered (its sha256 differs from the one written with it)")
+    try:
+        return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - verified bytes that still do not load: say which file
+        raise StateDamaged(path, f"cannot be loaded ({type(exc).__name__}: {exc})") from None
+
+
+def remove_state(path: str | Path) -> None:
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    _digest_path(path).unlink(missing_ok=True)
