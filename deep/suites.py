@@ -17,11 +17,21 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 SUITES = ("activation", "bn", "skip", "optimizer")
-PRESETS = ("paper", "lite", "smoke")
+PRESETS = ("paper", "lite", "cpu", "smoke")
 
 ASSUMPTIONS = [
     "Epochs of the bn and optimizer suites are not stated in the paper: 150, as the activation and skip suites.",
-    "Fixed initialization: seed 0 for every network, sampler seed 0; variants of a network differ only in the knob.",
+    "Fixed initialization: seed 0 for every network, sampler seed 0. Every layer is initialized from a random "
+    "stream keyed by its name, so the variants of a network start from bitwise the same weights wherever they "
+    "share a layer; they differ only in the knob.",
+    "BN 'first' in each block: ResNet, the BN after the first conv of every BasicBlock (the stem BN stays); "
+    "VGG, the BN after the first conv of each run of convs between two max-pools.",
+    "Skip 'first' / 'first2' in each block: the residual connection of the first one / two BasicBlocks of each "
+    "stage (a stage = the blocks at one resolution); ResNet-18 'first2' equals 'all'.",
+    "VGG: the common CIFAR head 512-512-classes with its dropout removed (the paper removes all dropout layers); "
+    "convs keep their bias before a BN (VGG-16: 15,253,578 parameters).",
+    "AlexNet: Zhang et al.'s CIFAR model on 28x28 center crops (1,387,786 parameters), LRN as in the TensorFlow "
+    "tutorial.",
     "No data augmentation, no weight decay, constant learning rate, mean cross-entropy loss.",
     "Every sample is used once per epoch; the last, smaller batch is kept.",
     "BatchNorm layers of theta* use batch statistics in the forward pass that gives loss_star; running statistics untouched.",
@@ -53,26 +63,50 @@ class RunSpec:
         return asdict(self)
 
 
+def family(network: str) -> str:
+    """``alexnet``, ``resnet`` or ``vgg``: the family a network belongs to."""
+    return "resnet" if network.startswith("resnet") else "vgg" if network.startswith("vgg") else network
+
+
 @dataclass(frozen=True)
 class Preset:
+    """How a suite is shrunk. Only width, data and epochs change; every suite keeps the paper's
+    optimizer, learning rate, momentum, Adam's eps and batch size (except ``smoke``'s batch)."""
+
     name: str
     description: str
-    epochs: int | None  #: None: the suite's own (paper) epochs
+    #: None: the suite's own (paper) epochs; an int: every run; a dict: per family (``family()``)
+    epochs: int | dict[str, int] | None
     train_subset: int | None  #: class-balanced subset of the training set; None = all
     width: float
     batch_size: int | None  #: None: the paper's 128
     default_dataset: str
+    evidence: bool = True  #: False: tests the machinery only, its verdicts are not findings
+
+    def epochs_for(self, network: str, paper_epochs: int) -> int:
+        if self.epochs is None:
+            return paper_epochs
+        if isinstance(self.epochs, int):
+            return self.epochs
+        return self.epochs[family(network)]
 
 
 PRESET_TABLE = {
     "paper": Preset("paper", "the paper's protocol: full CIFAR training set, full-width networks, "
                     "150 epochs, batch 128", None, None, 1.0, None, "cifar10"),
-    "lite": Preset("lite", "a class-balanced 5,000-image CIFAR-10 subset, full-width networks, 10 epochs, "
-                   "batch 128 (sized for one suite in about five minutes on one H100)",
-                   10, 5000, 1.0, None, "cifar10"),
+    "lite": Preset("lite", "full-width networks on a class-balanced 1,024-image CIFAR-10 subset, batch 128; "
+                   "30 epochs for AlexNet and the ResNets, 60 for the VGGs (which learn slower at the paper's "
+                   "lr 0.01); sized for the bn and optimizer suites in about 2.5 minutes each on one H100/H200",
+                   {"alexnet": 30, "resnet": 30, "vgg": 60}, 1024, 1.0, None, "cifar10-jpeg"),
+    "cpu": Preset("cpu", "width-1/4 networks on a class-balanced 512-image CIFAR-10 subset, batch 128; "
+                  "300 epochs for AlexNet, 40 for the ResNets, 100 for the VGGs (which learn slower at the paper's "
+                  "lr 0.01): the paper's hyper-parameters, sized so that each suite finishes in at most 30 minutes "
+                  "on 2 CPU cores and the runs with the paper's fast techniques converge",
+                  {"alexnet": 300, "resnet": 40, "vgg": 100}, 512, 0.25, None, "cifar10-jpeg"),
     "smoke": Preset("smoke", "tiny networks (width 1/8), a class-balanced 256-image subset, 2 epochs, "
                     "batch 64: checks the machinery end to end in minutes on 2 CPU cores; "
-                    "its numbers are no evidence about the paper", 2, 256, 0.125, 64, "cifar10-jpeg"),
+                    "its numbers are no evidence about the paper", 2, 256, 0.125, 64, "cifar10-jpeg",
+                    evidence=False),
 }
 
 
@@ -166,7 +200,7 @@ def get_suite(name: str, preset: str = "paper") -> Suite:
     suite = _BUILDERS[name]()
     p = PRESET_TABLE[preset]
     runs = [
-        replace(r, epochs=p.epochs or r.epochs, width=p.width, batch_size=p.batch_size or r.batch_size)
+        replace(r, epochs=p.epochs_for(r.network, r.epochs), width=p.width, batch_size=p.batch_size or r.batch_size)
         for r in suite.runs
     ]
     return replace(suite, runs=runs)

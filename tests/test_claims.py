@@ -1,58 +1,83 @@
-"""Claims: each verdict follows from its numbers."""
+"""Claims: each verdict follows from its numbers, and what may not be compared is not."""
 
-import math
-
-from validation.claims import FAIL, NA, PASS, RunNumbers, correlation_claim, order_claim, principle_claims
-
-
-def rn(variant, gamma, speed, status="ok", network="net", d1=True, share=1.0, dist=True, strict=None):
-    return RunNumbers(network, variant, status, gamma, speed, d1, share, dist, strict)
+from validation.claims import (FAIL, NA, PASS, RunNumbers, agreement_claim, gamma_order_claim, principle_claims,
+                               speed_order_claim, suite_claims)
 
 
-def test_order_claim_pass_fail_na():
-    groups = [["none"], ["first", "all"]]
-    runs = {"none": rn("none", 1.0, 0.1), "first": rn("first", 2.0, 0.5), "all": rn("all", 3.0, 0.6)}
-    assert order_claim("c", "net", "gamma", groups, runs)["verdict"] == PASS
-    assert order_claim("c", "net", "speed", groups, runs)["verdict"] == PASS
-    runs["first"] = rn("first", 0.5, 0.5)
-    c = order_claim("c", "net", "gamma", groups, runs)
+def rn(variant, gamma=1.0, speed=1.0, status="ok", network="net", converged=True, d1=True, paper=None, dist0=2.0,
+       share=1.0, dist=True, min_gap=0.0, acc=1.0):
+    return RunNumbers(network, variant, status, converged=converged, d1_holds=d1, gamma_theory=gamma if d1 else None,
+                      gamma_paper=gamma if paper is None else paper, dist0=dist0, speed=speed, share_positive=share,
+                      distance_holds=dist, min_gap=min_gap, star_accuracy=acc)
+
+
+GROUPS = [["none"], ["first", "all"]]
+
+
+def test_gamma_order_pass_fail():
+    runs = {"none": rn("none", 1.0), "first": rn("first", 2.0), "all": rn("all", 3.0)}
+    c = gamma_order_claim("net", GROUPS, runs, "theory")
+    assert c["verdict"] == PASS and c["kind"] == "order"
+    assert c["numbers"]["all"] == "3 (x dist0^2 = 12)"  # the dimensionless gamma beside the raw one
+    runs["first"] = rn("first", 0.5)
+    c = gamma_order_claim("net", GROUPS, runs, "theory")
     assert c["verdict"] == FAIL and "none (1) is not below first (0.5)" in c["why"]
-    runs["all"] = rn("all", None, 0.6)
-    assert order_claim("c", "net", "gamma", groups, runs)["verdict"] == NA
-    del runs["all"]
-    assert order_claim("c", "net", "gamma", groups, runs)["verdict"] == NA
 
 
-def test_diverged_run_is_slowest():
-    groups = [["none"], ["all"]]
-    runs = {"none": rn("none", 1.0, 5.0, status="diverged"), "all": rn("all", 2.0, 0.1)}
-    c = order_claim("c", "net", "speed", groups, runs)
+def test_gammas_of_runs_that_did_not_converge_are_not_compared():
+    runs = {"none": rn("none", 1.0, converged=False), "first": rn("first", 2.0), "all": rn("all", 3.0)}
+    c = gamma_order_claim("net", GROUPS, runs, "paper")
+    assert c["verdict"] == NA and "not comparable: none did not converge" in c["why"]
+    assert c["numbers"]["none"] == "not comparable"
+
+
+def test_theory_reading_needs_definition_1():
+    runs = {"none": rn("none", 1.0, d1=False, paper=0.5), "first": rn("first", 2.0), "all": rn("all", 3.0)}
+    assert gamma_order_claim("net", GROUPS, runs, "theory")["verdict"] == NA
+    assert "Definition 1 fails" in gamma_order_claim("net", GROUPS, runs, "theory")["why"]
+    assert gamma_order_claim("net", GROUPS, runs, "paper")["verdict"] == PASS  # the paper's curves exist
+
+
+def test_speed_order_uses_mean_loss_and_diverged_is_slowest():
+    runs = {"none": rn("none", speed=0.9, status="diverged"), "first": rn("first", speed=0.3),
+            "all": rn("all", speed=0.2)}
+    c = speed_order_claim("net", GROUPS, runs)
     assert c["verdict"] == PASS and c["numbers"]["none"] == "diverged"
+    runs["none"] = rn("none", speed=0.25)  # lower mean loss than 'first': faster
+    c = speed_order_claim("net", GROUPS, runs)
+    assert c["verdict"] == FAIL and "is not slower than first" in c["why"]
+    del runs["all"]
+    assert speed_order_claim("net", GROUPS, runs)["verdict"] == NA
 
 
-def test_correlation_claim():
-    up = [rn(str(i), float(i), float(i)) for i in range(6)]
-    c = correlation_claim(up)
-    assert c["verdict"] == PASS and math.isclose(c["numbers"]["spearman_rho"], 1.0)
-    down = [rn(str(i), float(i), -float(i)) for i in range(6)]
-    assert correlation_claim(down)["verdict"] == FAIL
-    weak = [rn(str(i), float(i), s) for i, s in enumerate([0, 2, 1, 3])]  # rho 0.8, p 0.2
-    c = correlation_claim(weak)
-    assert c["verdict"] == FAIL and "not significant" in c["why"]
-    assert correlation_claim(up[:2])["verdict"] == NA
+def test_agreement_is_kendall_tau_within_a_network():
+    runs = {"a": rn("a", 1.0, speed=0.5), "b": rn("b", 2.0, speed=0.3), "c": rn("c", 3.0, speed=0.1)}
+    c = agreement_claim("net", runs, "theory")
+    assert c["verdict"] == PASS and c["numbers"]["kendall_tau"] == 1.0
+    runs["c"] = rn("c", 3.0, speed=0.4)
+    c = agreement_claim("net", runs, "theory")
+    assert c["verdict"] == FAIL and c["numbers"]["kendall_tau"] == 0.333
+    runs = {"a": rn("a", 1.0, converged=False), "b": rn("b", 2.0)}
+    c = agreement_claim("net", runs, "theory")
+    assert c["verdict"] == NA and "a did not converge" in c["why"]
 
 
-def test_principle_claims():
-    runs = [rn("a", 1, 1), rn("b", 1, 1, d1=False, share=0.9, dist=False)]
+def test_principle_claims_and_their_kinds():
+    runs = [rn("a"), rn("b", d1=False, share=0.9, dist=False, min_gap=-0.1, acc=0.8)]
     verdicts = {c["claim"]: c for c in principle_claims(runs)}
+    assert {c["kind"] for c in verdicts.values()} == {"primary", "consequence", "premise"}
+    assert verdicts["principle holds (Definition 1)"]["kind"] == "primary"
+    assert verdicts["distance never grows (Theorem 1 item 1)"]["kind"] == "consequence"
     assert all(c["verdict"] == FAIL for c in verdicts.values())
-    assert "net/b" in verdicts["principle holds"]["why"]
+    assert "net/b" in verdicts["principle holds (Definition 1)"]["why"]
     assert all(c["verdict"] == PASS for c in principle_claims(runs[:1]))
 
 
-def test_strict_correlation_uses_the_largest_feasible_gamma():
-    # the summary ranks against speed, the strict gamma (0 where infeasible) with it
-    runs = [rn(str(i), float(10 - i), float(i), strict=float(i)) for i in range(6)]
-    assert correlation_claim(runs)["verdict"] == FAIL
-    c = correlation_claim(runs, strict=True)
-    assert c["verdict"] == PASS and c["claim"] == "gamma-speed correlation (strict gamma)"
+def test_suite_claims_never_pool_networks():
+    runs = [rn("a", 1.0, speed=0.5, network="n1"), rn("b", 2.0, speed=0.3, network="n1"),
+            rn("a", 5.0, speed=0.9, network="n2"), rn("b", 0.1, speed=0.1, network="n2")]
+    claims = suite_claims({"n1": [["a"], ["b"]]}, runs)
+    names = [c["claim"] for c in claims]
+    assert "n1 gamma order (theory)" in names and "n2 gamma order (theory)" not in names  # no order for n2
+    assert {c["claim"]: c["verdict"] for c in claims}["n2 gamma tracks speed (theory)"] == FAIL
+    assert not any("correlation" in n for n in names)

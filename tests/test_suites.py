@@ -38,13 +38,13 @@ def test_suites_match_the_paper():
 def test_unknown_names_list_the_choices():
     with pytest.raises(ValueError, match="activation, bn, skip, optimizer"):
         get_suite("dropout")
-    with pytest.raises(ValueError, match="paper, lite, smoke"):
+    with pytest.raises(ValueError, match="paper, lite, cpu, smoke"):
         get_suite("bn", "huge")
 
 
 @pytest.mark.parametrize("args, match", [
     (["--suite", "dropout"], "unknown suite 'dropout'; choose one of: activation, bn, skip, optimizer"),
-    (["--suite", "bn", "--preset", "huge"], "unknown preset 'huge'; choose one of: paper, lite, smoke"),
+    (["--suite", "bn", "--preset", "huge"], "unknown preset 'huge'; choose one of: paper, lite, cpu, smoke"),
     (["--suite", "bn", "--dataset", "mnist"], "unknown data set 'mnist'"),
     (["--suite", "bn", "--device", "quantum"], "unknown device 'quantum'"),
     (["--suite", "bn", "--preset", "paper"], "needs a GPU"),
@@ -63,16 +63,21 @@ def test_bad_input_is_one_line_and_exit_2(args, match, tmp_path):
 def _expected_order_verdict(claim, runs):
     """Re-derive an order claim's verdict from the per-run numbers in report.json."""
     net = claim["claim"].split()[0]
-    quantity = claim["claim"].split()[1]
-    groups = claim["statement"].split(": ", 1)[1].split(" (every")[0].split(f"{quantity} ", 1)[1].split(" < ")
+    groups = claim["statement"].split(": ", 1)[1]
+    groups = groups.split(" increases " if "gamma" in claim["claim"] else " faster ")[1]
+    groups = groups.split(" (mean")[0].split(", compared")[0].split(" < ")
     groups = [g.strip("()").split(", ") for g in groups]
-    vals = {}
+    vals, comparable = {}, True
     for r in runs:
         if r["name"].startswith(net + "-") and r.get("check"):
             v = r["name"][len(net) + 1:]
-            vals[v] = r["gamma_summary"] if quantity == "gamma" else (
-                -math.inf if r["status"] == "diverged" else r["convergence"]["speed"])
-    if any(v not in vals or vals[v] is None for g in groups for v in g):
+            if "speed" in claim["claim"]:
+                vals[v] = -math.inf if r["status"] == "diverged" else -r["convergence"]["mean_loss"]
+            else:
+                g = r["theory"]["gamma_max"] if "(theory)" in claim["claim"] else r["paper"]["gamma_median"]
+                comparable &= r["status"] == "ok" and r["convergence"]["converged"] and g is not None
+                vals[v] = g
+    if not comparable or any(v not in vals or vals[v] is None for g in groups for v in g):
         return NA
     ok = all(max(vals[v] for v in lo) < min(vals[v] for v in hi) for lo, hi in zip(groups, groups[1:]))
     return PASS if ok else FAIL
@@ -96,18 +101,20 @@ def test_smoke_suite_end_to_end(suite, tmp_path):
             assert r["replay_verified"]["final"] == "bitwise equal to theta*"
             assert (out / "runs" / r["name"] / "trace.npz").exists()
     names = [c["claim"] for c in rep["claims"]]
-    assert names[:3] == ["principle holds", "gamma positive throughout", "distance diminishes"]
-    assert names[-2:] == ["gamma-speed correlation (gamma summary)", "gamma-speed correlation (strict gamma)"]
+    assert names[:2] == ["principle holds (Definition 1)", "distance never grows (Theorem 1 item 1)"]
+    assert not any("correlation" in n for n in names)  # networks are never pooled
     for c in rep["claims"]:
         assert c["verdict"] in (PASS, FAIL, NA) and c["why"]
-        if c["claim"].endswith(" order"):
+        if " order" in c["claim"]:
             assert c["verdict"] == _expected_order_verdict(c, rep["runs"]), c
-        if c["claim"] == "principle holds":
+        if c["claim"] == "principle holds (Definition 1)":
             judged = [r for r in rep["runs"] if r.get("check")]
             assert (c["verdict"] == PASS) == all(r["check"]["definition_1"]["holds"] for r in judged)
     md = (out / "report.md").read_text()
-    assert f"`{suite}` suite" in md and "| claim | verdict |" in md
+    assert f"`{suite}` suite" in md and "| claim | kind | verdict |" in md
+    assert md.count("**Not evidence.**") == 1 and "**PASS**" not in md and "**FAIL**" not in md  # smoke
     assert all(f"| {r['run']['network']} | {r['run']['variant']} |" in md for r in rep["runs"])
+    assert json.loads((out / "manifest.json").read_text())["runs"].keys() == {r.name for r in spec.runs}
     assert (out / rep["figure"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # `gpcheck report` rebuilds the same verdicts from the traces alone
@@ -143,7 +150,7 @@ def test_smoke_suite_on_cifar100_in_torchvision_format(tmp_path):
 
     from cifar_files import _write_cifar100
 
-    _write_cifar100(tmp_path / "data", np.random.default_rng(0))
+    _write_cifar100(tmp_path / "data", np.random.default_rng(0), n_train=300)
     res = CliRunner().invoke(main, ["deep", "--suite", "skip", "--preset", "smoke", "--dataset", "cifar100",
                                     "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "rep"), "--quiet"])
     assert res.exit_code == 0, res.output
@@ -171,7 +178,7 @@ def test_a_failing_run_is_reported_and_the_suite_goes_on(tmp_path, monkeypatch):
     rep = json.loads((tmp_path / "skip-smoke-cifar10-jpeg" / "report.json").read_text())
     status = {r["name"]: r["status"] for r in rep["runs"]}
     assert status.pop("resnet34-first2") == "error" and set(status.values()) == {"ok"}
-    assert {c["claim"]: c["verdict"] for c in rep["claims"]}["resnet34 gamma order"] == NA
+    assert {c["claim"]: c["verdict"] for c in rep["claims"]}["resnet34 gamma order (theory)"] == NA
 
 
 def test_orders_follow_what_the_paper_says_per_data_set():

@@ -1,18 +1,30 @@
 """The paper's claims as named, checkable statements, each decided by numbers from the traces.
 
-Stated measures (written into every report):
+What is compared, and why (written into every report):
 
-* **gamma summary**: the median over all steps with a positive loss gap of the per-step upper
-  bound ``num_k / (dist0_sq * gap_k)``, which is the quantity the paper plots as gamma. (The
-  strict largest feasible gamma of Definition 1 exists only where the whole path obeys the
-  principle, so it cannot rank runs that break it.)
-* **strict gamma**: Definition 1's largest feasible gamma, 0 where no single gamma > 0 fits
-  every step; a second, stricter reading of "larger gamma", used in a second correlation.
-* **speed**: ``log(first-epoch mean loss / last-epoch mean loss)``, the orders of magnitude of
-  training loss a run sheds; larger is faster. A diverged run is slower than any run that did not
-  diverge.
-* **epochs to threshold**: the first epoch whose mean training loss is at most
-  ``THRESHOLD_FRACTION`` of the first epoch's.
+* **gamma, the theory's reading**: Definition 1's largest feasible gamma, ``gamma_max``. It
+  exists only where one gamma > 0 fits every step. Theorem 1 item 3 bounds the mean accumulated
+  loss gap by ``1/(2 eta gamma K)``: with eta fixed (the variants of one network share their
+  learning rate), a larger ``gamma_max`` is a tighter bound, so this is the gamma the paper's
+  "larger gamma, faster convergence" is about.
+* **gamma, the paper's reading**: the median over the steps with a positive loss gap of the
+  per-step bound ``num_k / (dist0_sq * gap_k)``: the curves the paper plots.
+* Both scale as ``1/||theta_0 - theta*||^2``: a run that barely moves (small distance, tiny gaps)
+  gets a huge gamma. So every gamma is shown with its dimensionless form
+  ``gamma * ||theta_0 - theta*||^2`` (1 for a star-convex path, the paper's Discussion) and with
+  ``||theta_0 - theta*||``, and gammas are compared only between runs that **converged** (last
+  epoch's mean training loss at most 5% of the first epoch's): where theta* is not a minimizer,
+  gamma measures how well the steps point at an arbitrary end point. A comparison with a run that
+  did not converge is NOT APPLICABLE ("not comparable"), with the reason.
+* **speed**: the mean training loss over the whole run, ``(1/K) sum_k l(theta_k; z_k)``: the
+  accumulated loss Theorem 1 item 3 bounds, on one absolute scale for every run (its ``f(theta*)``
+  is not subtracted, so a run that stops early at a high loss is not rewarded). Lower is faster. A
+  diverged run is slower than any run that did not diverge.
+* Comparisons stay **within one network**, as the paper's panels do: networks differ in learning
+  rate and scale, so pooling them into one correlation would mean nothing.
+* Theorem 1 item 1 and "every per-step gamma is positive" follow from Definition 1 (with Fact 1's
+  non-negative gaps), since ``dist_sq[k+1] - dist_sq[k] = -2 eta num_k`` exactly. They are shown
+  as consequences, not as further confirmations.
 
 Verdicts are PASS, FAIL or NOT APPLICABLE, always with the numbers that decided them.
 """
@@ -22,12 +34,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 from scipy import stats
 
 PASS, FAIL, NA = "PASS", "FAIL", "NOT APPLICABLE"
-THRESHOLD_FRACTION = 0.1
-ALPHA = 0.05  #: significance level of the rank correlation
+CONVERGED_FRACTION = 0.05  #: converged: last epoch's mean training loss <= this x the first epoch's
+READINGS = ("theory", "paper")
 
 
 @dataclass
@@ -37,127 +48,204 @@ class RunNumbers:
     network: str
     variant: str
     status: str  #: ok | diverged | error | missing
-    gamma: float | None  #: the gamma summary (median per-step upper bound)
-    speed: float | None
-    d1_holds: bool | None
-    share_positive: float | None
-    distance_holds: bool | None
-    gamma_strict: float | None = None  #: largest feasible gamma; 0 when the feasible set is empty
+    converged: bool | None = None
+    d1_holds: bool | None = None
+    gamma_theory: float | None = None  #: Definition 1's largest feasible gamma (None: no gamma fits)
+    gamma_paper: float | None = None  #: median per-step upper bound
+    dist0: float | None = None  #: ||theta_0 - theta*||
+    speed: float | None = None  #: mean training loss over the run (lower is faster)
+    share_positive: float | None = None
+    distance_holds: bool | None = None
+    min_gap: float | None = None  #: smallest loss gap l(theta_k) - l(theta*) on a step's batch
+    star_accuracy: float | None = None  #: training-set accuracy at theta* (eval mode)
 
     @property
     def label(self) -> str:
         return f"{self.network}/{self.variant}"
 
-    def speed_key(self) -> float:
-        """Diverged runs rank below every run that finished."""
+    @property
+    def judged(self) -> bool:
+        return self.status in ("ok", "diverged") and self.d1_holds is not None
+
+    def gamma(self, reading: str) -> float | None:
+        return self.gamma_theory if reading == "theory" else self.gamma_paper
+
+    def dimensionless(self, reading: str) -> float | None:
+        g = self.gamma(reading)
+        return None if g is None or self.dist0 is None else g * self.dist0**2
+
+    def speed_key(self) -> float | None:
+        """Lower is faster; diverged runs rank after every run that did not diverge."""
         if self.status == "diverged":
-            return -math.inf
-        return self.speed if self.speed is not None else math.nan
+            return math.inf
+        return self.speed
 
 
-def _fmt(x) -> str:
+def fmt(x) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
     if isinstance(x, float) and math.isinf(x):
-        return "diverged" if x < 0 else "inf"
-    return f"{x:.3g}"
+        return "diverged" if x > 0 else "-inf"
+    if isinstance(x, float) and x != 0 and not 0.01 <= abs(x) < 1000:
+        return f"{x:.2e}"
+    return f"{x:.3g}" if isinstance(x, float) else str(x)
 
 
-def _verdict(name: str, statement: str, verdict: str, numbers: dict, why: str) -> dict:
-    return {"claim": name, "statement": statement, "verdict": verdict, "numbers": numbers, "why": why}
+def _verdict(name: str, kind: str, statement: str, verdict: str, numbers: dict, why: str) -> dict:
+    return {"claim": name, "kind": kind, "statement": statement, "verdict": verdict, "numbers": numbers, "why": why}
 
 
-def order_claim(name: str, network: str, quantity: str, groups: list[list[str]], runs: dict[str, RunNumbers]) -> dict:
-    """``quantity`` ('gamma' or 'speed') increases from each group of variants to the next."""
-    statement = f"{network}: {quantity} " + " < ".join(
-        "(" + ", ".join(g) + ")" if len(g) > 1 else g[0] for g in groups) + " (every member of a group below every member of the next)"
-    values = {}
-    for g in groups:
-        for v in g:
-            r = runs.get(v)
-            if r is None or r.status in ("error", "missing"):
-                values[v] = None
-            else:
-                values[v] = r.gamma if quantity == "gamma" else r.speed_key()
-    numbers = {v: _fmt(x) for v, x in values.items()}
-    missing = [v for v, x in values.items() if x is None or (isinstance(x, float) and math.isnan(x))]
-    if missing:
-        return _verdict(name, statement, NA, numbers, f"no {quantity} for {', '.join(missing)}")
-    broken = []
+def _groups_text(groups: list[list[str]]) -> str:
+    return " < ".join("(" + ", ".join(g) + ")" if len(g) > 1 else g[0] for g in groups)
+
+
+def _broken(groups, values, larger_is_better: bool) -> list[str]:
+    """The adjacent groups whose order fails: each member of a group strictly below (worse than)
+    each member of the next."""
+    out = []
     for lo, hi in zip(groups, groups[1:]):
-        top, bottom = max(values[v] for v in lo), min(values[v] for v in hi)
-        if not top < bottom:
-            a = max(lo, key=lambda v: values[v])
-            b = min(hi, key=lambda v: values[v])
-            broken.append(f"{a} ({_fmt(values[a])}) is not below {b} ({_fmt(values[b])})")
+        lo, hi = [v for v in lo if v in values], [v for v in hi if v in values]
+        if not lo or not hi:
+            continue
+        key = (lambda v: values[v]) if larger_is_better else (lambda v: -values[v])
+        a, b = max(lo, key=key), min(hi, key=key)
+        if not key(a) < key(b):
+            out.append(f"{a} ({fmt(values[a])}) is not {'below' if larger_is_better else 'slower than'} "
+                       f"{b} ({fmt(values[b])})")
+    return out
+
+
+def speed_order_claim(network: str, groups: list[list[str]], runs: dict[str, RunNumbers]) -> dict:
+    """The variants get faster from each group to the next (speed = mean training loss)."""
+    name = f"{network} speed order"
+    statement = (f"{network}: convergence gets faster {_groups_text(groups)} (mean training loss over the run: "
+                 "every member of a group above every member of the next)")
+    variants = [v for g in groups for v in g]
+    values = {v: runs[v].speed_key() for v in variants if v in runs and runs[v].speed_key() is not None}
+    numbers = {v: fmt(values.get(v)) for v in variants}
+    missing = [v for v in variants if v not in values]
+    if missing:
+        return _verdict(name, "order", statement, NA, numbers, f"no measured run for {', '.join(missing)}")
+    broken = _broken(groups, values, larger_is_better=False)
     if broken:
-        return _verdict(name, statement, FAIL, numbers, "; ".join(broken))
-    return _verdict(name, statement, PASS, numbers, "the order holds")
+        return _verdict(name, "order", statement, FAIL, numbers, "; ".join(broken))
+    return _verdict(name, "order", statement, PASS, numbers, "the order holds")
 
 
-def correlation_claim(runs: list[RunNumbers], strict: bool = False) -> dict:
-    """The general claim: across the suite's runs, larger gamma goes with faster convergence.
+def _comparable(variants: list[str], runs: dict[str, RunNumbers], reading: str) -> tuple[dict, list[str]]:
+    """The gammas of the variants that may be compared, and why the others may not."""
+    values, why = {}, []
+    for v in variants:
+        r = runs.get(v)
+        if r is None or not r.judged:
+            why.append(f"{v} has no measured trace ({r.status if r else 'missing'})")
+        elif r.status == "diverged":
+            why.append(f"{v} diverged")
+        elif not r.converged:
+            why.append(f"{v} did not converge")
+        elif r.gamma(reading) is None:
+            why.append(f"{v}: no gamma > 0 fits every step (Definition 1 fails)" if reading == "theory"
+                       else f"{v} has no step with a positive gap")
+        else:
+            values[v] = r.gamma(reading)
+    return values, why
 
-    ``strict``: rank by Definition 1's largest feasible gamma (0 when none) instead of the
-    gamma summary."""
-    which = "strict gamma (largest feasible, 0 if none)" if strict else "gamma summary"
-    name = f"gamma-speed correlation ({'strict gamma' if strict else 'gamma summary'})"
-    statement = (f"across the suite's runs, a larger {which} goes with faster convergence "
-                 f"(Spearman rank correlation > 0 at significance {ALPHA})")
-    pts = [(r.gamma_strict if strict else r.gamma, r.speed_key()) for r in runs
-           if r.status in ("ok", "diverged")]
-    pts = [(g, s) for g, s in pts if g is not None]
-    pts = [(g, s) for g, s in pts if not (isinstance(s, float) and math.isnan(s))]
-    if len(pts) < 3:
-        return _verdict(name, statement, NA, {"n": len(pts)}, "fewer than 3 runs with both numbers")
-    g, s = np.array(pts, dtype=float).T
-    s = np.where(np.isneginf(s), np.nanmin(s[np.isfinite(s)]) - 1 if np.isfinite(s).any() else -1.0, s)
-    if np.ptp(g) == 0 or np.ptp(s) == 0:
-        return _verdict(name, statement, NA, {"n": len(pts)}, "no variation to rank")
-    res = stats.spearmanr(g, s)
-    rho, p = float(res.statistic), float(res.pvalue)
-    numbers = {"n": len(pts), "spearman_rho": round(rho, 4), "p_value": float(f"{p:.3g}")}
-    if rho > 0 and p < ALPHA:
-        return _verdict(name, statement, PASS, numbers, f"rho = {rho:.3f}, p = {p:.3g}")
-    why = f"rho = {rho:.3f}, p = {p:.3g}" + (" (positive but not significant)" if rho > 0 else "")
-    return _verdict(name, statement, FAIL, numbers, why)
+
+def gamma_order_claim(network: str, groups: list[list[str]], runs: dict[str, RunNumbers], reading: str) -> dict:
+    """gamma (``reading``) increases from each group to the next, among converged runs."""
+    what = "Definition 1's largest feasible gamma" if reading == "theory" else "the median per-step gamma bound"
+    name = f"{network} gamma order ({reading})"
+    statement = f"{network}: {what} increases {_groups_text(groups)}, compared between converged runs"
+    variants = [v for g in groups for v in g]
+    values, why = _comparable(variants, runs, reading)
+    numbers = {v: (f"{fmt(values[v])} (x dist0^2 = {fmt(runs[v].dimensionless(reading))})" if v in values
+                   else "not comparable") for v in variants}
+    if why:
+        return _verdict(name, "order", statement, NA, numbers, "not comparable: " + "; ".join(why))
+    broken = _broken(groups, values, larger_is_better=True)
+    if broken:
+        return _verdict(name, "order", statement, FAIL, numbers, "; ".join(broken))
+    return _verdict(name, "order", statement, PASS, numbers, "the order holds")
+
+
+def agreement_claim(network: str, runs: dict[str, RunNumbers], reading: str) -> dict:
+    """Among a network's converged variants, a larger gamma goes with faster convergence: the
+    ranking by gamma is the ranking by speed (Kendall's tau = 1). Descriptive: with 2-4 variants no
+    p-value would mean anything, so none is given."""
+    name = f"{network} gamma tracks speed ({reading})"
+    statement = (f"{network}: among its converged variants, ranking by gamma ({reading}'s reading) gives the same "
+                 "order as ranking by speed (Theorem 1 item 3: larger gamma, faster)")
+    values, why = _comparable(list(runs), runs, reading)
+    numbers = {v: f"gamma {fmt(g)}, mean loss {fmt(runs[v].speed)}" for v, g in values.items()}
+    if len(values) < 2:
+        return _verdict(name, "agreement", statement, NA, numbers,
+                        "fewer than 2 comparable variants" + (f" ({'; '.join(why)})" if why else ""))
+    v = list(values)
+    g = [values[x] for x in v]
+    s = [-runs[x].speed for x in v]  # larger = faster
+    if len(set(g)) == 1 or len(set(s)) == 1:
+        return _verdict(name, "agreement", statement, NA, numbers, "ties: nothing to rank")
+    tau = float(stats.kendalltau(g, s).statistic)
+    numbers["kendall_tau"] = round(tau, 3)
+    left_out = f" ({'; '.join(why)}: left out)" if why else ""
+    if tau == 1.0:
+        return _verdict(name, "agreement", statement, PASS, numbers, f"same order, tau = 1{left_out}")
+    return _verdict(name, "agreement", statement, FAIL, numbers, f"tau = {tau:.2f}{left_out}")
 
 
 def principle_claims(runs: list[RunNumbers]) -> list[dict]:
-    """The paper's claims that every training obeys the principle and Theorem 1 item 1."""
-    out = []
-    judged = [r for r in runs if r.status in ("ok", "diverged") and r.d1_holds is not None]
-    for name, statement, get, ok in [
-        ("principle holds", "every run's path satisfies Definition 1 (one gamma > 0 for all steps)",
-         lambda r: r.d1_holds, lambda x: x),
-        ("gamma positive throughout", "every per-step gamma bound the paper plots is positive (share positive = 1)",
+    """Definition 1 on every run, its consequences, and Fact 1's premise at theta*."""
+    judged = [r for r in runs if r.judged]
+    specs = [
+        ("principle holds (Definition 1)", "primary",
+         "every run's path satisfies inequality (2) with one gamma > 0 for all its steps",
+         lambda r: r.d1_holds, lambda x: bool(x)),
+        ("distance never grows (Theorem 1 item 1)", "consequence",
+         "||theta_k - theta*|| never increases. A consequence of Definition 1 when every loss gap is >= 0 "
+         "(Fact 1), since dist_sq[k+1] - dist_sq[k] = -2 eta num_k exactly: not a further confirmation",
+         lambda r: r.distance_holds, lambda x: bool(x)),
+        ("per-step gamma positive (the paper's curves)", "consequence",
+         "every per-step upper bound the paper plots is positive (num_k > 0 wherever gap_k > 0). Implied by "
+         "Definition 1: not a further confirmation",
          lambda r: r.share_positive, lambda x: x == 1.0),
-        ("distance diminishes", "||theta_k - theta*|| never increases (Theorem 1 item 1)",
-         lambda r: r.distance_holds, lambda x: x),
-    ]:
-        if not judged:
-            out.append(_verdict(name, statement, NA, {}, "no run could be judged"))
+        ("theta* fits the training set (Fact 1)", "premise",
+         "theta* (the last iterate) classifies every training image correctly (evaluation mode): the paper's "
+         "principle is stated for theta* a global minimizer",
+         lambda r: r.star_accuracy, lambda x: x == 1.0),
+        ("no loss gap is negative (Fact 1 along the path)", "premise",
+         "l(theta_k; z_k) >= l(theta*; z_k) on every step's batch, as a common minimizer theta* guarantees; a "
+         "negative gap makes that step bound gamma from below",
+         lambda r: r.min_gap, lambda x: x >= 0),
+    ]
+    out = []
+    for name, kind, statement, get, ok in specs:
+        rows = [r for r in judged if get(r) is not None]
+        if not rows:
+            out.append(_verdict(name, kind, statement, NA, {}, "no run could be judged"))
             continue
-        failing = [r.label for r in judged if not ok(get(r))]
-        numbers = {r.label: (_fmt(get(r)) if isinstance(get(r), float) else bool(get(r))) for r in judged}
+        failing = [r.label for r in rows if not ok(get(r))]
+        numbers = {r.label: fmt(get(r)) for r in rows}
         if failing:
-            out.append(_verdict(name, statement, FAIL, numbers, f"{len(failing)} of {len(judged)} runs break it: {', '.join(failing)}"))
+            out.append(_verdict(name, kind, statement, FAIL, numbers,
+                                f"{len(failing)} of {len(rows)} runs break it: {', '.join(failing)}"))
         else:
-            out.append(_verdict(name, statement, PASS, numbers, f"all {len(judged)} runs"))
+            out.append(_verdict(name, kind, statement, PASS, numbers, f"all {len(rows)} runs"))
     return out
 
 
 def suite_claims(expected_order: dict[str, list[list[str]]], runs: list[RunNumbers]) -> list[dict]:
-    """Every claim of a suite: the principle, the per-network orders, the correlation."""
+    """Every claim of a suite: the principle, then per network its speed and gamma orders (where
+    the paper states one) and the gamma-speed agreement, in both readings."""
     by_net: dict[str, dict[str, RunNumbers]] = {}
     for r in runs:
         by_net.setdefault(r.network, {})[r.variant] = r
     claims = principle_claims(runs)
-    for net, groups in expected_order.items():
-        if net not in by_net:
-            continue
-        claims.append(order_claim(f"{net} gamma order", net, "gamma", groups, by_net[net]))
-        claims.append(order_claim(f"{net} speed order", net, "speed", groups, by_net[net]))
-    claims.append(correlation_claim(runs))
-    claims.append(correlation_claim(runs, strict=True))
+    for net, variants in by_net.items():
+        groups = expected_order.get(net)
+        if groups:
+            claims.append(speed_order_claim(net, groups, variants))
+            claims += [gamma_order_claim(net, groups, variants, reading) for reading in READINGS]
+        claims += [agreement_claim(net, variants, reading) for reading in READINGS]
     return claims

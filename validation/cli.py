@@ -1,9 +1,15 @@
 """The ``gpcheck`` command.
 
-Every command is a plain function registered with ``@main.command()``. Bad input is reported
-as one line, ``gpcheck: error: <message>``, on stderr with exit status 2, never a traceback:
-call :func:`fail` for errors a command finds itself; a :class:`~gamma_theory.TraceError` or an
-``OSError`` escaping any command is turned into the same line by the group.
+Every command is a plain function registered with ``@main.command()``. Errors are one line,
+``gpcheck: error: <message>``, on stderr, never a traceback. Exit statuses:
+
+* 0: done (a FAIL verdict is a finding, not an error);
+* 1: ``gpcheck deep``: some runs ended in an error (each is an ERROR row of its report);
+* 2: bad input: an unknown name, a bad option value, a file that is not what it should be
+  (:func:`fail`; a :class:`~gamma_theory.TraceError` escaping a command is turned into it);
+* 3: the file system refused: a full disk, a folder that cannot be written (an ``OSError``
+  escaping a command, with the path it concerns);
+* 130: interrupted; finished runs and checkpoints are kept.
 
 Adding a command later (``deep``, ``report``, ...)::
 
@@ -19,12 +25,14 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import NoReturn
 
 import click
 
 from gamma_theory import TraceError, check_trace, load_trace
+from gamma_theory.files import BadFile
 
 from .util import (
     feasible_set,
@@ -39,6 +47,8 @@ from .util import (
 
 #: exit status for bad input (as click uses for usage errors)
 EXIT_BAD_INPUT = 2
+#: exit status when the file system refuses (disk full, no permission)
+EXIT_IO = 3
 
 
 def _version() -> str:
@@ -50,24 +60,30 @@ def _version() -> str:
         return "0.1.0+checkout"
 
 
-def fail(msg: str) -> NoReturn:
-    """Print ``gpcheck: error: <msg>`` as one line on stderr and exit with status 2."""
+def fail(msg: str, status: int = EXIT_BAD_INPUT) -> NoReturn:
+    """Print ``gpcheck: error: <msg>`` as one line on stderr and exit with ``status`` (2)."""
     one_line = " ".join(str(msg).split())
     click.echo(f"gpcheck: error: {one_line}", err=True)
-    sys.exit(EXIT_BAD_INPUT)
+    sys.exit(status)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"gpcheck: warning: {' '.join(str(message).split())}", err=True)
 
 
 class _Group(click.Group):
-    """A group that turns bad-input exceptions from any command into :func:`fail`."""
+    """A group that turns bad-input and file-system exceptions from any command into one line."""
 
     def invoke(self, ctx: click.Context):
+        warnings.showwarning = _show_warning
         try:
             return super().invoke(ctx)
-        except TraceError as exc:
+        except (TraceError, BadFile) as exc:
             fail(str(exc))
         except OSError as exc:
             where = exc.filename if exc.filename is not None else ""
-            fail(f"{where}: {exc.strerror or exc}" if where else str(exc))
+            what = exc.strerror or str(exc)
+            fail(f"{where}: {what}" if where else what, EXIT_IO)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -81,9 +97,12 @@ def main() -> None:
 @main.command()
 @click.option("--out", "out_dir", default="reports/ladder", show_default=True,
               help="folder for report.md, report.json, traces/ and figures/")
-@click.option("--seed", default=0, show_default=True, type=int, help="seed of the data and the sampling")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="seed of the data and the sampling (0 to 2**32-1)")
 def ladder(out_dir: str, seed: int) -> None:
-    """Run every rung of the problem ladder with every optimizer, check and report."""
+    """Run every rung of the problem ladder with every optimizer, check and report.
+
+    Writes only inside OUT: report.md, report.json, traces/ and figures/."""
     from .ladder import run_ladder
 
     report = run_ladder(out_dir=out_dir, seed=seed, progress=True)
@@ -100,7 +119,6 @@ def ladder(out_dir: str, seed: int) -> None:
                       else f"gamma_max n/a ({d1['n_violating']} violating steps)")
         click.echo(f"  {name:<{width}}  {r['verdict']}  {detail}")
     click.echo(f"{report['n_pass']} of {report['n_runs']} PASS in {report['wall_s']:.1f} s")
-    _reindex(Path(out_dir).parent)
 
 
 # -- gpcheck check -------------------------------------------------------------------------------
@@ -160,22 +178,26 @@ def _choice_error(kind: str, value: str, choices) -> NoReturn:
 
 @main.command()
 @click.option("--suite", required=True, help="activation, bn, skip or optimizer")
-@click.option("--preset", default="smoke", show_default=True, help="paper, lite or smoke")
+@click.option("--preset", default="smoke", show_default=True, help="paper, lite, cpu or smoke")
 @click.option("--dataset", default=None,
               help="cifar10, cifar100, both, or cifar10-jpeg (the offline JPEG copy); default: the preset's "
-                   "(cifar10-jpeg for smoke, cifar10 otherwise)")
+                   "(cifar10-jpeg for cpu and smoke, cifar10 otherwise)")
 @click.option("--data-root", default=None, help="folder with cifar-10-batches-py/ or cifar-100-python/, "
               "or the path of the JPEG archive")
 @click.option("--download", is_flag=True, help="download CIFAR through torchvision if it is not under --data-root")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
+@click.option("--threads", default=None, type=click.IntRange(1, 1024),
+              help="CPU threads of torch (default: torch's, one per core); a run resumes only with the "
+                   "thread count it started with")
 @click.option("--out", "out_root", default="reports", show_default=True,
-              help="reports go to OUT/<suite>-<preset>-<dataset>/")
+              help="root of the reports: OUT/<suite>-<preset>-<dataset>/ and the index OUT/README.md")
 @click.option("--quiet", is_flag=True, help="no progress bars")
-def deep(suite, preset, dataset, data_root, download, device, out_root, quiet) -> None:
+def deep(suite, preset, dataset, data_root, download, device, threads, out_root, quiet) -> None:
     """Measure a suite of the paper's CIFAR experiments exactly and write its report.
 
     Rerunning the same command skips finished runs and resumes an interrupted one from its last
-    checkpoint, with an identical result.
+    checkpoint, with an identical result; a run found damaged is measured again. Writes only
+    inside OUT.
     """
     import torch
 
@@ -184,6 +206,8 @@ def deep(suite, preset, dataset, data_root, download, device, out_root, quiet) -
     from deep.measure import RunMismatch
     from deep.runner import DATASET_CHOICES, resolve_datasets, run_suite
     from deep.suites import PRESETS, SUITES
+
+    from .deep_report import build_report
 
     if suite not in SUITES:
         _choice_error("suite", suite, SUITES)
@@ -195,18 +219,24 @@ def deep(suite, preset, dataset, data_root, download, device, out_root, quiet) -
         dev = resolve_device(device)
     except ValueError as exc:
         fail(str(exc))
+    if Path(out_root).exists() and not Path(out_root).is_dir():
+        fail(f"--out {out_root}: is a file, not a folder")
     if preset == "paper" and dev.type == "cpu" and device is None:
         fail("the paper preset trains ResNets and VGGs for 150 epochs: it needs a GPU, and this machine has "
-             "none. Pass --device cpu to run it on the CPU anyway, or use --preset lite or smoke.")
+             "none. Pass --device cpu to run it on the CPU anyway, or use --preset lite, cpu or smoke.")
     if preset == "paper" and not torch.cuda.is_available():
         click.echo("warning: running the paper preset on the CPU; expect weeks.", err=True)
+    if threads is not None:
+        torch.set_num_threads(threads)
     argv = " ".join(["gpcheck", "deep"] + sys.argv[2:]) if len(sys.argv) > 2 else None
     errors = 0
     try:
         for ds in resolve_datasets(dataset, preset):
             out = run_suite(suite, preset, ds, data_root=data_root, download=download, device=device,
                             out_root=out_root, progress=not quiet, command=argv)[0]
+            build_report(out)
             errors += _print_suite_summary(out)
+            _write_index(out_root)
     except (DataError, RunMismatch) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
@@ -217,16 +247,18 @@ def deep(suite, preset, dataset, data_root, download, device, out_root, quiet) -
         sys.exit(1)
 
 
-def _reindex(root) -> None:
+def _write_index(root) -> None:
     from .index import write_index
 
-    write_index(root)
+    where = write_index(root)
+    if where is None:
+        click.echo(f"note: {Path(root) / 'README.md'} is not a gpcheck index; left it alone "
+                   "(the index of the reports was not written)", err=True)
 
 
 def _print_suite_summary(out) -> int:
     """Print the claims of a suite report; return how many runs ended in an error."""
-    _reindex(Path(out).parent)
-    rep = json.loads((out / "report.json").read_text())
+    rep = json.loads((Path(out) / "report.json").read_text())
     click.echo(f"report: {out}/report.md")
     for c in rep["claims"]:
         click.echo(f"  {c['verdict']:<14} {c['claim']}: {c['why']}")
@@ -240,7 +272,11 @@ def _print_suite_summary(out) -> int:
 @main.command()
 @click.argument("path", type=click.Path(path_type=str))
 def report(path: str) -> None:
-    """Rebuild a suite report (report.md, report.json, figure) from the traces in PATH alone."""
+    """Rebuild a suite report (report.md, report.json, figure) from the traces in PATH alone.
+
+    Every trace is checked against the digests in its trace.json and in the suite's manifest;
+    a run whose files do not verify is an ERROR row that says what to do. Writes only inside PATH.
+    """
     from .deep_report import ReportError, build_report
 
     if not Path(path).is_dir():
@@ -255,12 +291,16 @@ def report(path: str) -> None:
 @main.command()
 @click.argument("root", default="reports", type=click.Path(path_type=str))
 def index(root: str) -> None:
-    """Rebuild ROOT/README.md, the index of every report under ROOT."""
+    """Rebuild ROOT/README.md, the index of every report under ROOT (a README.md that gpcheck did
+    not write is left alone)."""
     if not Path(root).is_dir():
         fail(f"{root}: no such folder")
     from .index import write_index
 
-    click.echo(f"index: {write_index(root)}")
+    where = write_index(root)
+    if where is None:
+        fail(f"{Path(root) / 'README.md'} is not a gpcheck index; it was left alone")
+    click.echo(f"index: {where}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,13 @@
 """The report of one suite run on one data set, rebuilt from the files in its folder alone.
 
-A suite folder ``reports/<suite>-<preset>-<dataset>/`` holds ``suite.json`` (what was asked) and
-``runs/<network>-<variant>/`` with each run's ``trace.npz`` + ``trace.json`` (or ``error.json``).
-:func:`build_report` reads only those and writes ``report.json``, ``report.md`` and
-``figures/<suite>.png``, so ``gpcheck report DIR`` can regenerate a report anywhere.
+A suite folder ``reports/<suite>-<preset>-<dataset>/`` holds ``suite.json`` (what was asked),
+``manifest.json`` (each finished run's status and trace digest) and ``runs/<network>-<variant>/``
+with each run's ``trace.npz`` + ``trace.json`` (or ``error.json``). :func:`build_report` reads
+only those and writes ``report.json``, ``report.md`` and ``figures/<suite>.png``, so
+``gpcheck report DIR`` can regenerate a report anywhere. It trusts no file blindly: a trace that
+does not match the digest in its ``trace.json`` or in the manifest, a run folder holding another
+run's trace, a damaged JSON file, all make that run an ERROR row that says what to do; the other
+runs are reported as usual.
 """
 
 from __future__ import annotations
@@ -15,17 +19,19 @@ from pathlib import Path
 
 import numpy as np
 
-from deep.suites import ASSUMPTIONS, get_suite
+from deep.runner import read_manifest
+from deep.suites import ASSUMPTIONS, PRESET_TABLE, SUITES, get_suite
 from gamma_theory import Trace, TraceError, check_trace, load_trace
 from gamma_theory.definition1 import step_bounds
+from gamma_theory.files import BadFile, clean_stale_tmp, read_json
 from gamma_theory.theorem1 import epoch_mean_gap, per_epoch_mean
 
-from .claims import NA, THRESHOLD_FRACTION, RunNumbers, suite_claims
+from .claims import CONVERGED_FRACTION, FAIL, NA, PASS, RunNumbers, fmt, suite_claims
 from .util import feasible_set, fmt3, identity_cell, item1_cell, item2_cell, item3_cell, jsonable, pct, write_atomic
 
 
 class ReportError(ValueError):
-    """A folder that holds no suite run."""
+    """A folder that holds no suite run, or whose suite.json cannot be used."""
 
 
 def gamma_summary(trace: Trace) -> float | None:
@@ -35,40 +41,71 @@ def gamma_summary(trace: Trace) -> float | None:
     return float(np.median(up)) if up.size else None
 
 
-def convergence(trace: Trace) -> dict:
+def convergence(trace: Trace, num_classes: int | None) -> dict:
+    """How fast and how far the run's training loss went, on an absolute scale."""
     losses = per_epoch_mean(trace.loss, trace.epoch)[1]
     first, last = float(losses[0]), float(losses[-1])
-    hit = np.flatnonzero(losses <= THRESHOLD_FRACTION * first)
+    threshold = 0.1 * math.log(num_classes) if num_classes else None
+    hit = np.flatnonzero(losses <= threshold) if threshold else np.empty(0)
     return {
         "first_epoch_loss": first,
         "final_loss": last,
-        "speed": math.log(first / last) if first > 0 and last > 0 else None,
+        "loss_ratio": last / first if first > 0 else None,
+        "converged": bool(last <= CONVERGED_FRACTION * first),
+        "mean_loss": float(np.mean(trace.loss)),
+        "loss_threshold": threshold,
         "epochs_to_threshold": int(hit[0]) + 1 if hit.size else None,
-        "threshold": f"{THRESHOLD_FRACTION:g} x first-epoch mean loss",
         "epoch_mean_loss": losses.tolist(),
         "epoch_mean_gap": epoch_mean_gap(trace)[1].tolist(),
     }
 
 
-def summarize_run(run_dir: Path) -> tuple[dict, Trace | None]:
-    """Everything the report says about one run, and its trace (None when there is none)."""
+def _error(name: str, message: str, todo: str) -> dict:
+    return {"name": name, "status": "error", "error": f"{message}; {todo}"}
+
+
+def summarize_run(run_dir: Path, expected: dict | None = None, manifest_entry: dict | None = None,
+                  rerun: str = "rerun the suite's command", num_classes: int | None = None) -> tuple[dict, Trace | None]:
+    """Everything the report says about one run, and its trace (None when there is none).
+
+    ``expected`` is the run's spec from suite.json, ``manifest_entry`` what the manifest recorded
+    when the run finished: the files must agree with both."""
     name = run_dir.name
+    todo = f"{rerun} to measure this run again"
     if (run_dir / "error.json").exists():
-        err = json.loads((run_dir / "error.json").read_text())
-        return {"name": name, "status": "error", "error": f"{err['error']}: {err['message']}"}, None
+        try:
+            err = read_json(run_dir / "error.json")
+            return {"name": name, "status": "error", "error": f"{err['error']}: {err['message']}"}, None
+        except (BadFile, KeyError, TypeError):
+            return _error(name, "the run failed, and its error.json is damaged", todo), None
     info_path = run_dir / "trace.json"
     if not info_path.exists():
         return {"name": name, "status": "missing"}, None
-    info = json.loads(info_path.read_text())
-    if not (run_dir / "trace.npz").exists():  # diverged before anything could be measured
+    try:
+        info = read_json(info_path)
+        if not isinstance(info, dict):
+            raise BadFile(info_path, "does not hold a JSON object")
+    except BadFile as exc:
+        return _error(name, str(exc), todo), None
+    recorded = (manifest_entry or {}).get("trace_sha256")
+    if recorded is not None and info.get("npz_sha256") != recorded:
+        return _error(name, f"{info_path} does not describe the trace recorded in manifest.json when the run "
+                      "finished (its files were replaced)", todo), None
+    if info.get("status") == "diverged" and "npz_sha256" not in info:  # diverged before anything was measured
         return {"name": name, "status": "diverged", "diverged": info.get("diverged"),
                 "run": info.get("run"), "pass1": info.get("pass1")}, None
     try:
         trace = load_trace(run_dir / "trace.npz")
     except TraceError as exc:
-        return {"name": name, "status": "error", "error": str(exc)}, None
+        return _error(name, str(exc), todo), None
     meta = trace.meta
+    spec = meta.get("run") or {}
+    if expected is not None and spec and {k: spec.get(k) for k in expected} != expected:
+        return _error(name, f"{run_dir} holds the trace of another run ({spec.get('network')}-{spec.get('variant')}, "
+                      f"{spec.get('epochs')} epochs)", todo), None
     result = check_trace(trace)
+    d1 = result.definition_1
+    gaps = trace.gap
     summary = {
         "name": name,
         "status": meta.get("status", "ok"),
@@ -77,8 +114,22 @@ def summarize_run(run_dir: Path) -> tuple[dict, Trace | None]:
         "steps": len(trace),
         "epochs_measured": meta.get("epochs_measured"),
         "num_params": meta.get("num_params"),
-        "gamma_summary": gamma_summary(trace),
-        "convergence": convergence(trace),
+        "dist0": math.sqrt(trace.dist0_sq),
+        "theory": {
+            "holds": d1.holds,
+            "gamma_max": d1.gamma_max,
+            "gamma_max_x_dist0_sq": None if d1.gamma_max is None else d1.gamma_max * trace.dist0_sq,
+        },
+        "paper": {
+            "gamma_median": gamma_summary(trace),
+            "gamma_median_x_dist0_sq": None if gamma_summary(trace) is None
+            else gamma_summary(trace) * trace.dist0_sq,
+            "share_positive": d1.share_positive,
+        },
+        "negative_gap_steps": int((gaps < 0).sum()),
+        "min_gap": float(gaps.min()),
+        "convergence": convergence(trace, num_classes),
+        "theta_star_eval": meta.get("theta_star_eval"),
         "check": result.to_dict(),
         "verdict": "PASS" if result.holds else "FAIL",
         "pass1": meta.get("pass1"),
@@ -95,20 +146,34 @@ def _numbers(s: dict) -> RunNumbers:
     if network is None:  # error/missing runs: the folder name is network-variant
         network, _, variant = s["name"].partition("-")
     chk = s.get("check")
-    conv = s.get("convergence") or {}
+    if not chk:
+        return RunNumbers(network, variant, s["status"])
+    conv, ev = s["convergence"], s.get("theta_star_eval") or {}
     return RunNumbers(
-        network=network, variant=variant, status=s["status"], gamma=s.get("gamma_summary"),
-        speed=conv.get("speed"),
-        d1_holds=chk["definition_1"]["holds"] if chk else None,
-        share_positive=chk["definition_1"]["share_positive"] if chk else None,
-        distance_holds=chk["theorem_1"]["distance_monotone"]["holds"] if chk else None,
-        gamma_strict=_strict_gamma(chk["definition_1"]) if chk else None,
+        network=network, variant=variant, status=s["status"],
+        converged=conv["converged"] and s["status"] == "ok",
+        d1_holds=chk["definition_1"]["holds"],
+        gamma_theory=s["theory"]["gamma_max"], gamma_paper=s["paper"]["gamma_median"], dist0=s["dist0"],
+        speed=conv["mean_loss"], share_positive=chk["definition_1"]["share_positive"],
+        distance_holds=chk["theorem_1"]["distance_monotone"]["holds"], min_gap=s["min_gap"],
+        star_accuracy=(ev.get("eval") or {}).get("accuracy"),
     )
 
 
-def _strict_gamma(d1: dict) -> float:
-    """Definition 1's largest feasible gamma, 0 when there is none ('inf' stays infinite)."""
-    return float(d1["gamma_max"]) if d1["holds"] else 0.0
+def _suite_info(out: Path) -> dict:
+    path = out / "suite.json"
+    if not path.exists():
+        return {}
+    try:
+        info = read_json(path)
+    except BadFile as exc:
+        raise ReportError(f"{exc}; rerun the suite's `gpcheck deep` command to rewrite it") from None
+    if not isinstance(info, dict):
+        raise ReportError(f"{path} does not hold a JSON object; rerun the suite's `gpcheck deep` command")
+    if info.get("suite") not in SUITES or info.get("preset") not in PRESET_TABLE:
+        raise ReportError(f"{path} names suite {info.get('suite')!r} and preset {info.get('preset')!r}; gpcheck "
+                          f"knows the suites {', '.join(SUITES)} and the presets {', '.join(PRESET_TABLE)}")
+    return info
 
 
 def build_report(out_dir: str | Path) -> dict:
@@ -117,22 +182,39 @@ def build_report(out_dir: str | Path) -> dict:
     runs_dir = out / "runs"
     if not runs_dir.is_dir():
         raise ReportError(f"{out}: no runs/ folder; this is not a suite folder written by `gpcheck deep`")
-    suite_info = json.loads((out / "suite.json").read_text()) if (out / "suite.json").exists() else {}
-    summaries, traces = [], {}
-    for d in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
-        s, tr = summarize_run(d)
+    clean_stale_tmp(out, recursive=False)
+    suite_info = _suite_info(out)
+    try:
+        manifest = read_manifest(out).get("runs", {})
+    except BadFile as exc:
+        raise ReportError(f"{exc}; rerun the suite's `gpcheck deep` command to rebuild it") from None
+    folders = {p.name: p for p in sorted(runs_dir.iterdir()) if p.is_dir()}
+    traces: dict[str, Trace] = {}
+    if not suite_info:  # rebuild from the traces' own metadata
+        for p in folders.values():
+            try:
+                meta = load_trace(p / "trace.npz").meta
+            except TraceError:
+                continue
+            suite_info = {k: meta.get(k) for k in ("suite", "preset", "dataset", "data")}
+            break
+    suite_name, preset_name = suite_info.get("suite"), suite_info.get("preset") or "paper"
+    suite = get_suite(suite_name, preset_name) if suite_name in SUITES else None
+    specs = {r.name: r.to_dict() for r in suite.runs} if suite else {}
+    rerun = f"rerun `{suite_info['command']}`" if suite_info.get("command") else "rerun the suite's command"
+    summaries = []
+    for name in list(specs) + [n for n in folders if n not in specs]:
+        if name not in folders:
+            summaries.append({"name": name, "status": "missing"})
+            continue
+        s, tr = summarize_run(folders[name], specs.get(name), manifest.get(name), rerun,
+                              suite_info.get("num_classes"))
         summaries.append(s)
         if tr is not None:
-            traces[d.name] = tr
+            traces[name] = tr
     if not summaries:
         raise ReportError(f"{out}: runs/ is empty; nothing to report")
-    if not suite_info:  # rebuild from the traces' own metadata
-        meta = next(iter(traces.values())).meta if traces else {}
-        suite_info = {k: meta.get(k) for k in ("suite", "preset", "dataset", "data")}
-    suite_name = suite_info.get("suite")
-    suite = get_suite(suite_name, suite_info.get("preset") or "paper") if suite_name else None
-    order = {r.name: i for i, r in enumerate(suite.runs)} if suite else {}
-    summaries.sort(key=lambda s: order.get(s["name"], len(order)))
+    preset = PRESET_TABLE.get(preset_name)
     claims = suite_claims(suite.orders_for(suite_info.get("dataset")) if suite else {},
                           [_numbers(s) for s in summaries])
 
@@ -146,29 +228,27 @@ def build_report(out_dir: str | Path) -> dict:
                 r = s["run"] or {}
                 columns.setdefault(r.get("network", s["name"]), {})[r.get("variant", s["name"])] = traces[s["name"]]
         fig_rel = f"figures/{suite_name or 'suite'}.png"
-        title = f"{suite_name} suite, {suite_info.get('preset')} preset, {suite_info.get('dataset')}"
+        title = f"{suite_name} suite, {preset_name} preset, {suite_info.get('dataset')}"
         plot_paths(columns, out / fig_rel, title=title)
 
     report = {
         "suite": suite_name,
-        "preset": suite_info.get("preset"),
+        "preset": preset_name,
+        "evidence": preset.evidence if preset else True,
         "dataset": suite_info.get("dataset"),
         "data": suite_info.get("data"),
         "question": suite.question if suite else None,
         "command": suite_info.get("command"),
         "device": suite_info.get("device"),
+        "threads": suite_info.get("threads"),
         "assumptions": suite_info.get("assumptions", ASSUMPTIONS),
         "preset_description": suite_info.get("preset_description"),
         "started_utc": suite_info.get("started_utc"),
         "finished_utc": suite_info.get("finished_utc"),
+        "suite_wall_s": suite_info.get("wall_s"),
         "report_built_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "env": next((s["env"] for s in summaries if s.get("env")), None),
-        "measures": {
-            "gamma_summary": "median over steps with a positive loss gap of num_k / (dist0_sq * gap_k)",
-            "strict_gamma": "Definition 1's largest feasible gamma, 0 where the feasible set is empty",
-            "speed": "log(first-epoch mean loss / last-epoch mean loss); diverged runs rank slowest",
-            "epochs_to_threshold": f"first epoch with mean loss <= {THRESHOLD_FRACTION:g} x the first epoch's",
-        },
+        "measures": MEASURES,
         "runs": summaries,
         "claims": claims,
         "figure": fig_rel,
@@ -178,26 +258,96 @@ def build_report(out_dir: str | Path) -> dict:
     return report
 
 
-def _run_row(s: dict) -> str:
+MEASURES = {
+    "converged": f"the last epoch's mean training loss is at most {CONVERGED_FRACTION:g} x the first epoch's",
+    "speed": "mean training loss over the whole run, (1/K) sum_k l(theta_k; z_k) (lower is faster): the "
+             "accumulated loss of Theorem 1 item 3 on one absolute scale; a diverged run is slowest",
+    "gamma (theory)": "Definition 1's largest feasible gamma (none when no gamma > 0 fits every step)",
+    "gamma (paper)": "median over the steps with a positive loss gap of the per-step bound num_k / (dist0_sq gap_k), "
+                     "the curves the paper plots",
+    "x dist0^2": "gamma * ||theta_0 - theta*||^2, dimensionless: 1 for a star-convex path (the paper's Discussion); "
+                 "raw gammas scale as 1/||theta_0 - theta*||^2",
+    "compared": "gammas only between converged runs of one network (theta* must be a minimizer for gamma to mean "
+                "what the paper says); no pooling across networks",
+}
+
+
+# -- Markdown ------------------------------------------------------------------------------------
+def _verdict_cell(v: str, evidence: bool) -> str:
+    return f"**{v}**" if evidence and v in (PASS, FAIL) else v
+
+
+def _label(s: dict) -> str:
     r = s.get("run") or {}
-    label = f"{r.get('network', s['name'])} | {r.get('variant', '')}"
-    if s["status"] in ("error", "missing"):
-        what = s.get("error", "not run yet")
-        return f"| {label} | {s['status'].upper()}: {what} |" + " |" * 11
+    if r:
+        return f"{r.get('network')} | {r.get('variant')}"
+    net, _, var = s["name"].partition("-")
+    return f"{net} | {var}"
+
+
+def _status_cell(s: dict) -> str | None:
+    """The one cell that stands for a run without a trace (None when it has one)."""
+    if s["status"] == "error":
+        return f"ERROR: {s.get('error')}"
+    if s["status"] == "missing":
+        return "not measured yet (run the suite's command)"
     if "check" not in s:
         dv = s.get("diverged") or {}
-        return f"| {label} | DIVERGED at step {dv.get('step')} (epoch {dv.get('epoch')}): {dv.get('reason')} |" + " |" * 11
-    c = s["check"]
-    d1, t1 = c["definition_1"], c["theorem_1"]
-    conv = s["convergence"]
-    status = "ok" if s["status"] == "ok" else f"DIVERGED at step {s['diverged']['step']}, measured {s['epochs_measured']} epochs"
-    cells = [
-        label, status, feasible_set(d1), pct(d1["share_positive"]), fmt3(s["gamma_summary"]),
-        f"{d1['n_violating']}/{d1['n_steps']}", item1_cell(t1["distance_monotone"]),
-        item2_cell(t1["loss_convergence"]), item3_cell(t1["rate_bound"]), identity_cell(c["recording_identity"]),
-        fmt3(conv["final_loss"]), str(conv["epochs_to_threshold"] or "not reached"), s["verdict"],
-    ]
+        return f"DIVERGED at step {dv.get('step')} (epoch {dv.get('epoch')}): {dv.get('reason')}"
+    return None
+
+
+def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
+
+
+def _table(header: list[str], runs: list[dict], cells) -> list[str]:
+    lines = [_row(header), "|" + "---|" * len(header)]
+    for s in runs:
+        bad = _status_cell(s)
+        if bad is not None:
+            lines.append(_row([_label(s), bad] + [""] * (len(header) - 3)))
+        else:
+            lines.append(_row([_label(s)] + cells(s)))
+    return lines
+
+
+def _status(s: dict) -> str:
+    if s["status"] == "ok":
+        return "ok"
+    return f"diverged at step {s['diverged']['step']}; {s['epochs_measured']} epochs measured"
+
+
+def _convergence_cells(s: dict) -> list[str]:
+    c, ev = s["convergence"], s.get("theta_star_eval") or {}
+    e, t = ev.get("eval") or {}, ev.get("train") or {}
+    return [
+        _status(s), f"{fmt3(c['first_epoch_loss'])} → {fmt3(c['final_loss'])}", fmt3(c["loss_ratio"]),
+        "yes" if c["converged"] else "**no**", fmt3(c["mean_loss"]),
+        str(c["epochs_to_threshold"] or "not reached"),
+        fmt3(e.get("loss")), pct(e.get("accuracy")) if e else "n/a", fmt3(e.get("max_sample_cross_entropy")),
+        fmt3(t.get("loss")),
+    ]
+
+
+def _gamma_cells(s: dict) -> list[str]:
+    d1 = s["check"]["definition_1"]
+    th, pa = s["theory"], s["paper"]
+    viol = f"{d1['n_violating']}/{d1['n_steps']}"
+    if d1["n_violating"]:
+        viol += f" ({d1['n_own_infeasible']} alone, {d1['n_conflicting']} in conflict)"
+    return [
+        fmt3(s["dist0"]), "yes" if th["holds"] else "no", feasible_set(d1), fmt3(th["gamma_max"]),
+        fmt3(th["gamma_max_x_dist0_sq"]), viol, f"{s['negative_gap_steps']} (min gap {fmt3(s['min_gap'])})",
+        pct(pa["share_positive"]), fmt3(pa["gamma_median"]), fmt3(pa["gamma_median_x_dist0_sq"]),
+    ]
+
+
+def _theorem_cells(s: dict, evidence: bool) -> list[str]:
+    c = s["check"]
+    t1 = c["theorem_1"]
+    return [item1_cell(t1["distance_monotone"]), item2_cell(t1["loss_convergence"]), item3_cell(t1["rate_bound"]),
+            identity_cell(c["recording_identity"]), _verdict_cell(s["verdict"], evidence)]
 
 
 def _timing_row(s: dict) -> str:
@@ -208,11 +358,46 @@ def _timing_row(s: dict) -> str:
             f"{fmt3(p2.get('ms_per_step'))} |")
 
 
+SMOKE_BANNER = ("> **Not evidence.** The `{preset}` preset tests the machinery end to end: its networks are tiny "
+                "and train for a few steps, so their verdicts say nothing for or against the paper. They are listed "
+                "without emphasis and are not tallied in the index of the reports.")
+
+
+def _findings(rep: dict) -> list[str]:
+    """Plain sentences from the numbers: the counts a reader wants first."""
+    runs = [s for s in rep["runs"] if "check" in s]
+    if not runs:
+        return ["No run has a trace to judge."]
+    conv = [s for s in runs if s["convergence"]["converged"] and s["status"] == "ok"]
+    holds = [s for s in runs if s["theory"]["holds"]]
+    fits = [s for s in runs if ((s.get("theta_star_eval") or {}).get("eval") or {}).get("accuracy") == 1.0]
+    out = [
+        f"{len(conv)} of {len(runs)} measured runs converged (last/first epoch loss <= {CONVERGED_FRACTION:g}); "
+        f"not converged: {', '.join(s['name'] for s in runs if s not in conv) or 'none'}.",
+        f"Definition 1 holds on {len(holds)} of {len(runs)} paths "
+        f"({len([s for s in holds if s in conv])} of the {len(conv)} converged ones).",
+        f"theta* fits every training image in {len(fits)} of {len(runs)} runs.",
+    ]
+    disagree = [c for c in rep["claims"] if c["claim"].endswith("(theory)")]
+    for c in disagree:
+        twin = next((d for d in rep["claims"] if d["claim"] == c["claim"].replace("(theory)", "(paper)")), None)
+        if twin and twin["verdict"] != c["verdict"]:
+            out.append(f"The two readings disagree on '{c['claim'][:-9]}': theory {c['verdict']}, paper "
+                       f"{twin['verdict']}.")
+    others = [s for s in rep["runs"] if "check" not in s]
+    if others:
+        out.append("Without a trace: " + ", ".join(f"{s['name']} ({s['status']})" for s in others) + ".")
+    return out
+
+
 def render_markdown(rep: dict) -> str:
     env = rep.get("env") or {}
-    lines = [
-        f"# gpcheck: `{rep['suite']}` suite, `{rep['preset']}` preset, `{rep['dataset']}`",
-        "",
+    evidence = rep.get("evidence", True)
+    lines = [f"# gpcheck: `{rep['suite']}` suite, `{rep['preset']}` preset, `{rep['dataset']}`", ""]
+    if not evidence:
+        lines += [SMOKE_BANNER.format(preset=rep["preset"]), ""]
+    wall = rep.get("suite_wall_s")
+    lines += [
         f"**Question.** {rep.get('question') or ''}",
         "",
         "## What ran, and where",
@@ -220,56 +405,92 @@ def render_markdown(rep: dict) -> str:
         f"- Command: `{rep.get('command')}` (report rebuilt by `gpcheck report DIR` from the traces in `runs/`)",
         f"- Preset: {rep.get('preset_description')}",
         f"- Data: {rep.get('data')}",
-        f"- Device: {env.get('device_name', rep.get('device'))} ({env.get('device', rep.get('device'))}); "
-        f"torch {env.get('torch')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}, driver {env.get('driver')}, "
-        f"Python {env.get('python')}, deterministic algorithms {env.get('deterministic')}, TF32 {env.get('allow_tf32')}",
-        f"- Started {rep.get('started_utc')}, finished {rep.get('finished_utc')}, report built {rep['report_built_utc']}",
+        f"- Device: {env.get('device_name', rep.get('device'))} ({env.get('device', rep.get('device'))}), "
+        f"{rep.get('threads') or env.get('num_threads')} torch threads; torch {env.get('torch')}, CUDA {env.get('cuda')}, "
+        f"cuDNN {env.get('cudnn')}, driver {env.get('driver')}, Python {env.get('python')}, deterministic algorithms "
+        f"{env.get('deterministic')}, TF32 {env.get('allow_tf32')}",
+        f"- Started {rep.get('started_utc')}, finished {rep.get('finished_utc')}"
+        + (f", suite wall time {wall:.0f} s ({wall / 60:.1f} min, every invocation of the command)" if wall else "")
+        + f"; report built {rep['report_built_utc']}",
         "- Every trace comes from the exact two-pass measurement (deep/measure.py): pass 2 reproduced pass 1 bit for "
-        "bit at every checkpoint and ended on theta*, or the run says otherwise below.",
+        "bit at every checkpoint and ended on theta*, and the trace meets the recording identity, or the run says "
+        "otherwise below.",
         "",
         "Assumptions where the paper is silent:",
         "",
-    ]
-    lines += [f"- {a}" for a in rep.get("assumptions") or []]
-    lines += [
+        *[f"- {a}" for a in rep.get("assumptions") or []],
+        "",
+        "## Findings",
+        "",
+        *[f"- {x}" for x in _findings(rep)],
         "",
         "## Claims",
         "",
-        "Measures: " + "; ".join(f"**{k}** = {v}" for k, v in rep["measures"].items()) + ".",
+        "What is compared: " + "; ".join(f"**{k}** = {v}" for k, v in rep["measures"].items()) + ".",
         "",
-        "| claim | verdict | statement | numbers | why |",
-        "|---|---|---|---|---|",
+        "Kinds: *primary*, the paper's claim itself; *consequence*, implied by Definition 1 and shown as such; "
+        "*premise*, what the principle assumes (Fact 1); *order*, the paper's stated order for one network; "
+        "*agreement*, whether gamma ranks a network's variants as their speed does.",
+        "",
+        "| claim | kind | verdict | statement | numbers | why |",
+        "|---|---|---|---|---|---|",
     ]
     for c in rep["claims"]:
         nums = ", ".join(f"{k}: {v}" for k, v in c["numbers"].items())
-        lines.append(f"| {c['claim']} | **{c['verdict']}** | {c['statement']} | {nums} | {c['why']} |")
+        lines.append(f"| {c['claim']} | {c.get('kind', '')} | {_verdict_cell(c['verdict'], evidence)} | "
+                     f"{c['statement']} | {nums} | {c['why']} |")
+    threshold = next((s["convergence"]["loss_threshold"] for s in rep["runs"] if "convergence" in s), None)
     lines += [
         "",
         "## Per run",
         "",
-        "Definition 1: feasible gamma set (empty = no single gamma > 0 fits every step), share of per-step "
-        "upper bounds that are positive, gamma summary, violating steps. Theorem 1: item 1 distance never grows, "
-        "item 2 last/first epoch gap (<= 5%), item 3 rate bound at the largest feasible gamma. "
-        "Verdict PASS = Definition 1 and items 1-3 hold.",
+        "### Convergence, and theta* on the whole training set",
         "",
-        "| network | variant | status | feasible set | share positive | gamma summary | violating | item 1 | item 2 | "
-        "item 3 | identity | final loss | epochs to threshold | verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    lines += [_run_row(s) for s in rep["runs"]]
-    lines += [
+        f"Converged: last/first epoch mean loss <= {CONVERGED_FRACTION:g}. Speed: mean training loss over the run "
+        f"(lower is faster). Epochs to loss: the first epoch whose mean loss is <= {fmt3(threshold)} (a tenth of "
+        "ln(classes), the loss of a uniform guess). theta*: the last iterate, evaluated on every training image in "
+        "evaluation mode (BN running statistics) and in training mode (batch statistics, as loss_star is taken).",
+        "",
+        *_table(["network", "variant", "status", "epoch loss first → last", "last/first", "converged",
+                 "speed (mean loss)", "epochs to loss", "theta* loss (eval)", "theta* accuracy",
+                 "theta* max sample loss", "theta* loss (batch stats)"], rep["runs"], _convergence_cells),
+        "",
+        "### Two readings of gamma",
+        "",
+        "*Theory*: Definition 1, one gamma > 0 for every step: does it exist, the feasible set, its largest element, "
+        "that times ||theta_0 - theta*||^2, and the steps that break it (on their own, or by bounds in conflict). "
+        "Steps with a negative loss gap bound gamma from below. *Paper*: the per-step upper bounds it plots: the "
+        "share that is positive, their median, and that times ||theta_0 - theta*||^2.",
+        "",
+        *_table(["network", "variant", "‖θ0−θ*‖", "D1 holds", "feasible set", "γ_max", "γ_max·‖θ0−θ*‖²",
+                 "violating steps", "negative-gap steps", "paper: share positive", "paper: median γ",
+                 "paper: median·‖θ0−θ*‖²"], rep["runs"], _gamma_cells),
+        "",
+        "### Theorem 1 and the recording",
+        "",
+        "Item 1 (distance never grows) follows from Definition 1 where every gap is >= 0. Item 2: last/first epoch "
+        "mean loss gap <= 5% (gaps are relative to theta*, so a run that stopped far from a minimizer can meet it; "
+        "see *converged* above). Item 3: the rate bound at the largest feasible gamma. Identity: the recording "
+        "identity's largest relative residual. Verdict PASS = Definition 1 and items 1-3 hold.",
+        "",
+        *_table(["network", "variant", "item 1", "item 2", "item 3", "identity", "verdict"], rep["runs"],
+                lambda s: _theorem_cells(s, evidence)),
         "",
         "## Wall time",
         "",
         "| run | epochs | steps | parameters | pass 1 s | pass 2 s | pass 1 ms/step | pass 2 ms/step |",
         "|---|---|---|---|---|---|---|---|",
+        *[_timing_row(s) for s in rep["runs"] if s.get("pass1")],
     ]
-    lines += [_timing_row(s) for s in rep["runs"] if s.get("pass1")]
     if rep.get("figure"):
         lines += ["", "## Figure", "",
                   "Rows: normalized distance to theta*, training loss, per-step gamma bound; a column per network, "
-                  "a curve per variant (red x: steps that break inequality (2)).", "",
+                  "a curve per variant. In the gamma row, lines are the upper bounds the paper plots; a step with a "
+                  "negative gap (a lower bound) is a black triangle, a step that breaks inequality (2) on its own a "
+                  "red x, a step whose bound conflicts with another's an orange diamond.", "",
                   f"![{rep['suite']}]({rep['figure']})"]
     n_na = sum(c["verdict"] == NA for c in rep["claims"])
-    lines += ["", f"_{len(rep['claims'])} claims, {n_na} not applicable._", ""]
+    n_fail = sum(c["verdict"] == FAIL for c in rep["claims"])
+    lines += ["", f"_{len(rep['claims'])} claims: {len(rep['claims']) - n_na - n_fail} PASS, {n_fail} FAIL, "
+              f"{n_na} not applicable._", ""]
     return "\n".join(lines)

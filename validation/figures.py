@@ -5,8 +5,10 @@ One column per network/problem, three rows, as in the paper's Figures 1-6:
 1. the normalized distance to theta*, ``sqrt(dist_sq / dist0_sq)``;
 2. the training loss: each step's mini-batch loss (thin) and its per-epoch mean (thick);
 3. the per-step gamma bound of Definition 1, ``num_k / (dist0_sq * gap_k)`` on the steps with
-   ``gap_k > 0`` (the upper bounds the paper plots), on a symlog scale with the zero line, and
-   the steps that break the principle marked with small red x.
+   ``gap_k > 0`` (the upper bounds the paper plots, as lines), on a symlog scale with the zero
+   line; the steps with ``gap_k < 0``, whose bound is a *lower* bound, as black triangles; the
+   steps that break the principle on their own as red x and those whose bound conflicts with
+   another step's as orange diamonds, so that none of them can pass for an upper bound.
 
 The x-axis is epochs. Matplotlib runs on the Agg backend through ``Figure`` directly, so no
 display and no pyplot state are involved.
@@ -14,6 +16,7 @@ display and no pyplot state are involved.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from pathlib import Path
@@ -27,6 +30,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 import numpy as np  # noqa: E402
 
 from gamma_theory.definition1 import definition_1, step_bounds  # noqa: E402
+from gamma_theory.files import write_bytes  # noqa: E402
 from gamma_theory.theorem1 import per_epoch_mean  # noqa: E402
 from gamma_theory.trace import Trace  # noqa: E402
 
@@ -101,6 +105,16 @@ def epoch_means(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
     if not ok.any():
         return np.empty(0), np.empty(0)
     return per_epoch_mean(x[ok], trace.epoch[ok])[1], per_epoch_mean(loss[ok], trace.epoch[ok])[1]
+
+
+def _special_steps(trace: Trace, b, d1):
+    """(mask, marker, color, size) of the steps the gamma row marks: lower bounds (negative gap,
+    black triangles), steps that break (2) on their own (red x) and steps in conflict with another
+    step's bound (orange diamonds)."""
+    own = np.isin(trace.step, d1.own_infeasible_steps)
+    conflict = np.isin(trace.step, d1.conflicting_steps)
+    lower = b.is_lower & ~own & ~conflict
+    return [(lower, "^", "black", 3.0), (own, "x", "#d62728", 3.5), (conflict, "D", "#ff7f0e", 3.5)]
 
 
 def _first_nonfinite(trace: Trace) -> int | None:
@@ -194,14 +208,14 @@ def plot_paths(columns: dict[str, dict[str, Trace]], path: str | os.PathLike,
             up = b.is_upper & np.isfinite(b.bound)
             gamma_values.append(b.bound[up])
             ax_g.plot(*decimate(x[up], b.bound[up]), color=color, lw=0.7, alpha=0.9, marker=mk, ms=4)
-            viol = d1.violating_steps
-            if viol.size:
-                pos = np.flatnonzero(np.isin(trace.step, viol))
-                yv = np.where(np.isfinite(b.bound[pos]), b.bound[pos], 0.0)
-                xv, yv = decimate(x[pos], yv)
-                gamma_values.append(yv)
-                ax_g.plot(xv, yv, linestyle="none", marker="x", ms=3.5, mew=0.9, color="#d62728",
-                          zorder=5)
+            # steps that are not upper bounds, each drawn so it cannot pass for one
+            for mask, marker, mcolor, size in _special_steps(trace, b, d1):
+                if mask.any():
+                    yv = np.where(np.isfinite(b.bound[mask]), b.bound[mask], 0.0)
+                    xv, yv = decimate(x[mask], yv)
+                    gamma_values.append(yv)
+                    ax_g.plot(xv, yv, linestyle="none", marker=marker, ms=size, mew=0.9, color=mcolor,
+                              markerfacecolor=mcolor if marker == "^" else "none", zorder=5)
             if bad_from is not None:
                 dlabel = f"{label}: diverged at step {int(trace.step[bad_from])}"
             elif d1.holds and d1.gamma_max is not None and np.isfinite(d1.gamma_max):
@@ -237,15 +251,18 @@ def plot_paths(columns: dict[str, dict[str, Trace]], path: str | os.PathLike,
     key = [
         Line2D([], [], color="0.4", lw=0.5, alpha=0.6), Line2D([], [], color="0.4", lw=2.0),
         Line2D([], [], color="0.4", lw=0.8, ls=":"),
+        Line2D([], [], linestyle="none", marker="^", color="black", ms=5),
         Line2D([], [], linestyle="none", marker="x", color="#d62728", ms=5, mew=1.0),
+        Line2D([], [], linestyle="none", marker="D", color="#ff7f0e", markerfacecolor="none", ms=5, mew=1.0),
     ]
     fig.legend(key, ["loss per step", "loss, per-epoch mean",
                      "largest feasible $\\gamma$ (when the path obeys (2))",
-                     "step breaking inequality (2) (drawn at its bound; 0 if gap = 0)"],
-               loc="lower center", ncol=4, fontsize=8.5, frameon=False)
-    fig.tight_layout(rect=(0, 0.035, 1, 1))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=DPI)
-    os.replace(tmp, path)
+                     "lower bound on $\\gamma$ (negative loss gap)",
+                     "step breaking (2) on its own (at its bound; 0 if gap = 0)",
+                     "step whose bound conflicts with another's"],
+               loc="lower center", ncol=3, fontsize=8.5, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    write_bytes(path, buf.getvalue())
     return path

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from deep.env import cpu_name
+from gamma_theory.files import write_text
 
 
 # -- numbers -------------------------------------------------------------------------------------
@@ -130,13 +131,8 @@ def jsonable(obj: Any) -> Any:
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, p)
-    return p
+    """Write ``text`` to ``path`` atomically, under a unique temporary name (gamma_theory.files)."""
+    return write_text(path, text)
 
 
 # -- where and with what a report was made -------------------------------------------------------
