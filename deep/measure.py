@@ -297,6 +297,10 @@ def _drop_progress(workdir: Path) -> None:
         remove_state(_ckpt_path(workdir, e))
         fault_point("cleanup")
     (workdir / "pass2_partial.npz").unlink(missing_ok=True)
+    try:
+        (workdir / "checkpoints").rmdir()
+    except OSError:  # absent, or holds something that is not ours
+        pass
 
 
 def _measure(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, keep, meta, progress, desc):

@@ -111,6 +111,9 @@ class Trace:
             raise TraceError(f"{where}: column 'step' must increase strictly from row to row")
         if n > 1 and not (np.diff(self.epoch) >= 0).all():
             raise TraceError(f"{where}: column 'epoch' must not decrease from row to row")
+        if self.sample_gap_max is not None and len(self.sample_gap_max) != len(np.unique(self.epoch)):
+            raise TraceError(f"{where}: 'sample_gap_max' has {len(self.sample_gap_max)} entries but the trace has "
+                             f"{len(np.unique(self.epoch))} epochs; it needs one per epoch")
         if self.sample_gap_max is not None and not np.isfinite(self.sample_gap_max).all():
             raise TraceError(f"{where}: 'sample_gap_max' is not finite")
         for name in SQUARE_COLUMNS:
@@ -233,8 +236,8 @@ def load_trace(path: str | os.PathLike) -> Trace:
         raise TraceError(f"{where}: columns have unequal lengths ({detail}); the file may be truncated")
     trace = Trace(
         **{k: arrays[k] for k in FLOAT_COLUMNS},
-        lr=float(arrays["lr"]),
-        dist0_sq=float(arrays["dist0_sq"]),
+        lr=float(arrays["lr"].reshape(-1)[0]),
+        dist0_sq=float(arrays["dist0_sq"].reshape(-1)[0]),
         step=arrays.get("step"),
         epoch=arrays.get("epoch"),
         sample_gap_max=arrays.get("sample_gap_max"),

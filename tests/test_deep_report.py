@@ -1,11 +1,15 @@
 """Suite reports from hand-made run folders: diverged and failed runs are reported, the suite goes on."""
 
 import json
+import shutil
 
 import numpy as np
+import pytest
+from click.testing import CliRunner
 
 from deep.suites import get_suite
 from gamma_theory import Trace
+from validation.cli import main
 from validation.deep_report import build_report
 
 
@@ -56,3 +60,74 @@ def test_report_with_diverged_and_failed_runs(tmp_path):
     assert "DIVERGED at step 3 (epoch 0): loss is not finite" in md
     assert "ERROR: ReplayMismatch: pass 2 left pass 1 at epoch 2" in md
     assert (tmp_path / rep["figure"]).exists()
+
+
+def _suite_folder(tmp_path):
+    runs = tmp_path / "runs"
+    for variant, decay in (("first", 0.5), ("all", 0.3)):
+        synthetic_trace(1, "resnet18", variant, decay=decay).save(runs / f"resnet18-{variant}" / "trace")
+    (tmp_path / "suite.json").write_text(json.dumps({"suite": "bn", "preset": "smoke", "dataset": "cifar10-jpeg",
+                                                     "command": "gpcheck deep --suite bn --preset smoke"}))
+    return tmp_path
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda d: (d / "runs/resnet18-all/trace.json").write_text('{"status": "ok", "npz_sha'), "trace.json is not readable"),
+    (lambda d: (d / "runs/resnet18-all/trace.npz").write_bytes(b"PK\x03"), "sidecar trace.json describes"),
+    (lambda d: (d / "runs/resnet18-all/trace.npz").unlink(), "no such file"),
+    (lambda d: (d / "runs/resnet18-all/error.json").write_text("{"), "error.json is damaged"),
+    (lambda d: shutil.copy(d / "runs/resnet18-first/trace.npz", d / "runs/resnet18-all/trace.npz"), "sha256 differs"),
+    (lambda d: [shutil.copy(d / f"runs/resnet18-first/trace.{x}", d / f"runs/resnet18-all/trace.{x}") for x in ("npz", "json")],
+     "holds the trace of another run"),
+])
+def test_a_damaged_run_is_an_error_row_that_says_what_to_do(tmp_path, damage, match):
+    d = _suite_folder(tmp_path)
+    damage(d)
+    res = CliRunner().invoke(main, ["report", str(d)])
+    assert res.exit_code == 0, res.output
+    rows = {r["name"]: r for r in json.loads((d / "report.json").read_text())["runs"]}
+    assert rows["resnet18-first"]["status"] == "ok"
+    assert rows["resnet18-all"]["status"] == "error" and match in rows["resnet18-all"]["error"]
+    assert "rerun `gpcheck deep --suite bn --preset smoke`" in rows["resnet18-all"]["error"] or "error.json" not in match
+
+
+def test_manifest_catches_a_whole_run_folder_swapped(tmp_path):
+    d = _suite_folder(tmp_path)
+    from gamma_theory.files import read_json
+    digests = {n: read_json(d / f"runs/{n}/trace.json")["npz_sha256"] for n in ("resnet18-first", "resnet18-all")}
+    (d / "manifest.json").write_text(json.dumps({"runs": {n: {"status": "ok", "trace_sha256": h}
+                                                          for n, h in digests.items()}}))
+    synthetic_trace(2, "resnet18", "all", decay=0.2).save(d / "runs/resnet18-all/trace")  # consistent, but new
+    rep = build_report(d)
+    row = {r["name"]: r for r in rep["runs"]}["resnet18-all"]
+    assert row["status"] == "error" and "manifest.json" in row["error"]
+
+
+@pytest.mark.parametrize("suite_json, match", [
+    ('{"suite": "bn", "pres', "suite.json is not readable JSON"),
+    ("[1, 2]", "does not hold a JSON object"),
+    ('{"suite": "dropout", "preset": "smoke"}', "names suite 'dropout'"),
+    ('{"suite": "bn", "preset": "huge"}', "preset 'huge'"),
+])
+def test_report_on_a_bad_suite_json_is_one_line(tmp_path, suite_json, match):
+    d = _suite_folder(tmp_path)
+    (d / "suite.json").write_text(suite_json)
+    res = CliRunner().invoke(main, ["report", str(d)])
+    assert res.exit_code == 2 and match in res.output
+    assert res.output.strip().count("\n") == 0 and res.output.startswith("gpcheck: error:")
+
+
+def test_report_writes_only_inside_its_folder(tmp_path):
+    d = _suite_folder(tmp_path / "suite")
+    (tmp_path / "README.md").write_text("mine\n")
+    assert CliRunner().invoke(main, ["report", str(d)]).exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "suite"]
+    assert (tmp_path / "README.md").read_text() == "mine\n"
+
+
+def test_check_on_an_npz_whose_lr_is_a_string(tmp_path):
+    n = 3
+    np.savez(tmp_path / "t.npz", loss=np.ones(n), loss_star=np.zeros(n), inner=np.ones(n), update_sq=np.ones(n),
+             dist_sq=np.ones(n), lr="0.1", dist0_sq=1.0)
+    res = CliRunner().invoke(main, ["check", str(tmp_path / "t.npz")])
+    assert res.exit_code == 2 and "scalar 'lr' must be a real number" in res.output

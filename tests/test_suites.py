@@ -4,6 +4,7 @@ import json
 import math
 import shutil
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -146,8 +147,6 @@ def test_report_on_a_folder_without_runs(tmp_path):
 
 def test_smoke_suite_on_cifar100_in_torchvision_format(tmp_path):
     """The whole pipeline on a CIFAR-100 folder in torchvision's format, written by the test."""
-    import numpy as np
-
     from cifar_files import _write_cifar100
 
     _write_cifar100(tmp_path / "data", np.random.default_rng(0), n_train=300)
@@ -189,3 +188,43 @@ def test_orders_follow_what_the_paper_says_per_data_set():
     assert bn.orders_for("cifar10")["resnet18"] == [["none"], ["first", "all"]]
     assert bn.orders_for("cifar100")["resnet18"] == [["none"], ["first"], ["all"]]
     assert bn.orders_for("cifar100")["vgg11"] == [["none"], ["first", "all"]]
+
+
+def _cifar10_pickles(root, images, labels):
+    import pickle
+
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    for i, (x, y) in enumerate(zip(np.array_split(images, 5), np.array_split(labels, 5)), 1):
+        with open(d / f"data_batch_{i}", "wb") as f:
+            pickle.dump({"data": x.reshape(len(x), -1), "labels": y.tolist()}, f)
+    with open(d / "test_batch", "wb") as f:
+        pickle.dump({"data": images[:10].reshape(10, -1), "labels": labels[:10].tolist()}, f)
+    with open(d / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+
+
+@pytest.mark.parametrize("case, match", [
+    ("two classes", "cifar10-jpeg has 10 classes, but this copy names 2"),
+    ("too few", "10 training images, but the preset trains on a class-balanced subset of 256"),
+    ("black", "constant in a color channel"),
+])
+def test_data_that_cannot_serve_the_preset_is_refused(tmp_path, case, match):
+    """A 10-image 2-class archive, or a CIFAR folder of black images, trained and exited 0 before."""
+    from test_data import _make_archive
+
+    args = ["deep", "--suite", "skip", "--preset", "smoke", "--out", str(tmp_path / "out"), "--quiet"]
+    env = {"GPCHECK_CACHE": str(tmp_path / "cache")}
+    if case == "two classes":
+        _make_archive(tmp_path / "a.tar.gz", n_train=5)
+        args += ["--data-root", str(tmp_path / "a.tar.gz")]
+    else:
+        n = 10 if case == "too few" else 300
+        rng = np.random.default_rng(0)
+        images = np.zeros((n, 3, 32, 32), np.uint8) if case == "black" else rng.integers(0, 256, (n, 3, 32, 32), np.uint8)
+        _cifar10_pickles(tmp_path / "data", images, np.arange(n) % 10)
+        args += ["--dataset", "cifar10", "--data-root", str(tmp_path / "data")]
+    res = CliRunner().invoke(main, args, env=env)
+    assert res.exit_code == 2 and match in res.output, res.output
+    assert res.output.startswith("gpcheck: error:") and res.output.strip().count("\n") == 0
+    assert not list((tmp_path / "out").rglob("trace.npz"))

@@ -72,7 +72,25 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 class _Group(click.Group):
-    """A group that turns bad-input and file-system exceptions from any command into one line."""
+    """A group that turns usage errors, bad input and file-system exceptions from any command into
+    one line."""
+
+    def main(self, args=None, prog_name=None, **extra):
+        extra.pop("standalone_mode", None)
+        try:
+            rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:  # bare `gpcheck`: the help, not an error
+            click.echo(exc.ctx.get_help())
+            sys.exit(0)
+        except click.exceptions.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "gpcheck"
+            fail(f"{exc.format_message()} (see `{where} --help`)")
+        except click.exceptions.Abort:
+            click.echo("\ninterrupted", err=True)
+            sys.exit(130)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: click.Context):
         warnings.showwarning = _show_warning
@@ -80,6 +98,10 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (TraceError, BadFile) as exc:
             fail(str(exc))
+        except ValueError as exc:
+            if "null byte" in str(exc):  # os functions refuse such paths before any file is touched
+                fail("a path on the command line contains a NUL character")
+            raise
         except OSError as exc:
             where = exc.filename if exc.filename is not None else ""
             what = exc.strerror or str(exc)
