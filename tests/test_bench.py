@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,29 @@ def test_step_cost_writes_ratios(tmp_path):
         assert r[k] > 0
     assert r["ratios"]["two_pass_over_typical"] == pytest.approx((r["deterministic"] + r["replay"]) / r["typical"])
     assert r["runner_replay_verified"]["final"] == "bitwise equal to theta*"
+
+
+@pytest.mark.skipif(not default_jpeg_archive().exists(), reason="no shared CIFAR-10 JPEG archive")
+def test_device_script_dry_run(tmp_path):
+    """`bench/device_run.sh all` on the CPU at tiny sizes: every phase runs and what comes back from a
+    device fits its limits (at most 8 files of at most 16 MiB, no checkpoints)."""
+    import os
+    import subprocess
+    import tarfile
+
+    out = tmp_path / "out"
+    env = {**os.environ, "GPCHECK_DRY_RUN": "1", "OUT": str(out), "GPCHECK_CACHE": str(tmp_path / "cache"),
+           "PYTHON": sys.executable}
+    res = subprocess.run(["bash", str(ROOT / "bench" / "device_run.sh"), "all"], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["device.log", "device.txt", "lite-reports.tar.gz", "replay_check.json", "step_cost.json"]
+    assert all((out / f).stat().st_size < 16 * 2**20 for f in files)
+    with tarfile.open(out / "lite-reports.tar.gz") as tf:
+        names = tf.getnames()
+    for suite in ("bn", "optimizer"):
+        assert f"./{suite}-smoke-cifar10-jpeg/report.json" in names
+    assert not any(n.endswith(".pt") or "checkpoints" in n for n in names)
+    assert json.loads((out / "replay_check.json").read_text())["replay"]["ok"]
+    assert "== done, exit 0" in (out / "device.log").read_text()
