@@ -28,7 +28,7 @@ def test_gammas_of_runs_that_did_not_converge_are_not_compared():
     runs = {"none": rn("none", 1.0, converged=False), "first": rn("first", 2.0), "all": rn("all", 3.0)}
     c = gamma_order_claim("net", GROUPS, runs, "paper")
     assert c["verdict"] == NA and "not comparable: none did not converge" in c["why"]
-    assert c["numbers"]["none"] == "not comparable"
+    assert c["numbers"]["none"] == "1 (x dist0^2 = 4); not comparable: did not converge"  # shown, not compared
 
 
 def test_theory_reading_needs_definition_1():

@@ -134,23 +134,30 @@ def speed_order_claim(network: str, groups: list[list[str]], runs: dict[str, Run
     return _verdict(name, "order", statement, PASS, numbers, "the order holds")
 
 
-def _comparable(variants: list[str], runs: dict[str, RunNumbers], reading: str) -> tuple[dict, list[str]]:
-    """The gammas of the variants that may be compared, and why the others may not."""
-    values, why = {}, []
+def _comparable(variants: list[str], runs: dict[str, RunNumbers], reading: str) -> tuple[dict, dict]:
+    """The gammas of the variants that may be compared, and for the others why not."""
+    values, why = {}, {}
     for v in variants:
         r = runs.get(v)
         if r is None or not r.judged:
-            why.append(f"{v} has no measured trace ({r.status if r else 'missing'})")
+            why[v] = f"no measured trace ({r.status if r else 'missing'})"
         elif r.status == "diverged":
-            why.append(f"{v} diverged")
+            why[v] = "diverged"
         elif not r.converged:
-            why.append(f"{v} did not converge")
+            why[v] = "did not converge"
         elif r.gamma(reading) is None:
-            why.append(f"{v}: no gamma > 0 fits every step (Definition 1 fails)" if reading == "theory"
-                       else f"{v} has no step with a positive gap")
+            why[v] = ("no gamma > 0 fits every step (Definition 1 fails)" if reading == "theory"
+                      else "no step with a positive gap")
         else:
             values[v] = r.gamma(reading)
     return values, why
+
+
+def _gamma_cell(r: RunNumbers | None, reading: str, why: str | None) -> str:
+    """A run's gamma and its dimensionless form; for a run left out, the number anyway, and why."""
+    g = r.gamma(reading) if r is not None else None
+    shown = "n/a" if g is None else f"{fmt(g)} (x dist0^2 = {fmt(r.dimensionless(reading))})"
+    return shown if why is None else f"{shown}; not comparable: {why}"
 
 
 def gamma_order_claim(network: str, groups: list[list[str]], runs: dict[str, RunNumbers], reading: str) -> dict:
@@ -160,10 +167,10 @@ def gamma_order_claim(network: str, groups: list[list[str]], runs: dict[str, Run
     statement = f"{network}: {what} increases {_groups_text(groups)}, compared between converged runs"
     variants = [v for g in groups for v in g]
     values, why = _comparable(variants, runs, reading)
-    numbers = {v: (f"{fmt(values[v])} (x dist0^2 = {fmt(runs[v].dimensionless(reading))})" if v in values
-                   else "not comparable") for v in variants}
+    numbers = {v: _gamma_cell(runs.get(v), reading, why.get(v)) for v in variants}
     if why:
-        return _verdict(name, "order", statement, NA, numbers, "not comparable: " + "; ".join(why))
+        return _verdict(name, "order", statement, NA, numbers,
+                        "not comparable: " + "; ".join(f"{v} {w}" for v, w in why.items()))
     broken = _broken(groups, values, larger_is_better=True)
     if broken:
         return _verdict(name, "order", statement, FAIL, numbers, "; ".join(broken))
@@ -179,6 +186,7 @@ def agreement_claim(network: str, runs: dict[str, RunNumbers], reading: str) -> 
                  "order as ranking by speed (Theorem 1 item 3: larger gamma, faster)")
     values, why = _comparable(list(runs), runs, reading)
     numbers = {v: f"gamma {fmt(g)}, mean loss {fmt(runs[v].speed)}" for v, g in values.items()}
+    why = [f"{v} {w}" for v, w in why.items()]
     if len(values) < 2:
         return _verdict(name, "agreement", statement, NA, numbers,
                         "fewer than 2 comparable variants" + (f" ({'; '.join(why)})" if why else ""))

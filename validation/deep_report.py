@@ -378,6 +378,21 @@ def _findings(rep: dict) -> list[str]:
         f"({len([s for s in holds if s in conv])} of the {len(conv)} converged ones).",
         f"theta* fits every training image in {len(fits)} of {len(runs)} runs.",
     ]
+
+    def span(rows, get):
+        vals = [get(s) for s in rows if get(s) is not None]
+        return f"{fmt3(min(vals))} to {fmt3(max(vals))}" if vals else "n/a"
+
+    if conv:
+        out.append("Among the converged runs, the paper's median gamma x ||theta_0 - theta*||^2 ranges from "
+                   f"{span(conv, lambda s: s['paper']['gamma_median_x_dist0_sq'])} (1 for a star-convex path), and "
+                   f"Definition 1's largest gamma x ||theta_0 - theta*||^2 from "
+                   f"{span(conv, lambda s: s['theory']['gamma_max_x_dist0_sq'])}.")
+    if conv and len(conv) < len(runs):
+        out.append(f"||theta_0 - theta*|| is {span(conv, lambda s: s['dist0'])} for the converged runs and "
+                   f"{span([s for s in runs if s not in conv], lambda s: s['dist0'])} for the others. Raw gammas scale "
+                   "as 1/||theta_0 - theta*||^2 (a run that barely moves gets a large one), so they are compared "
+                   "only between converged runs.")
     disagree = [c for c in rep["claims"] if c["claim"].endswith("(theory)")]
     for c in disagree:
         twin = next((d for d in rep["claims"] if d["claim"] == c["claim"].replace("(theory)", "(paper)")), None)
@@ -486,8 +501,9 @@ def render_markdown(rep: dict) -> str:
         lines += ["", "## Figure", "",
                   "Rows: normalized distance to theta*, training loss, per-step gamma bound; a column per network, "
                   "a curve per variant. In the gamma row, lines are the upper bounds the paper plots; a step with a "
-                  "negative gap (a lower bound) is a black triangle, a step that breaks inequality (2) on its own a "
-                  "red x, a step whose bound conflicts with another's an orange diamond.", "",
+                  "negative gap (a lower bound) is a triangle, a step that breaks inequality (2) on its own a red x, "
+                  "a step whose bound conflicts with another's an open diamond (triangles and diamonds in the "
+                  "variant's color).", "",
                   f"![{rep['suite']}]({rep['figure']})"]
     n_na = sum(c["verdict"] == NA for c in rep["claims"])
     n_fail = sum(c["verdict"] == FAIL for c in rep["claims"])

@@ -6,9 +6,9 @@ One column per network/problem, three rows, as in the paper's Figures 1-6:
 2. the training loss: each step's mini-batch loss (thin) and its per-epoch mean (thick);
 3. the per-step gamma bound of Definition 1, ``num_k / (dist0_sq * gap_k)`` on the steps with
    ``gap_k > 0`` (the upper bounds the paper plots, as lines), on a symlog scale with the zero
-   line; the steps with ``gap_k < 0``, whose bound is a *lower* bound, as black triangles; the
-   steps that break the principle on their own as red x and those whose bound conflicts with
-   another step's as orange diamonds, so that none of them can pass for an upper bound.
+   line; the steps with ``gap_k < 0``, whose bound is a *lower* bound, as triangles; the steps
+   that break the principle on their own as red x and those whose bound conflicts with another
+   step's as open diamonds, so that none of them can pass for an upper bound.
 
 The x-axis is epochs. Matplotlib runs on the Agg backend through ``Figure`` directly, so no
 display and no pyplot state are involved.
@@ -107,14 +107,22 @@ def epoch_means(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
     return per_epoch_mean(x[ok], trace.epoch[ok])[1], per_epoch_mean(loss[ok], trace.epoch[ok])[1]
 
 
-def _special_steps(trace: Trace, b, d1):
-    """(mask, marker, color, size) of the steps the gamma row marks: lower bounds (negative gap,
-    black triangles), steps that break (2) on their own (red x) and steps in conflict with another
-    step's bound (orange diamonds)."""
+VIOLATION_RED = "#d62728"
+
+
+def _special_steps(trace: Trace, b, d1, color: str) -> list[tuple[np.ndarray, dict]]:
+    """(mask, marker style) of the steps the gamma row marks, so that none passes for an upper
+    bound: lower bounds (negative gap) as triangles filled in the variant's color, steps that break
+    (2) on their own as red x, steps in conflict with another step's bound as open diamonds in the
+    variant's color."""
     own = np.isin(trace.step, d1.own_infeasible_steps)
     conflict = np.isin(trace.step, d1.conflicting_steps)
     lower = b.is_lower & ~own & ~conflict
-    return [(lower, "^", "black", 3.0), (own, "x", "#d62728", 3.5), (conflict, "D", "#ff7f0e", 3.5)]
+    return [
+        (lower, dict(marker="^", ms=3.5, markerfacecolor=color, markeredgecolor="black", mew=0.5)),
+        (own, dict(marker="x", ms=3.5, color=VIOLATION_RED, mew=0.9)),
+        (conflict, dict(marker="D", ms=3.5, markerfacecolor="none", markeredgecolor=color, mew=0.9)),
+    ]
 
 
 def _first_nonfinite(trace: Trace) -> int | None:
@@ -209,13 +217,12 @@ def plot_paths(columns: dict[str, dict[str, Trace]], path: str | os.PathLike,
             gamma_values.append(b.bound[up])
             ax_g.plot(*decimate(x[up], b.bound[up]), color=color, lw=0.7, alpha=0.9, marker=mk, ms=4)
             # steps that are not upper bounds, each drawn so it cannot pass for one
-            for mask, marker, mcolor, size in _special_steps(trace, b, d1):
+            for mask, style in _special_steps(trace, b, d1, color):
                 if mask.any():
                     yv = np.where(np.isfinite(b.bound[mask]), b.bound[mask], 0.0)
                     xv, yv = decimate(x[mask], yv)
                     gamma_values.append(yv)
-                    ax_g.plot(xv, yv, linestyle="none", marker=marker, ms=size, mew=0.9, color=mcolor,
-                              markerfacecolor=mcolor if marker == "^" else "none", zorder=5)
+                    ax_g.plot(xv, yv, linestyle="none", zorder=5, **style)
             if bad_from is not None:
                 dlabel = f"{label}: diverged at step {int(trace.step[bad_from])}"
             elif d1.holds and d1.gamma_max is not None and np.isfinite(d1.gamma_max):
@@ -251,15 +258,15 @@ def plot_paths(columns: dict[str, dict[str, Trace]], path: str | os.PathLike,
     key = [
         Line2D([], [], color="0.4", lw=0.5, alpha=0.6), Line2D([], [], color="0.4", lw=2.0),
         Line2D([], [], color="0.4", lw=0.8, ls=":"),
-        Line2D([], [], linestyle="none", marker="^", color="black", ms=5),
-        Line2D([], [], linestyle="none", marker="x", color="#d62728", ms=5, mew=1.0),
-        Line2D([], [], linestyle="none", marker="D", color="#ff7f0e", markerfacecolor="none", ms=5, mew=1.0),
+        Line2D([], [], linestyle="none", marker="^", markerfacecolor="0.6", markeredgecolor="black", ms=5),
+        Line2D([], [], linestyle="none", marker="x", color=VIOLATION_RED, ms=5, mew=1.0),
+        Line2D([], [], linestyle="none", marker="D", markeredgecolor="0.3", markerfacecolor="none", ms=5, mew=1.0),
     ]
     fig.legend(key, ["loss per step", "loss, per-epoch mean",
                      "largest feasible $\\gamma$ (when the path obeys (2))",
-                     "lower bound on $\\gamma$ (negative loss gap)",
+                     "lower bound on $\\gamma$ (negative loss gap; variant's color)",
                      "step breaking (2) on its own (at its bound; 0 if gap = 0)",
-                     "step whose bound conflicts with another's"],
+                     "step whose bound conflicts with another's (variant's color)"],
                loc="lower center", ncol=3, fontsize=8.5, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     buf = io.BytesIO()
