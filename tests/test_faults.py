@@ -306,3 +306,14 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     assert clean_stale_tmp(tmp_path) == [stale]
     assert mine.exists() and not stale.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [mine.name, "a.json"]
+
+
+@needs_archive
+def test_two_identical_commands_at_once(tmp_path, smoke_reference):
+    """Started together on one folder, both finish; each run is locked while it is measured, so
+    the second waits for it and then finds it done. (Before: one died on figures/skip.png.tmp.)"""
+    cmd = [sys.executable, "-m", "validation.cli", *SMOKE, "--out", str(tmp_path / "out")]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    _same_as_reference(tmp_path / "out", smoke_reference, "two at once")

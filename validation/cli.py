@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import click
+import numpy as np
 
 from gamma_theory import TraceError, check_trace, load_trace
 from gamma_theory.files import BadFile
@@ -149,7 +150,7 @@ def _summary(path: str, trace, result) -> str:
     d1 = d["definition_1"]
     t1 = d["theorem_1"]
     dm, lc, rb = t1["distance_monotone"], t1["loss_convergence"], t1["rate_bound"]
-    n_epochs = len(set(trace.epoch.tolist()))
+    n_epochs = len(np.unique(trace.epoch))
     viol = d1["violating_steps"][:10]
     viol_text = str(d1["n_violating"])
     if d1["n_violating"]:

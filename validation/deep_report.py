@@ -182,7 +182,7 @@ def build_report(out_dir: str | Path) -> dict:
     runs_dir = out / "runs"
     if not runs_dir.is_dir():
         raise ReportError(f"{out}: no runs/ folder; this is not a suite folder written by `gpcheck deep`")
-    clean_stale_tmp(out, recursive=False)
+    clean_stale_tmp(out)  # temporaries of killed processes (report, figure, run files)
     suite_info = _suite_info(out)
     try:
         manifest = read_manifest(out).get("runs", {})
