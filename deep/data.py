@@ -13,9 +13,9 @@ Design
   - ``"cifar10-jpeg"``: the offline, lossy JPEG copy of CIFAR-10 (an ImageFolder tree
     ``train/<class>/NNNN.jpg`` inside a ``.tar.gz``). The archive is read once, every
     image is decoded in-process with Pillow (RGB), ordered by class then file name,
-    and both splits are cached with ``torch.save`` (written atomically: temp file +
-    ``os.replace``) in ``cache_dir``, keyed by the archive's path, size and mtime.
-    Later calls just load the cache.
+    and both splits are cached in ``cache_dir`` (:func:`deep.state.save_state`: written
+    atomically, with a digest checked before the cache is trusted), keyed by the archive's
+    path, size and mtime. Later calls just load the cache.
 
 * **No DataLoader.** :class:`DeviceData` puts the whole set on the compute device as
   ``uint8`` (4x smaller than float32; CIFAR-10 train is 150 MB) and produces batches by
@@ -52,7 +52,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from gamma_theory.files import write_bytes
+from .state import load_state, save_state
+
 
 __all__ = [
     "DataError",
@@ -75,7 +76,7 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 _JPEG_ENV = "GPCHECK_CIFAR10_JPEG"
 _CACHE_ENV = "GPCHECK_CACHE"
 _ROOT_ENV = "GPCHECK_DATA_ROOT"
-_CACHE_VERSION = 1  # bump when the cache layout or decode changes
+_CACHE_VERSION = 2  # bump when the cache layout or decode changes (2: digest beside it)
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
 
@@ -293,7 +294,7 @@ def _load_cache(path: Path, split: str) -> Split | None:
     if not path.is_file():
         return None
     try:
-        d = torch.load(path, map_location="cpu", weights_only=True)
+        d = load_state(path)  # size and sha256 checked before unpickling (weights only)
         images, labels = d["images"], d["labels"]
         ok = (
             images.dtype == torch.uint8
@@ -309,13 +310,6 @@ def _load_cache(path: Path, split: str) -> Split | None:
     except Exception as e:  # noqa: BLE001 - a bad cache is rebuilt, not fatal
         warnings.warn(f"ignoring unreadable cache {path} ({type(e).__name__}: {e}); decoding again")
         return None
-
-
-def _atomic_save(obj, path: Path) -> None:
-    """``torch.save`` to ``path`` atomically (gamma_theory.files.write_bytes)."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    write_bytes(path, buf.getvalue())
 
 
 def _decode_archive(archive: Path) -> dict[str, Split]:
@@ -397,7 +391,7 @@ def _load_jpeg(split: str, root, cache_dir) -> Split:
         obj = {"images": sp.images, "labels": sp.labels, "classes": sp.classes,
                "source": sp.source, "split": s, "version": _CACHE_VERSION}
         try:
-            _atomic_save(obj, paths[s])
+            save_state(obj, paths[s])
         except OSError as e:
             warnings.warn(f"could not write cache {paths[s]} ({e}); the next run decodes again")
     return splits[split]

@@ -23,11 +23,11 @@ from deep.runner import read_manifest
 from deep.suites import ASSUMPTIONS, PRESET_TABLE, SUITES, get_suite
 from gamma_theory import Trace, TraceError, check_trace, load_trace
 from gamma_theory.definition1 import step_bounds
-from gamma_theory.files import BadFile, clean_stale_tmp, read_json
+from gamma_theory.files import BadFile, clean_stale_tmp, read_json, write_text
 from gamma_theory.theorem1 import epoch_mean_gap, per_epoch_mean
 
 from .claims import CONVERGED_FRACTION, FAIL, NA, PASS, RunNumbers, fmt, suite_claims
-from .util import feasible_set, fmt3, identity_cell, item1_cell, item2_cell, item3_cell, jsonable, pct, write_atomic
+from .util import feasible_set, fmt3, identity_cell, item1_cell, item2_cell, item3_cell, jsonable, pct
 
 
 class ReportError(ValueError):
@@ -106,6 +106,7 @@ def summarize_run(run_dir: Path, expected: dict | None = None, manifest_entry: d
     result = check_trace(trace)
     d1 = result.definition_1
     gaps = trace.gap
+    paper_gamma = gamma_summary(trace)
     summary = {
         "name": name,
         "status": meta.get("status", "ok"),
@@ -121,9 +122,8 @@ def summarize_run(run_dir: Path, expected: dict | None = None, manifest_entry: d
             "gamma_max_x_dist0_sq": None if d1.gamma_max is None else d1.gamma_max * trace.dist0_sq,
         },
         "paper": {
-            "gamma_median": gamma_summary(trace),
-            "gamma_median_x_dist0_sq": None if gamma_summary(trace) is None
-            else gamma_summary(trace) * trace.dist0_sq,
+            "gamma_median": paper_gamma,
+            "gamma_median_x_dist0_sq": None if paper_gamma is None else paper_gamma * trace.dist0_sq,
             "share_positive": d1.share_positive,
         },
         "negative_gap_steps": int((gaps < 0).sum()),
@@ -253,8 +253,8 @@ def build_report(out_dir: str | Path) -> dict:
         "claims": claims,
         "figure": fig_rel,
     }
-    write_atomic(out / "report.json", json.dumps(jsonable(report), indent=2))
-    write_atomic(out / "report.md", render_markdown(report))
+    write_text(out / "report.json", json.dumps(jsonable(report), indent=2))
+    write_text(out / "report.md", render_markdown(report))
     return report
 
 

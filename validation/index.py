@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .util import write_atomic
+from gamma_theory.files import write_text
 
 #: first line of every index gpcheck writes: the file is gpcheck's to rebuild
 MARKER = "<!-- gpcheck: index of the reports in this folder, rebuilt by gpcheck deep and gpcheck index -->"
@@ -88,4 +88,4 @@ def write_index(root: str | Path = "reports") -> Path | None:
         *rows,
         "",
     ])
-    return write_atomic(root / "README.md", text)
+    return write_text(root / "README.md", text)

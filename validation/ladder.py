@@ -22,6 +22,7 @@ from pathlib import Path
 
 from gamma_theory import check_trace
 from gamma_theory import problems as P
+from gamma_theory.files import write_text
 from gamma_theory.trace import Trace
 
 from .figures import plot_paths
@@ -35,7 +36,6 @@ from .util import (
     item3_cell,
     jsonable,
     pct,
-    write_atomic,
 )
 
 DEFAULT_OUT = "reports/ladder"
@@ -150,8 +150,8 @@ def _run_ladder(out_dir: str, seed: int, progress: bool) -> dict:
     }
     report["wall_s"] = time.perf_counter() - t_start
     report = jsonable(report)
-    write_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
-    write_atomic(out / "report.md", render_markdown(report))
+    write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
+    write_text(out / "report.md", render_markdown(report))
     return report
 
 

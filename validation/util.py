@@ -1,5 +1,6 @@
 """Small helpers shared by the reports and the command line: number formatting, the wording of
-one check's cells, JSON that stays valid, atomic writes, and where a report was produced."""
+one check's cells, JSON that stays valid, and where a report was produced (files are written with
+gamma_theory.files)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from typing import Any
 import numpy as np
 
 from deep.env import cpu_name
-from gamma_theory.files import write_text
 
 
 # -- numbers -------------------------------------------------------------------------------------
@@ -128,11 +128,6 @@ def jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
-
-
-def write_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically, under a unique temporary name (gamma_theory.files)."""
-    return write_text(path, text)
 
 
 # -- where and with what a report was made -------------------------------------------------------
