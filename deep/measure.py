@@ -47,6 +47,7 @@ start of this and of the previous epoch in pass 1 (to fall back on when a run di
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -64,7 +65,8 @@ import torch
 import torch.nn.functional as F
 
 from gamma_theory import PathRecorder, Trace, TraceError, flatten_params, load_trace, recording_identity
-from gamma_theory.files import BadFile, clean_stale_tmp, fault_point, read_json, write_bytes, write_json
+from gamma_theory.files import BadFile, clean_stale_tmp, fault_point, read_json, sha256_file, write_bytes, write_json
+from gamma_theory.recorder import BASE, PER_STAR, trace_from_rows
 
 from .data import CyclicSampler, DeviceData
 from .env import deterministic, environment, same_environment
@@ -95,6 +97,45 @@ class EnvironmentMismatch(RuntimeError):
 
 class RemeasureWarning(UserWarning):
     """Damaged run state was found; the run falls back or is measured again."""
+
+
+@dataclass(frozen=True)
+class Extras:
+    """What pass 2 records besides the path against theta*, all from the same replay.
+
+    * ``random_baseline``: the same path judged against a meaningless theta*: a point at the same
+      distance from theta_0 as the real theta*, in a random direction (seeded by
+      ``baseline_seed + seed``). The principle should fail there.
+    * ``sensitivity``: fractions of the epochs at whose end the iterate serves as theta*, judged on
+      the steps before it (the iterate at 50% on the first half of the path, ...).
+    * ``star_extend``: also judge the path against a theta* trained this fraction of the epochs
+      longer (0: not).
+    * ``record_grad``: record the stochastic gradient's columns ``<g_k, theta_k - theta*>`` and
+      ``||g_k||^2`` (for the related path conditions).
+
+    Each theta* costs one forward pass per step it is judged on; the gradient columns one copy.
+    """
+
+    random_baseline: bool = True
+    sensitivity: tuple[float, ...] = (0.5, 0.75, 0.9)
+    star_extend: float = 0.0
+    record_grad: bool = True
+    baseline_seed: int = 24_681_357
+
+    def candidate_epochs(self, epochs: int) -> list[int]:
+        """The epochs whose first iterate serves as an earlier theta*: strictly inside the run."""
+        return sorted({e for e in (round(f * epochs) for f in self.sensitivity) if 0 < e < epochs})
+
+    def extend_epochs(self, epochs: int) -> int:
+        return max(1, round(self.star_extend * epochs)) if self.star_extend > 0 else 0
+
+    def to_dict(self) -> dict:
+        return {"random_baseline": self.random_baseline, "sensitivity": list(self.sensitivity),
+                "star_extend": self.star_extend, "record_grad": self.record_grad,
+                "baseline_seed": self.baseline_seed}
+
+
+NO_EXTRAS = Extras(random_baseline=False, sensitivity=(), star_extend=0.0, record_grad=False)
 
 
 @dataclass
@@ -198,6 +239,7 @@ def measure(
     meta: dict | None = None,
     progress: bool = True,
     desc: str = "run",
+    extras: Extras = Extras(),
 ) -> MeasuredRun:
     """Train with ``optimizer_fn(model_fn().parameters())`` and measure the path exactly.
 
@@ -212,7 +254,7 @@ def measure(
     checkpoint_every = checkpoint_every or max(1, epochs // 10)
     setup = dict(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, data_seed=data_seed,
                  channels_last=channels_last, allow_tf32=allow_tf32, checkpoint_every=checkpoint_every,
-                 n_train=len(data))
+                 n_train=len(data), extras=extras.to_dict())
     if meta and "run" in meta:  # the suite runner's run spec (network, knobs, width, ...)
         setup["run"] = meta["run"]
     _claim(workdir, setup)
@@ -228,7 +270,7 @@ def measure(
         m = model_fn().to(data.device)
         return m.to(memory_format=torch.channels_last) if channels_last else m
 
-    args = (fresh_model, optimizer_fn, data, loss_fn, setup, workdir)
+    args = (fresh_model, optimizer_fn, data, loss_fn, setup, workdir, extras)
     with deterministic(allow_tf32):
         try:
             return _measure(*args, keep_checkpoints, meta, progress, desc)
@@ -283,6 +325,7 @@ def _finished(workdir: Path) -> MeasuredRun | None:
         if info.get("status") == "diverged" and "npz_sha256" not in info:  # diverged, nothing measured
             return MeasuredRun(None, "diverged", info.get("diverged"), workdir)
         trace = load_trace(workdir / "trace.npz")
+        load_companions(workdir, trace.meta)
     except (BadFile, TraceError) as exc:
         warnings.warn(f"{workdir}: the finished trace does not verify ({exc}); measuring the run again",
                       RemeasureWarning, stacklevel=3)
@@ -291,26 +334,43 @@ def _finished(workdir: Path) -> MeasuredRun | None:
     return MeasuredRun(trace, trace.meta.get("status", "ok"), trace.meta.get("diverged"), workdir)
 
 
+def load_companions(workdir: Path, meta: dict) -> dict[str, Trace]:
+    """The traces recorded beside the main one (random baseline, earlier and later theta*), each
+    checked against the digest the main trace recorded; :class:`TraceError` if one does not match."""
+    out = {}
+    for name, c in (meta.get("companions") or {}).items():
+        path = Path(workdir) / c["file"]
+        tr = load_trace(path)
+        if sha256_file(path) != c["npz_sha256"]:
+            raise TraceError(f"{path}: is not the companion trace the run recorded (sha256 differs)")
+        out[name] = tr
+    return out
+
+
 def _drop_progress(workdir: Path) -> None:
     """After the trace is saved: the checkpoints and the partial trace are no longer needed."""
     for e in _ckpt_epochs(workdir):
         remove_state(_ckpt_path(workdir, e))
         fault_point("cleanup")
     (workdir / "pass2_partial.npz").unlink(missing_ok=True)
+    shutil.rmtree(workdir / "stars", ignore_errors=True)
     try:
         (workdir / "checkpoints").rmdir()
     except OSError:  # absent, or holds something that is not ours
         pass
 
 
-def _measure(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, keep, meta, progress, desc):
-    p1 = _pass1(fresh_model, optimizer_fn, data, loss_fn, setup, workdir, progress, desc)
-    trace = _pass2(fresh_model, optimizer_fn, data, loss_fn, setup, workdir, p1, keep, progress, desc)
-    if trace is None:
+def _measure(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extras: Extras, keep, meta, progress,
+             desc):
+    p1 = _pass1(fresh_model, optimizer_fn, data, loss_fn, setup, workdir, extras, progress, desc)
+    p1b = _extend(fresh_model, optimizer_fn, data, loss_fn, setup, workdir, extras, p1, progress, desc)
+    traces = _pass2(fresh_model, optimizer_fn, data, loss_fn, setup, workdir, extras, p1, p1b, keep, progress, desc)
+    if traces is None:
         info = {"complete": True, "status": "diverged", "diverged": p1["diverged"], "setup": setup,
                 "pass1": p1, **(meta or {})}
         write_json(workdir / "trace.json", info, sort_keys=True, default=str)
         return MeasuredRun(None, "diverged", p1["diverged"], workdir)
+    trace = traces.pop("theta*")
     trace.meta.update(meta or {})
     try:
         trace.validate(str(workdir))
@@ -321,16 +381,30 @@ def _measure(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, kee
         write_json(workdir / "trace.json", {"complete": True, "status": "diverged", "diverged": diverged,
                                             "setup": setup, "pass1": p1, **(meta or {})}, sort_keys=True, default=str)
         return MeasuredRun(None, "diverged", diverged, workdir)
-    _check_complete(trace, p1, workdir)
+    _check_complete(trace, p1["epoch_steps"], workdir)
+    companions = {}
+    for name, tr in traces.items():  # written before the main trace, whose sidecar lists their digests
+        try:
+            tr.validate(f"{workdir}: {name}")
+        except TraceError as exc:  # e.g. an infinite loss at a random theta*: said, not judged
+            companions[name] = {"theta_star": tr.meta["theta_star"], "unjudged": str(exc)}
+            continue
+        _check_complete(tr, p1["epoch_steps"][:len(np.unique(tr.epoch))], workdir)
+        rel = f"companions/{name}"
+        npz = tr.save(workdir / rel)
+        companions[name] = {"file": f"{rel}.npz", "npz_sha256": sha256_file(npz), "theta_star": tr.meta["theta_star"],
+                            "steps": len(tr), "dist0_sq": tr.dist0_sq}
+    trace.meta["companions"] = {k: v for k, v in companions.items() if "file" in v}
+    trace.meta["companions_unjudged"] = {k: v for k, v in companions.items() if "file" not in v}
     trace.save(workdir / "trace")  # npz, then the sidecar that marks the run finished
     if not keep:
         _drop_progress(workdir)
     return MeasuredRun(trace, trace.meta["status"], trace.meta["diverged"], workdir)
 
 
-def _check_complete(trace: Trace, p1: dict, workdir: Path) -> None:
-    """One row per step of pass 1, in order, and the recording identity: or no trace is saved."""
-    lengths = p1["epoch_steps"]
+def _check_complete(trace: Trace, lengths: list[int], workdir: Path) -> None:
+    """One row per step of pass 1 (epochs of ``lengths`` steps), in order, and the recording
+    identity: or no trace is saved."""
     want_epoch = np.repeat(np.arange(len(lengths)), lengths)
     if len(trace) != int(sum(lengths)) or not np.array_equal(trace.epoch, want_epoch) \
             or not np.array_equal(trace.step, np.arange(len(trace))):
@@ -360,8 +434,14 @@ def _newest_checkpoint(workdir: Path, device, env: dict) -> dict | None:
     return None
 
 
-def _pass1(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, progress, desc) -> dict:
-    """Train, checkpoint, save theta* and evaluate it; returns the pass-1 summary (pass1.json)."""
+def _star_path(workdir: Path, epoch: int) -> Path:
+    """The iterate that starts ``epoch``: an earlier theta* of the sensitivity check."""
+    return workdir / "stars" / f"epoch{epoch:04d}.pt"
+
+
+def _pass1(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extras: Extras, progress, desc) -> dict:
+    """Train, checkpoint, save theta* and evaluate it; returns the pass-1 summary (pass1.json).
+    The iterates the sensitivity check takes as earlier theta* are saved as they pass."""
     summary_path = workdir / "pass1.json"
     if summary_path.exists():
         try:
@@ -374,6 +454,7 @@ def _pass1(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, progr
     sampler = CyclicSampler(len(data), setup["batch_size"], setup["data_seed"])
     env = environment(device)
     epochs, every = setup["epochs"], setup["checkpoint_every"]
+    candidates = set(extras.candidate_epochs(epochs))
     st = _newest_checkpoint(workdir, device, env)
     if st is not None:  # resume
         model.load_state_dict(st["model"])
@@ -416,6 +497,8 @@ def _pass1(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, progr
             break
         state_prev = state_before
         losses.append(host)
+        if epoch + 1 in candidates:
+            save_state(_copy_state(model), _star_path(workdir, epoch + 1))
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{host.mean():.4g}")
         if (epoch + 1) % every == 0 or epoch + 1 == epochs:
@@ -467,47 +550,141 @@ def _divergence(host_losses, model, state_before: dict, epoch, steps_before) -> 
     return None
 
 
+def _extend(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extras: Extras, p1: dict, progress,
+            desc) -> dict | None:
+    """``star_extend``: train on from theta* for a fraction of the epochs more, and keep the end
+    point as a later theta* (pass1b.json). A rerun after a crash trains the extension again from
+    pass 1's last checkpoint (same bits); None when there is no extension."""
+    more = extras.extend_epochs(setup["epochs"])
+    if not more or p1["diverged"] or not p1["steps"]:
+        return None
+    path = workdir / "pass1b.json"
+    if path.exists():
+        try:
+            return read_json(path)
+        except BadFile as exc:
+            raise StateDamaged.from_bad_file(exc) from None
+    device = data.device
+    st = load_state(_ckpt_path(workdir, setup["epochs"]), device)
+    model = fresh_model()
+    model.load_state_dict(st["model"])
+    opt = optimizer_fn(model.parameters())
+    opt.load_state_dict(st["optimizer"])
+    sampler = CyclicSampler(len(data), setup["batch_size"], setup["data_seed"])
+    sampler.load_state_dict(st["sampler"])
+    del st
+    model.train()
+    t0, done, why = time.perf_counter(), 0, None
+    for epoch in _bar(range(setup["epochs"], setup["epochs"] + more), progress, f"{desc} theta* extended",
+                      setup["epochs"], setup["epochs"] + more):
+        state_before = _copy_state(model)
+        batches = sampler.next_epoch(device)
+        ep = torch.empty(len(batches), device=device)
+        for i, idx in enumerate(batches):
+            x, y = data.batch(idx)
+            loss = loss_fn(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            ep[i] = loss.detach()
+        why = _divergence(ep.cpu().numpy().astype(np.float64), model, state_before, epoch, 0)
+        if why:
+            break
+        done += 1
+    if not why:
+        save_state(_copy_state(model), workdir / "theta_star_extended.pt")
+    summary = {"epochs": done, "planned_epochs": more, "wall_s": time.perf_counter() - t0,
+               "diverged": why, "saved": not why}
+    write_json(path, summary, sort_keys=True, default=str)
+    return summary
+
+
 # -- pass 2 --------------------------------------------------------------------------------------
-_PARTIAL_COLUMNS = ("loss", "loss_star", "inner", "update_sq", "dist_sq", "step", "epoch")
-
-
-def _save_partial(workdir: Path, trace: Trace, verified_epoch: int, wall_s: float) -> None:
-    """The verified part of pass 2 and the epoch it reaches, in one atomically written file."""
+def _save_partial(workdir: Path, rows: np.ndarray, step: np.ndarray, epoch: np.ndarray, verified_epoch: int,
+                  wall_s: float) -> None:
+    """The verified part of pass 2 (the recorder's rows for every theta*) and the epoch it
+    reaches, in one atomically written file."""
     buf = io.BytesIO()
-    np.savez(buf, **{c: getattr(trace, c) for c in _PARTIAL_COLUMNS}, lr=trace.lr, dist0_sq=trace.dist0_sq,
-             verified_epoch=verified_epoch, wall_s=wall_s)
+    np.savez(buf, rows=rows, step=step, epoch=epoch, verified_epoch=verified_epoch, wall_s=wall_s)
     write_bytes(workdir / "pass2_partial.npz", buf.getvalue())
 
 
-def _load_partial(workdir: Path, p1: dict, lr: float, dist0_sq: float):
-    """``(trace, verified_epoch, wall_s)`` of the verified part of pass 2, or ``(None, 0, 0.0)``.
-    A file that does not agree with itself and with pass 1 raises :class:`StateDamaged`."""
+def _load_partial(workdir: Path, p1: dict, width: int, lr: float, dist0_sq: float):
+    """``(rows, step, epoch, verified_epoch, wall_s)`` of the verified part of pass 2, or
+    ``(None, None, None, 0, 0.0)``. A file that does not agree with itself and with pass 1 (the
+    main theta*'s columns must meet the recording identity) raises :class:`StateDamaged`."""
     path = workdir / "pass2_partial.npz"
     if not path.exists():
-        return None, 0, 0.0
+        return None, None, None, 0, 0.0
     try:
         with np.load(path, allow_pickle=False) as z:
-            cols = {c: z[c] for c in _PARTIAL_COLUMNS}
+            rows, step, epoch = z["rows"], z["step"], z["epoch"]
             verified, wall = int(z["verified_epoch"]), float(z["wall_s"])
-            part = Trace(**cols, lr=float(z["lr"]), dist0_sq=float(z["dist0_sq"]))
-    except Exception as exc:  # noqa: BLE001 - truncated zip, bad CRC, missing member: damaged
+        main = trace_from_rows(rows, step, epoch, 0, lr, dist0_sq)
+    except Exception as exc:  # noqa: BLE001 - truncated zip, bad CRC, missing member, bad shape: damaged
         raise StateDamaged(path, f"is not readable ({type(exc).__name__}: {exc})") from None
     lengths = p1["epoch_steps"][:verified]
     agrees = (
         0 < verified <= p1["epochs"]
-        and part.lr == lr and part.dist0_sq == dist0_sq
-        and np.array_equal(part.epoch, np.repeat(np.arange(verified), lengths))
-        and np.array_equal(part.step, np.arange(sum(lengths)))
-        and recording_identity(part, IDENTITY_RTOL).holds
+        and rows.ndim == 2 and rows.shape[1] == width
+        and np.array_equal(epoch, np.repeat(np.arange(verified), lengths))
+        and np.array_equal(step, np.arange(sum(lengths)))
+        and recording_identity(main, IDENTITY_RTOL).holds
     )
     if not agrees:
         raise StateDamaged(path, f"does not agree with itself or with pass 1 (claims epoch {verified}, "
-                                 f"holds {len(part)} rows)")
-    return part, verified, wall
+                                 f"holds {len(rows)} rows)")
+    return rows, step, epoch, verified, wall
 
 
-def _pass2(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, p1: dict, keep, progress, desc):
-    """Replay and record; returns the full trace (None if there is nothing to measure)."""
+def _random_star(theta0: torch.Tensor, star: torch.Tensor, seed: int) -> torch.Tensor:
+    """A point at the distance of ``star`` from ``theta0``, in a direction drawn uniformly on the
+    sphere (a normalized Gaussian from a CPU generator seeded with ``seed``); float32, as a model
+    holds it."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(theta0.numel(), generator=g, dtype=torch.float64)
+    dist = torch.linalg.vector_norm(theta0.double().cpu() - star.double().cpu())
+    return (theta0.double().cpu() + dist * z / torch.linalg.vector_norm(z)).float().to(theta0.device)
+
+
+def _stars(fresh_model, workdir: Path, setup: dict, extras: Extras, p1: dict, p1b: dict | None, device):
+    """Every theta* pass 2 records against, in order of decreasing reach: ``(name, model,
+    description, until)``; the real theta* first."""
+    main = fresh_model()
+    main.load_state_dict(load_state(workdir / "theta_star.pt", device))
+    stars = [("theta*", main, "last iterate" + (" before divergence" if p1["diverged"] else ""), None)]
+    if extras.random_baseline:
+        theta0 = fresh_model()
+        theta0.load_state_dict(load_state(workdir / "theta0.pt", device))
+        seed = extras.baseline_seed + setup["seed"]
+        rand = fresh_model()
+        rand.load_state_dict(main.state_dict())
+        torch.nn.utils.vector_to_parameters(
+            _random_star(flatten_params(list(theta0.parameters())), flatten_params(list(main.parameters())), seed),
+            rand.parameters())
+        del theta0
+        stars.append(("random", rand, f"random: ||theta_0 - theta*|| from theta_0 in a random direction (seed {seed})",
+                      None))
+    if p1b and p1b.get("saved"):
+        ext = fresh_model()
+        ext.load_state_dict(load_state(workdir / "theta_star_extended.pt", device))
+        stars.append(("extended", ext, f"theta* trained {p1b['epochs']} epochs longer", None))
+    ends = np.cumsum(p1["epoch_steps"])
+    for e in sorted(extras.candidate_epochs(setup["epochs"]), reverse=True):
+        if e >= p1["epochs"]:  # the run diverged before this epoch
+            continue
+        m = fresh_model()
+        m.load_state_dict(load_state(_star_path(workdir, e), device))
+        stars.append((f"epoch{e:04d}", m, f"the iterate that starts epoch {e} of {p1['epochs']}", int(ends[e - 1])))
+    for _, m, _, _ in stars:
+        m.train()
+    return stars
+
+
+def _pass2(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extras: Extras, p1: dict,
+           p1b: dict | None, keep, progress, desc) -> dict[str, Trace] | None:
+    """Replay and record; returns the traces against every theta* (None if there is nothing to
+    measure), the real theta*'s under the name ``"theta*"``."""
     epochs = p1["epochs"]
     if epochs == 0:
         return None
@@ -520,15 +697,17 @@ def _pass2(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, p1: d
             f"{workdir}: pass 1 ran elsewhere ({detail}); bitwise replay is only promised on the same "
             "device model, driver and libraries. Rerun on that machine, or delete the folder to start over."
         )
-    model_star = fresh_model()
-    model_star.load_state_dict(load_state(workdir / "theta_star.pt", device))
-    model_star.train()
+    stars = _stars(fresh_model, workdir, setup, extras, p1, p1b, device)
+    models = [m for _, m, _, _ in stars]
+    star_flat = torch.stack([flatten_params(list(m.parameters()), torch.float64) for m in models])
     theta0 = load_state(workdir / "theta0.pt", device)
-    dist0_sq = float(sum(torch.sum((theta0[n].double() - p.detach().double()) ** 2)
-                         for n, p in model_star.named_parameters()))
-    del theta0
+    names = [n for n, _ in models[0].named_parameters()]
+    t0_flat = torch.cat([theta0[n].reshape(-1).double() for n in names])
+    dist0_sq = [float(torch.sum((t0_flat - s) ** 2)) for s in star_flat]
+    del theta0, t0_flat
 
-    prior, start, wall_before = _load_partial(workdir, p1, setup["lr"], dist0_sq)
+    width = BASE + PER_STAR * len(stars)
+    prior, prior_step, prior_epoch, start, wall_before = _load_partial(workdir, p1, width, setup["lr"], dist0_sq[0])
     st = load_state(_ckpt_path(workdir, start), device)
     model = fresh_model()
     model.load_state_dict(st["model"])
@@ -537,21 +716,33 @@ def _pass2(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, p1: d
     sampler = CyclicSampler(len(data), setup["batch_size"], setup["data_seed"])
     sampler.load_state_dict(st["sampler"])
     del st
-    rec = PathRecorder(model.parameters(), flatten_params(list(model_star.parameters()), torch.float64),
-                       setup["lr"], dist0_sq=dist0_sq, first_step=len(prior) if prior is not None else 0)
+    rec = PathRecorder(model.parameters(), star_flat, setup["lr"], dist0_sq=dist0_sq,
+                       first_step=len(prior) if prior is not None else 0, until=[u for _, _, _, u in stars],
+                       record_grad=extras.record_grad)
+    del star_flat
+
+    def all_rows():
+        rows, step, epoch = rec.rows()
+        if prior is None:
+            return rows, step, epoch
+        return np.concatenate([prior, rows]), np.concatenate([prior_step, step]), np.concatenate([prior_epoch, epoch])
 
     t0 = time.perf_counter()
     last_verified = start
-    with batch_stats_only(model_star):
+    with contextlib.ExitStack() as stack:
+        for m in models:
+            stack.enter_context(batch_stats_only(m))
         for epoch in _bar(range(start, epochs), progress, f"{desc} pass 2", start, epochs):
             model.train()
             for idx in sampler.next_epoch(device):
                 x, y = data.batch(idx)
                 loss = loss_fn(model(x), y)
                 with torch.no_grad():
-                    loss_star = loss_fn(model_star(x), y)
+                    loss_star = [loss_fn(m(x), y) for m in models[:rec.n_active()]]
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if extras.record_grad:
+                    rec.capture_grad()
                 opt.step()
                 rec.record(loss, loss_star, epoch)
             rec.flush()
@@ -564,39 +755,36 @@ def _pass2(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, p1: d
                         f"{dev:.3e}. The training is not deterministic here (an op without a deterministic "
                         "kernel, or a different device/library); delete the folder to start over."
                     )
-                _save_partial(workdir, _concat(prior, rec.trace()), epoch + 1,
-                              wall_before + time.perf_counter() - t0)
+                _save_partial(workdir, *all_rows(), epoch + 1, wall_before + time.perf_counter() - t0)
                 if not keep and last_verified != epoch + 1:
                     remove_state(_ckpt_path(workdir, last_verified))
                 last_verified = epoch + 1
-    ok, dev = _params_equal(model, model_star)
+    ok, dev = _params_equal(model, models[0])
     if not ok:
         raise ReplayMismatch(f"{workdir}: pass 2 ended {dev:.3e} away from theta* (largest parameter deviation)")
     wall = wall_before + time.perf_counter() - t0
-    trace = _concat(prior, rec.trace())
-    steps = len(trace)
+    rows, step, epoch = all_rows()
+    traces = {}
+    for j, (name, _, what, until) in enumerate(stars):
+        traces[name] = trace_from_rows(rows, step, epoch, j, setup["lr"], dist0_sq[j], until, extras.record_grad,
+                                       {"theta_star": what})
+    trace = traces["theta*"]
     trace.meta.update({
         "status": "diverged" if p1["diverged"] else "ok",
         "diverged": p1["diverged"],
         "setup": setup,
         "steps_per_epoch": math.ceil(setup["n_train"] / setup["batch_size"]),
         "epochs_measured": epochs,
-        "theta_star": "last iterate" + (" before divergence" if p1["diverged"] else ""),
         "theta_star_eval": p1.get("theta_star_eval"),
+        "theta_star_extended": p1b,
         "replay_verified": {"checkpoints": "bitwise equal", "final": "bitwise equal to theta*"},
         "env": env,
         "pass1": {k: p1[k] for k in ("wall_s", "ms_per_step", "steps")},
-        "pass2": {"wall_s": wall, "ms_per_step": 1e3 * wall / steps},
-        "num_params": int(rec.theta_star.numel()),
+        "pass2": {"wall_s": wall, "ms_per_step": 1e3 * wall / len(trace), "theta_stars": len(stars),
+                  "record_grad": extras.record_grad},
+        "num_params": sum(p.numel() for p in models[0].parameters()),
     })
-    return trace
-
-
-def _concat(prior: Trace | None, new: Trace) -> Trace:
-    if prior is None:
-        return new
-    cols = {c: np.concatenate([getattr(prior, c), getattr(new, c)]) for c in _PARTIAL_COLUMNS}
-    return Trace(**cols, lr=new.lr, dist0_sq=new.dist0_sq, meta=dict(new.meta))
+    return traces
 
 
 def _bar(it, progress: bool, desc: str, start: int, total: int):

@@ -28,12 +28,15 @@ from gamma_theory.optimizers import make_optimizer
 
 from .data import DataError, DeviceData, balanced_subset, load_split
 from .env import resolve_device
-from .measure import EnvironmentMismatch, MeasuredRun, RecordingError, ReplayMismatch, measure
+from .measure import EnvironmentMismatch, Extras, MeasuredRun, RecordingError, ReplayMismatch, measure
 from .models import build_model
 from .state import StateDamaged
 from .suites import ASSUMPTIONS, PRESET_TABLE, RunSpec, get_suite
 
 DATASET_CHOICES = ("cifar10", "cifar100", "cifar10-jpeg", "both")
+LABELS = ("true", "random")
+#: seed of the permutation behind ``--labels random`` (stated in every report)
+RANDOM_LABELS_SEED = 0
 #: classes and training images of the full data sets
 DATASET_SHAPE = {"cifar10": (10, 50_000), "cifar100": (100, 50_000), "cifar10-jpeg": (10, 50_000)}
 
@@ -45,15 +48,20 @@ def resolve_datasets(dataset: str | None, preset: str) -> list[str]:
     return ["cifar10", "cifar100"] if dataset == "both" else [dataset]
 
 
-def report_dir(out_root: str | os.PathLike, suite: str, preset: str, dataset: str) -> Path:
-    return Path(out_root) / f"{suite}-{preset}-{dataset}"
+def report_dir(out_root: str | os.PathLike, suite: str, preset: str, dataset: str, labels: str = "true") -> Path:
+    return Path(out_root) / (f"{suite}-{preset}-{dataset}" + ("-random-labels" if labels == "random" else ""))
 
 
-def load_train_data(dataset: str, n_sub: int | None, device: torch.device, data_root=None, download=False):
+def load_train_data(dataset: str, n_sub: int | None, device: torch.device, data_root=None, download=False,
+                    labels: str = "true"):
     """The training split (a class-balanced subset of ``n_sub`` if given) on ``device``, and a
-    description of it. A split that cannot serve (too few images or classes, constant images)
-    raises :class:`DataError` saying what is wrong."""
+    description of it. ``labels="random"``: the labels permuted at random (seeded with
+    :data:`RANDOM_LABELS_SEED`), so the networks memorize noise. A split that cannot serve (too few
+    images or classes, constant images) raises :class:`DataError` saying what is wrong."""
     split = load_split(dataset, "train", root=data_root, download=download)
+    label_mode = labels
+    if label_mode not in LABELS:
+        raise ValueError(f"unknown labels {label_mode!r}; choose one of {', '.join(LABELS)}")
     images, labels = split.images, split.labels
     classes, full = DATASET_SHAPE[dataset]
     where = split.source
@@ -76,6 +84,10 @@ def load_train_data(dataset: str, n_sub: int | None, device: torch.device, data_
         desc += f" (NOT the full {full:,} of {dataset})"
         print(f"gpcheck: warning: {where} holds {len(split)} training images, not the {full:,} of {dataset}; "
               "the report says so", file=sys.stderr)
+    if label_mode == "random":
+        perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(RANDOM_LABELS_SEED))
+        labels = labels[perm]
+        desc += f"; RANDOM LABELS (the labels permuted at random, seed {RANDOM_LABELS_SEED}: the networks memorize noise)"
     data = DeviceData(images, labels, device=device, channels_last=device.type == "cuda")
     if bool((data.std <= 1e-6).any()):
         raise DataError(f"{where}: the training images are constant in a color channel (std "
@@ -84,7 +96,8 @@ def load_train_data(dataset: str, n_sub: int | None, device: torch.device, data_
     return data, split.num_classes, desc
 
 
-def run_one(spec: RunSpec, data: DeviceData, num_classes: int, workdir: Path, meta: dict, progress: bool) -> MeasuredRun:
+def run_one(spec: RunSpec, data: DeviceData, num_classes: int, workdir: Path, meta: dict, progress: bool,
+            extras: Extras = Extras()) -> MeasuredRun:
     def model_fn():
         return build_model(spec.network, num_classes, spec.activation, spec.bn, spec.skip, spec.width, spec.seed)
 
@@ -95,7 +108,7 @@ def run_one(spec: RunSpec, data: DeviceData, num_classes: int, workdir: Path, me
         model_fn, optimizer_fn, data, lr=spec.lr, epochs=spec.epochs, batch_size=spec.batch_size,
         workdir=workdir, seed=spec.seed, data_seed=spec.data_seed,
         channels_last=data.channels_last, meta={**meta, "run": spec.to_dict()},
-        progress=progress, desc=spec.name,
+        progress=progress, desc=spec.name, extras=extras,
     )
 
 
@@ -155,27 +168,38 @@ def write_suite_info(out: Path, info: dict, wall_s: float = 0.0) -> None:
     write_json(path, info)
 
 
+def extras_for(preset: str, star_extend: float = 0.0) -> Extras:
+    """What pass 2 records besides the path, for ``preset`` (see :class:`deep.measure.Extras`)."""
+    p = PRESET_TABLE[preset]
+    return Extras(random_baseline=p.random_baseline, sensitivity=p.sensitivity, star_extend=star_extend)
+
+
 def run_suite(suite_name: str, preset: str = "smoke", dataset: str | None = None, *, data_root=None,
               download: bool = False, device: str | None = None, out_root: str | os.PathLike = "reports",
-              progress: bool = True, command: str | None = None) -> list[Path]:
+              progress: bool = True, command: str | None = None, seeds: int | None = None, labels: str = "true",
+              star_extend: float = 0.0) -> list[Path]:
     """Measure every run of the suite on each data set; returns the suite folders.
 
     A run that fails (a replay mismatch, a damaged run folder that could not be remeasured, an op
     without a deterministic kernel, ...) is written to its ``error.json`` and the suite goes on.
     """
-    suite = get_suite(suite_name, preset)
+    suite = get_suite(suite_name, preset, seeds)
+    seeds = len({r.seed for r in suite.runs})
+    extras = extras_for(preset, star_extend)
     datasets = resolve_datasets(dataset, preset)
     dev = resolve_device(device)
     out_dirs = []
     for ds in datasets:
-        out = report_dir(out_root, suite_name, preset, ds)
+        out = report_dir(out_root, suite_name, preset, ds, labels)
         (out / "runs").mkdir(parents=True, exist_ok=True)
-        data, num_classes, data_desc = load_train_data(ds, PRESET_TABLE[preset].train_subset, dev, data_root, download)
+        data, num_classes, data_desc = load_train_data(ds, PRESET_TABLE[preset].train_subset, dev, data_root, download,
+                                                       labels)
         info = {
             "suite": suite_name, "preset": preset, "preset_description": PRESET_TABLE[preset].description,
             "dataset": ds, "data": data_desc, "n_train": len(data), "num_classes": num_classes,
             "question": suite.question, "assumptions": ASSUMPTIONS, "device": str(dev),
-            "threads": torch.get_num_threads(),
+            "threads": torch.get_num_threads(), "seeds": seeds, "labels": labels,
+            "random_labels_seed": RANDOM_LABELS_SEED if labels == "random" else None, "extras": extras.to_dict(),
             "command": command or f"gpcheck deep --suite {suite_name} --preset {preset} --dataset {ds}",
             "runs": [r.to_dict() for r in suite.runs],
             "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -190,7 +214,7 @@ def run_suite(suite_name: str, preset: str = "smoke", dataset: str | None = None
             with locked(out / "runs" / f".{spec.name}.lock"):
                 err.unlink(missing_ok=True)
                 try:
-                    run = run_one(spec, data, num_classes, workdir, meta, progress)
+                    run = run_one(spec, data, num_classes, workdir, meta, progress, extras)
                 except (ReplayMismatch, EnvironmentMismatch, RecordingError, StateDamaged, RuntimeError) as exc:
                     # The run cannot be trusted (replay mismatch, damaged state) or could not run (an
                     # op without a deterministic kernel, out of memory): the report says so, the

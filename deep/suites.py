@@ -21,9 +21,9 @@ PRESETS = ("paper", "lite", "cpu", "smoke")
 
 ASSUMPTIONS = [
     "Epochs of the bn and optimizer suites are not stated in the paper: 150, as the activation and skip suites.",
-    "Fixed initialization: seed 0 for every network, sampler seed 0. Every layer is initialized from a random "
-    "stream keyed by its name, so the variants of a network start from bitwise the same weights wherever they "
-    "share a layer; they differ only in the knob.",
+    "Fixed initialization: seed s for every network and its sampler (s = 0, 1, ... for the preset's seeds). Every "
+    "layer is initialized from a random stream keyed by (s, its name), so the variants of a network start from "
+    "bitwise the same weights wherever they share a layer; they differ only in the knob.",
     "BN 'first' in each block: ResNet, the BN after the first conv of every BasicBlock (the stem BN stays); "
     "VGG, the BN after the first conv of each run of convs between two max-pools.",
     "Skip 'first' / 'first2' in each block: the residual connection of the first one / two BasicBlocks of each "
@@ -57,7 +57,8 @@ class RunSpec:
 
     @property
     def name(self) -> str:
-        return f"{self.network}-{self.variant}"
+        """``network-variant``, and ``-sN`` for seed N > 0 (seed 0 keeps the single-seed name)."""
+        return f"{self.network}-{self.variant}" + (f"-s{self.seed}" if self.seed else "")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,6 +83,9 @@ class Preset:
     batch_size: int | None  #: None: the paper's 128
     default_dataset: str
     evidence: bool = True  #: False: tests the machinery only, its verdicts are not findings
+    seeds: int = 1  #: initializations (and samplers) per configuration, by default
+    random_baseline: bool = True  #: judge every path against a random theta* too
+    sensitivity: tuple[float, ...] = (0.5, 0.75, 0.9)  #: earlier iterates as theta*, as fractions of the epochs
 
     def epochs_for(self, network: str, paper_epochs: int) -> int:
         if self.epochs is None:
@@ -97,12 +101,12 @@ PRESET_TABLE = {
     "lite": Preset("lite", "full-width networks on a class-balanced 1,024-image CIFAR-10 subset, batch 128; "
                    "30 epochs for AlexNet and the ResNets, 60 for the VGGs (which learn slower at the paper's "
                    "lr 0.01); sized for the bn and optimizer suites in about 2.5 minutes each on one H100/H200",
-                   {"alexnet": 30, "resnet": 30, "vgg": 60}, 1024, 1.0, None, "cifar10-jpeg"),
+                   {"alexnet": 30, "resnet": 30, "vgg": 60}, 1024, 1.0, None, "cifar10-jpeg", seeds=3),
     "cpu": Preset("cpu", "width-1/4 networks on a class-balanced 512-image CIFAR-10 subset, batch 128; "
                   "300 epochs for AlexNet, 40 for the ResNets, 100 for the VGGs (which learn slower at the paper's "
                   "lr 0.01): the paper's hyper-parameters, sized so that each suite finishes in at most 30 minutes "
                   "on 2 CPU cores and the runs with the paper's fast techniques converge",
-                  {"alexnet": 300, "resnet": 40, "vgg": 100}, 512, 0.25, None, "cifar10-jpeg"),
+                  {"alexnet": 300, "resnet": 40, "vgg": 100}, 512, 0.25, None, "cifar10-jpeg", seeds=3),
     "smoke": Preset("smoke", "tiny networks (width 1/8), a class-balanced 256-image subset, 2 epochs, "
                     "batch 64: checks the machinery end to end in minutes on 2 CPU cores; "
                     "its numbers are no evidence about the paper", 2, 256, 0.125, 64, "cifar10-jpeg",
@@ -191,16 +195,22 @@ def _suite_optimizer() -> Suite:
 _BUILDERS = {"activation": _suite_activation, "bn": _suite_bn, "skip": _suite_skip, "optimizer": _suite_optimizer}
 
 
-def get_suite(name: str, preset: str = "paper") -> Suite:
-    """The suite with its runs resolved for ``preset``; ValueError lists the choices."""
+def get_suite(name: str, preset: str = "paper", seeds: int | None = None) -> Suite:
+    """The suite with its runs resolved for ``preset``, each from ``seeds`` initializations
+    (default: the preset's), seed-major: every configuration of seed 0, then of seed 1, ...
+    ValueError lists the choices."""
     if name not in _BUILDERS:
         raise ValueError(f"unknown suite {name!r}; choose one of {', '.join(SUITES)}")
     if preset not in PRESET_TABLE:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     suite = _BUILDERS[name]()
     p = PRESET_TABLE[preset]
+    seeds = p.seeds if seeds is None else int(seeds)
+    if seeds < 1:
+        raise ValueError(f"seeds must be at least 1, got {seeds}")
     runs = [
-        replace(r, epochs=p.epochs_for(r.network, r.epochs), width=p.width, batch_size=p.batch_size or r.batch_size)
-        for r in suite.runs
+        replace(r, epochs=p.epochs_for(r.network, r.epochs), width=p.width, batch_size=p.batch_size or r.batch_size,
+                seed=s, data_seed=s)
+        for s in range(seeds) for r in suite.runs
     ]
     return replace(suite, runs=runs)

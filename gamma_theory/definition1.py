@@ -16,15 +16,27 @@ gives one constraint on gamma:
 
 The path obeys the principle iff ``{gamma > 0} ∩ [max lower, +inf) ∩ (-inf, min upper]`` is not
 empty and no zero-gap step has ``num_k < 0``. Nothing is smoothed or dropped: every step counts.
+
+Verdicts at round-off. The columns are float64 numbers; ``num_k`` is computed from them with two
+roundings, so its computed sign can differ from the exact one when ``|num_k|`` is within
+``ROUNDOFF * (|inner_k| + eta/2 * update_sq_k)`` of zero (the gap's sign is always exact: a
+floating-point subtraction never rounds a nonzero difference to zero or across it). Such steps,
+and conflicts between bounds that tie within their own round-off, are *undecidable at float64*:
+they are listed apart, and the verdict computed without them says whether a FAIL (or a PASS)
+rests on them alone.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .trace import Trace
+
+EPS = float(np.finfo(np.float64).eps)
+#: |computed num - exact num| <= ROUNDOFF * (|inner| + eta/2 * update_sq), with a factor 2 to spare
+ROUNDOFF = 2 * EPS
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,8 @@ class Definition1Result:
     own_infeasible_steps: np.ndarray  #: steps no gamma > 0 can satisfy on their own
     conflicting_steps: np.ndarray  #: steps whose lower bound exceeds another step's upper bound
     per_step_gamma: np.ndarray  #: ``bound`` for every step (NaN where gap == 0)
+    undecidable_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  #: (module doc)
+    holds_without_undecidable: bool | None = None  #: the verdict on the decidable steps alone
 
     @property
     def violating_steps(self) -> np.ndarray:
@@ -95,7 +109,17 @@ class Definition1Result:
             "violating_steps": [int(s) for s in viol[:max_steps]],
             "n_own_infeasible": int(self.own_infeasible_steps.size),
             "n_conflicting": int(self.conflicting_steps.size),
+            "n_undecidable": int(self.undecidable_steps.size),
+            "undecidable_steps": [int(s) for s in self.undecidable_steps[:max_steps]],
+            "holds_without_undecidable": self.holds_without_undecidable,
+            "rests_on_undecidable": self.rests_on_undecidable,
+            "roundoff_bound": "|num| <= 2 eps (|inner| + eta/2 update_sq); bounds tying within their own round-off",
         }
+
+    @property
+    def rests_on_undecidable(self) -> bool:
+        """The verdict would differ without the steps that float64 cannot decide."""
+        return self.holds_without_undecidable is not None and self.holds_without_undecidable != self.holds
 
 
 def _num(x: float) -> float | str:
@@ -122,13 +146,16 @@ def definition_1(trace: Trace) -> Definition1Result:
     gamma_low = max(0.0, max_lower)
 
     own_bad = (b.is_upper & (b.num <= 0)) | (b.is_zero & (b.num < 0))
-    holds = (not own_bad.any()) and gamma_high > 0 and gamma_high >= max_lower
+    holds = _feasible(b, np.ones(len(trace), dtype=bool))
     conflicting = np.zeros(len(trace), dtype=bool)
+    positive_upper = b.is_upper & (b.bound > 0)
+    min_upper = b.bound[positive_upper].min() if positive_upper.any() else np.inf
     if not own_bad.any() and not holds:
         # Every step is satisfiable alone, but some lower bound exceeds some upper bound.
-        positive_upper = b.is_upper & (b.bound > 0)
-        min_upper = b.bound[positive_upper].min() if positive_upper.any() else np.inf
         conflicting = (b.is_lower & (b.bound > min_upper)) | (positive_upper & (b.bound < max_lower))
+
+    undecidable = _undecidable(trace, b)
+    holds_decided = _feasible(b, ~undecidable) if undecidable.any() else bool(holds)
     share_positive = float(np.mean(upper > 0)) if upper.size else 1.0
     return Definition1Result(
         holds=bool(holds),
@@ -143,7 +170,38 @@ def definition_1(trace: Trace) -> Definition1Result:
         own_infeasible_steps=steps[own_bad],
         conflicting_steps=steps[conflicting],
         per_step_gamma=b.bound,
+        undecidable_steps=steps[undecidable],
+        holds_without_undecidable=bool(holds_decided),
     )
+
+
+def _undecidable(trace: Trace, b: StepBounds) -> np.ndarray:
+    """Steps whose sign of ``num`` float64 cannot decide, and the binding lower and upper bound
+    when they tie within their own round-off (repeated on what is left, until no tie binds)."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        num_tol = ROUNDOFF * (np.abs(trace.inner) + 0.5 * trace.lr * trace.update_sq)
+        out = np.abs(b.num) <= num_tol
+        slack = (np.where(b.num != 0, num_tol / np.abs(b.num), np.inf) + 4 * EPS) * np.abs(b.bound)
+    while True:
+        up = b.is_upper & (b.num > 0) & ~out
+        lo = b.is_lower & ~out
+        if not up.any() or not lo.any():
+            return out
+        i_up = np.flatnonzero(up)[np.argmin(b.bound[up])]
+        i_lo = np.flatnonzero(lo)[np.argmax(b.bound[lo])]
+        if not abs(b.bound[i_lo] - b.bound[i_up]) <= slack[i_lo] + slack[i_up]:
+            return out
+        out[[i_lo, i_up]] = True
+
+
+def _feasible(b: StepBounds, keep: np.ndarray) -> bool:
+    """Whether one gamma > 0 satisfies inequality (2) on the steps in ``keep``."""
+    up, lo, zero = b.is_upper & keep, b.is_lower & keep, b.is_zero & keep
+    if (up & (b.num <= 0)).any() or (zero & (b.num < 0)).any():
+        return False
+    high = b.bound[up].min() if up.any() else np.inf
+    low = b.bound[lo].max() if lo.any() else -np.inf
+    return bool(high > 0 and high >= low)
 
 
 def violations_at(trace: Trace, gamma: float) -> np.ndarray:

@@ -2,18 +2,21 @@
 
 Two ways to get a :class:`~gamma_theory.trace.Trace`:
 
-* :class:`PathRecorder` works inside any training loop for a known ``theta*`` (pass 2 of a
-  measured deep run). It keeps three flat buffers (``theta*``, ``theta_k`` and the new
-  iterate), so memory is O(d); the update comes from the parameters alone,
-  ``U_k = (theta_k - theta_{k+1}) / eta``, so any optimizer works; the three inner products
-  of a step are three reductions over one flat buffer, and results stay on the device until
-  :meth:`PathRecorder.flush` (once per epoch).
+* :class:`PathRecorder` works inside any training loop for known minimizers (pass 2 of a
+  measured deep run). It records against one ``theta*`` or several at once (the real one, a
+  random baseline, earlier iterates for a sensitivity check), each until a step of its own. The
+  update comes from the parameters alone, ``U_k = (theta_k - theta_{k+1}) / eta``, so any
+  optimizer works. Every inner product of a step is one float64 reduction: the Gram matrix of
+  ``M = [delta; g; theta_k - theta*_1; ...; theta_k - theta*_m]`` (``delta = eta U_k``, ``g`` the
+  stochastic gradient when it is recorded). Results stay on the device until
+  :meth:`PathRecorder.flush` (once per epoch): nothing syncs the host inside an epoch.
 * :func:`trace_from_iterates` is the store-everything path for small problems: all iterates in
   memory, ``theta*`` the last one unless given. It is also the float64 brute force the tests
   hold the recorder to.
 
-Both compute in float64 by default: the difference of two float32 numbers is exact in float64,
-so the recording identity then holds to float64 round-off.
+Both compute in float64 by default: the difference of two float32 numbers is exact in float64
+(for numbers within 2^29 of each other in magnitude), so the recording identity then holds to
+float64 round-off.
 """
 
 from __future__ import annotations
@@ -32,8 +35,13 @@ def flatten_params(params: Sequence[torch.Tensor], dtype: torch.dtype | None = N
     return flat if dtype is None else flat.to(dtype)
 
 
+#: a recorded row: [loss, update_sq, grad_sq] + for every theta*: [loss_star, inner, dist_sq, grad_inner]
+BASE, PER_STAR = 3, 4
+
+
 class PathRecorder:
-    """Accumulates ``loss, loss_star, inner, update_sq, dist_sq`` step by step.
+    """Accumulates ``loss, loss_star, inner, update_sq, dist_sq`` (and optionally the gradient's
+    ``grad_inner, grad_sq``) step by step, for one ``theta*`` or several.
 
     Use it around any optimizer::
 
@@ -41,12 +49,20 @@ class PathRecorder:
         for x, y in batches:
             loss = loss_fn(model(x), y)
             loss_star = loss_fn(model_star(x), y)                 # same batch, at theta*
-            opt.zero_grad(); loss.backward(); opt.step()
+            opt.zero_grad(); loss.backward()
+            rec.capture_grad()                                    # only with record_grad=True
+            opt.step()
             rec.record(loss, loss_star, epoch)                    # reads theta_{k+1}
         trace = rec.trace()
 
-    ``dist0_sq`` defaults to ``||theta_k - theta*||^2`` at construction; pass the path's own
-    value when recording starts mid-path (a resumed or parallel segment).
+    Several minimizers: ``theta_star`` of shape ``(m, d)``, with ``until[j]`` the step (exclusive)
+    from which ``theta*_j`` is no longer recorded. They must come in order of decreasing
+    ``until``, so that the active ones are always the first :meth:`n_active`; ``record`` then takes
+    one ``loss_star`` per active ``theta*``. ``trace(j)`` is the path of the steps before
+    ``until[j]`` judged against ``theta*_j``.
+
+    ``dist0_sq`` (one value, or one per ``theta*``) defaults to ``||theta_k - theta*_j||^2`` at
+    construction; pass the path's own values when recording starts mid-path (a resumed segment).
     """
 
     def __init__(
@@ -54,45 +70,96 @@ class PathRecorder:
         params: Iterable[torch.Tensor],
         theta_star: torch.Tensor,
         lr: float,
-        dist0_sq: float | None = None,
+        dist0_sq: float | Sequence[float] | None = None,
         dtype: torch.dtype = torch.float64,
         first_step: int = 0,
+        until: Sequence[int | None] | None = None,
+        record_grad: bool = False,
     ) -> None:
         self.params = list(params)
         self.lr = float(lr)
         self.dtype = dtype
-        self.theta_star = theta_star.detach().reshape(-1).to(dtype=dtype, copy=True)
+        stars = theta_star.detach().to(dtype=dtype, copy=True)
+        self.stars = stars.reshape(1, -1) if stars.dim() <= 1 else stars.reshape(stars.shape[0], -1)
         self.prev = flatten_params(self.params, dtype)
-        if self.prev.shape != self.theta_star.shape:
+        if self.prev.numel() != self.stars.shape[1]:
             raise ValueError(
-                f"theta_star has {self.theta_star.numel()} entries but the parameters have "
-                f"{self.prev.numel()}"
+                f"theta_star has {self.stars.shape[1]} entries but the parameters have {self.prev.numel()}"
             )
-        diff = self.prev - self.theta_star
-        self.dist0_sq = float(torch.dot(diff, diff)) if dist0_sq is None else float(dist0_sq)
-        self.next_step = first_step
-        self._pending: list[torch.Tensor] = []  # one row of 5 per step, still on the device
+        m = self.stars.shape[0]
+        self.until = [None] * m if until is None else [None if u is None else int(u) for u in until]
+        if len(self.until) != m:
+            raise ValueError(f"until has {len(self.until)} entries for {m} theta*")
+        keys = [np.inf if u is None else u for u in self.until]
+        if keys != sorted(keys, reverse=True):
+            raise ValueError("theta* must come in order of decreasing 'until'")
+        if dist0_sq is None:
+            diff = self.prev - self.stars
+            self.dist0_sq = [float(v) for v in (diff * diff).sum(dim=1)]
+        else:
+            self.dist0_sq = [float(v) for v in np.broadcast_to(np.asarray(dist0_sq, dtype=np.float64), (m,))]
+        self.record_grad = bool(record_grad)
+        self._grad: torch.Tensor | None = None
+        self.first_step = int(first_step)
+        self.next_step = self.first_step
+        self._pending: list[torch.Tensor] = []  # one row per step, still on the device
         self._epochs: list[int] = []
         self._host: list[np.ndarray] = []
 
+    @property
+    def num_stars(self) -> int:
+        return self.stars.shape[0]
+
+    def n_active(self, step: int | None = None) -> int:
+        """How many ``theta*`` are recorded at ``step`` (default: the next step)."""
+        step = self.next_step if step is None else step
+        return sum(u is None or step < u for u in self.until)
+
     @torch.no_grad()
-    def record(self, loss: torch.Tensor | float, loss_star: torch.Tensor | float, epoch: int = 0) -> None:
-        """Record step k; call it right after the optimizer produced ``theta_{k+1}``."""
+    def capture_grad(self) -> None:
+        """Keep the stochastic gradient ``g_k``: call after backward, before the optimizer step."""
+        self._grad = torch.cat([
+            (p.grad.detach() if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in self.params
+        ]).to(self.dtype)
+
+    @torch.no_grad()
+    def record(self, loss: torch.Tensor | float, loss_star, epoch: int = 0) -> None:
+        """Record step k; call it right after the optimizer produced ``theta_{k+1}``.
+
+        ``loss_star``: the loss at each active ``theta*`` on this step's batch (a scalar when
+        there is one)."""
+        active = self.n_active()
+        ls = [loss_star] if not isinstance(loss_star, (list, tuple)) else list(loss_star)
+        if len(ls) != active:
+            raise ValueError(f"step {self.next_step}: {len(ls)} losses at theta* for {active} active theta*")
+        if self.record_grad and self._grad is None:
+            raise ValueError("record_grad=True: call capture_grad() between backward and the optimizer step")
         cur = flatten_params(self.params, self.dtype)
-        a = self.prev - self.theta_star  # theta_k - theta*
-        delta = self.prev - cur  # eta * U_k, exact in float64
-        row = torch.stack(
-            [
-                torch.as_tensor(loss, dtype=self.dtype, device=cur.device).detach().reshape(()),
-                torch.as_tensor(loss_star, dtype=self.dtype, device=cur.device).detach().reshape(()),
-                torch.dot(a, delta) / self.lr,
-                torch.dot(delta, delta) / self.lr**2,
-                torch.dot(a, a),
-            ]
-        )
+        rows = [self.prev - cur]  # delta = eta U_k, exact in float64
+        if self.record_grad:
+            rows.append(self._grad)
+        off = len(rows)
+        rows.append(self.prev - self.stars[:active])  # theta_k - theta*_j
+        M = torch.cat([r.reshape(-1, cur.numel()) for r in rows])
+        G = M @ M.T  # every inner product of the step, one reduction
+        dev = cur.device
+        row = torch.full((BASE + PER_STAR * self.num_stars,), float("nan"), dtype=self.dtype, device=dev)
+        row[0] = torch.as_tensor(loss, dtype=self.dtype, device=dev).detach().reshape(())
+        row[1] = G[0, 0] / self.lr**2
+        if self.record_grad:
+            row[2] = G[1, 1]
+        idx = torch.arange(active, device=dev)
+        cols = BASE + PER_STAR * idx
+        row[cols] = torch.stack([torch.as_tensor(x, dtype=self.dtype, device=dev).detach().reshape(()) for x in ls])
+        row[cols + 1] = G[0, off + idx] / self.lr
+        row[cols + 2] = G[off + idx, off + idx]
+        if self.record_grad:
+            row[cols + 3] = G[1, off + idx]
         self._pending.append(row)
         self._epochs.append(int(epoch))
         self.prev = cur
+        self._grad = None
+        self.next_step += 1
 
     def flush(self) -> None:
         """Move the recorded rows to the host (one transfer); call once per epoch."""
@@ -103,23 +170,31 @@ class PathRecorder:
     def __len__(self) -> int:
         return sum(len(h) for h in self._host) + len(self._pending)
 
-    def trace(self, meta: dict | None = None) -> Trace:
-        """The trace of every step recorded so far."""
+    def rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(rows, step, epoch)`` of every step recorded so far (rows: see ``BASE``, ``PER_STAR``)."""
         self.flush()
-        rows = np.concatenate(self._host) if self._host else np.zeros((0, 5))
-        n = len(rows)
-        return Trace(
-            loss=rows[:, 0],
-            loss_star=rows[:, 1],
-            inner=rows[:, 2],
-            update_sq=rows[:, 3],
-            dist_sq=rows[:, 4],
-            lr=self.lr,
-            dist0_sq=self.dist0_sq,
-            step=np.arange(self.next_step, self.next_step + n),
-            epoch=np.asarray(self._epochs, dtype=np.int64),
-            meta=dict(meta or {}),
-        )
+        width = BASE + PER_STAR * self.num_stars
+        rows = np.concatenate(self._host) if self._host else np.zeros((0, width))
+        return rows, np.arange(self.first_step, self.first_step + len(rows)), np.asarray(self._epochs, dtype=np.int64)
+
+    def trace(self, j: int = 0, meta: dict | None = None) -> Trace:
+        """The trace of the steps recorded so far against ``theta*_j``."""
+        rows, step, epoch = self.rows()
+        return trace_from_rows(rows, step, epoch, j, self.lr, self.dist0_sq[j], self.until[j],
+                               self.record_grad, meta)
+
+
+def trace_from_rows(rows: np.ndarray, step: np.ndarray, epoch: np.ndarray, j: int, lr: float, dist0_sq: float,
+                    until: int | None = None, has_grad: bool = False, meta: dict | None = None) -> Trace:
+    """The trace against ``theta*_j`` from a :class:`PathRecorder`'s rows: the steps before ``until``."""
+    keep = slice(None) if until is None else step < until
+    r, c = rows[keep], BASE + PER_STAR * j
+    return Trace(
+        loss=r[:, 0], loss_star=r[:, c], inner=r[:, c + 1], update_sq=r[:, 1], dist_sq=r[:, c + 2],
+        lr=lr, dist0_sq=dist0_sq, step=step[keep], epoch=epoch[keep],
+        grad_inner=r[:, c + 3] if has_grad else None, grad_sq=r[:, 2] if has_grad else None,
+        meta=dict(meta or {}),
+    )
 
 
 def trace_from_iterates(
@@ -130,17 +205,20 @@ def trace_from_iterates(
     epoch: np.ndarray | None = None,
     theta_star: np.ndarray | None = None,
     sample_gap_max: np.ndarray | None = None,
+    grads: np.ndarray | None = None,
     meta: dict | None = None,
 ) -> Trace:
     """Brute-force trace from all iterates ``thetas[0..K]`` (shape ``(K+1, d)``) in float64.
 
     ``loss[k]`` and ``loss_star[k]`` are the batch losses of step k at ``theta_k`` and
-    ``theta*``; ``theta*`` is ``thetas[-1]`` unless given.
+    ``theta*``; ``theta*`` is ``thetas[-1]`` unless given; ``grads[k]`` (optional, shape
+    ``(K, d)``) the stochastic gradient of step k.
     """
     thetas = np.asarray(thetas, dtype=np.float64)
     star = thetas[-1] if theta_star is None else np.asarray(theta_star, dtype=np.float64)
     a = thetas[:-1] - star
     delta = thetas[:-1] - thetas[1:]
+    g = None if grads is None else np.asarray(grads, dtype=np.float64)
     return Trace(
         loss=loss,
         loss_star=loss_star,
@@ -151,5 +229,7 @@ def trace_from_iterates(
         dist0_sq=float(np.dot(thetas[0] - star, thetas[0] - star)),
         epoch=epoch,
         sample_gap_max=sample_gap_max,
+        grad_inner=None if g is None else np.einsum("kd,kd->k", g, a),
+        grad_sq=None if g is None else np.einsum("kd,kd->k", g, g),
         meta=dict(meta or {}),
     )

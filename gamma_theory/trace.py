@@ -15,6 +15,14 @@ step        ``k`` (int)
 epoch       the epoch the step belongs to (int)
 ==========  ==============================================
 
+optionally the stochastic gradient's columns (recorded after backward, before the optimizer
+step; for plain SGD ``g_k = U_k``), which the related path conditions need:
+
+===========  =============================================
+grad_inner   ``<g_k, theta_k - theta*>``
+grad_sq      ``||g_k||^2``
+===========  =============================================
+
 and the scalars ``lr`` (the constant base learning rate ``eta``) and
 ``dist0_sq = ||theta_0 - theta*||^2``. On disk a trace is ``NAME.npz`` (columns and
 scalars) with an optional sidecar ``NAME.json`` of metadata (config, seeds, versions,
@@ -37,6 +45,7 @@ from .files import sha256_file, write_bytes, write_text
 
 FLOAT_COLUMNS = ("loss", "loss_star", "inner", "update_sq", "dist_sq")
 INT_COLUMNS = ("step", "epoch")
+GRAD_COLUMNS = ("grad_inner", "grad_sq")
 SCALARS = ("lr", "dist0_sq")
 #: columns whose values are squared norms and so can never be negative
 SQUARE_COLUMNS = ("update_sq", "dist_sq")
@@ -62,6 +71,8 @@ class Trace:
     #: optional, one value per epoch: the largest per-sample gap l(theta_k; z_i) - l(theta*; z_i)
     #: over the samples z_i of that epoch (for Theorem 1 item 2 per sample)
     sample_gap_max: np.ndarray | None = None
+    grad_inner: np.ndarray | None = None  #: <g_k, theta_k - theta*> (optional)
+    grad_sq: np.ndarray | None = None  #: ||g_k||^2 (optional)
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -76,11 +87,19 @@ class Trace:
         self.epoch = np.asarray(self.epoch, dtype=np.int64).reshape(-1)
         if self.sample_gap_max is not None:
             self.sample_gap_max = np.asarray(self.sample_gap_max, dtype=np.float64).reshape(-1)
+        for name in GRAD_COLUMNS:
+            if getattr(self, name) is not None:
+                setattr(self, name, np.asarray(getattr(self, name), dtype=np.float64).reshape(-1))
         self.lr = float(self.lr)
         self.dist0_sq = float(self.dist0_sq)
 
     def __len__(self) -> int:
         return len(self.loss)
+
+    @property
+    def has_grad(self) -> bool:
+        """Whether the gradient's columns were recorded."""
+        return self.grad_inner is not None and self.grad_sq is not None
 
     @property
     def gap(self) -> np.ndarray:
@@ -99,7 +118,12 @@ class Trace:
                     f"{where}: column '{name}' has {len(col)} rows but 'loss' has {n}; "
                     "all columns must have one row per step"
                 )
-        for name in FLOAT_COLUMNS:
+        if (self.grad_inner is None) != (self.grad_sq is None):
+            raise TraceError(f"{where}: 'grad_inner' and 'grad_sq' come together, or not at all")
+        for name in GRAD_COLUMNS if self.has_grad else ():
+            if len(getattr(self, name)) != n:
+                raise TraceError(f"{where}: column '{name}' has {len(getattr(self, name))} rows but 'loss' has {n}")
+        for name in FLOAT_COLUMNS + (GRAD_COLUMNS if self.has_grad else ()):
             col = getattr(self, name)
             bad = np.flatnonzero(~np.isfinite(col))
             if bad.size:
@@ -116,7 +140,7 @@ class Trace:
                              f"{len(np.unique(self.epoch))} epochs; it needs one per epoch")
         if self.sample_gap_max is not None and not np.isfinite(self.sample_gap_max).all():
             raise TraceError(f"{where}: 'sample_gap_max' is not finite")
-        for name in SQUARE_COLUMNS:
+        for name in SQUARE_COLUMNS + (("grad_sq",) if self.has_grad else ()):
             col = getattr(self, name)
             bad = np.flatnonzero(col < 0)
             if bad.size:
@@ -143,8 +167,9 @@ class Trace:
         altered, or copied from another run)."""
         npz = _npz_path(path)
         arrays = {name: getattr(self, name) for name in FLOAT_COLUMNS + INT_COLUMNS}
-        if self.sample_gap_max is not None:
-            arrays["sample_gap_max"] = self.sample_gap_max
+        for name in ("sample_gap_max",) + GRAD_COLUMNS:
+            if getattr(self, name) is not None:
+                arrays[name] = getattr(self, name)
         arrays["lr"] = np.float64(self.lr)
         arrays["dist0_sq"] = np.float64(self.dist0_sq)
         buf = io.BytesIO()
@@ -219,7 +244,7 @@ def load_trace(path: str | os.PathLike) -> Trace:
             raise TraceError(f"{where}: '{k}' must be a scalar, got shape {arrays[k].shape}")
         if not _real(arrays[k]):
             raise TraceError(f"{where}: scalar '{k}' must be a real number, got dtype {arrays[k].dtype}")
-    optional = [k for k in INT_COLUMNS + ("sample_gap_max",) if k in arrays]
+    optional = [k for k in INT_COLUMNS + ("sample_gap_max",) + GRAD_COLUMNS if k in arrays]
     for k in FLOAT_COLUMNS + tuple(optional):
         if arrays[k].ndim != 1:
             raise TraceError(f"{where}: column '{k}' must be 1-D, got shape {arrays[k].shape}")
@@ -241,6 +266,8 @@ def load_trace(path: str | os.PathLike) -> Trace:
         step=arrays.get("step"),
         epoch=arrays.get("epoch"),
         sample_gap_max=arrays.get("sample_gap_max"),
+        grad_inner=arrays.get("grad_inner"),
+        grad_sq=arrays.get("grad_sq"),
         meta=meta,
     )
     return trace.validate(where)

@@ -2,7 +2,8 @@
 
 The tests set ``GPCHECK_KILL_AT`` (gamma_theory/files.py) to make this process SIGKILL itself at an
 exact point, then run it again without it and compare the trace with an undisturbed run's. It
-prints the finished trace's columns' sha256 on its last line.
+prints the sha256 of the finished trace's columns and its companions' (random theta*, an
+earlier iterate as theta*) on its last line.
 """
 
 import hashlib
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
 
 from deep.data import DeviceData  # noqa: E402
-from deep.measure import measure  # noqa: E402
+from deep.measure import load_companions, measure  # noqa: E402
 from gamma_theory.optimizers import make_optimizer  # noqa: E402
 
 
@@ -38,8 +39,11 @@ def main(workdir: str) -> None:
     run = measure(Net, lambda p: make_optimizer("momentum", p, 0.1), data, lr=0.1, epochs=3, batch_size=16,
                   workdir=workdir, seed=3, data_seed=5, checkpoint_every=1, progress=False, loss_fn=F.cross_entropy)
     h = hashlib.sha256()
-    for col in ("loss", "loss_star", "inner", "update_sq", "dist_sq", "step", "epoch"):
-        h.update(np.ascontiguousarray(getattr(run.trace, col)).tobytes())
+    companions = load_companions(run.workdir, run.trace.meta)
+    assert set(companions) == {"random", "epoch0002"}, companions.keys()
+    for tr in [run.trace] + [companions[k] for k in sorted(companions)]:
+        for col in ("loss", "loss_star", "inner", "update_sq", "dist_sq", "step", "epoch", "grad_inner", "grad_sq"):
+            h.update(np.ascontiguousarray(getattr(tr, col)).tobytes())
     print(h.hexdigest())
 
 

@@ -1,5 +1,8 @@
 """Claims: each verdict follows from its numbers, and what may not be compared is not."""
 
+import pytest
+from dataclasses import replace
+
 from validation.claims import (FAIL, NA, PASS, RunNumbers, agreement_claim, gamma_order_claim, principle_claims,
                                speed_order_claim, suite_claims)
 
@@ -81,3 +84,63 @@ def test_suite_claims_never_pool_networks():
     assert "n1 gamma order (theory)" in names and "n2 gamma order (theory)" not in names  # no order for n2
     assert {c["claim"]: c["verdict"] for c in claims}["n2 gamma tracks speed (theory)"] == FAIL
     assert not any("correlation" in n for n in names)
+
+
+# -- seeds -----------------------------------------------------------------------------------------
+def _seeded(seed, speeds, **kw):
+    return [RunNumbers("net", v, "ok", converged=True, d1_holds=True, gamma_theory=1.0, gamma_paper=1.0, dist0=1.0,
+                       speed=s, share_positive=1.0, distance_holds=True, min_gap=0.0, star_accuracy=1.0, seed=seed, **kw)
+            for v, s in zip(("none", "first", "all"), speeds)]
+
+
+def _clopper_pearson(k, n):  # the textbook beta-quantile form, independent of scipy's binomtest
+    from scipy.stats import beta
+    low = 0.0 if k == 0 else beta.ppf(0.025, k, n - k + 1)
+    high = 1.0 if k == n else beta.ppf(0.975, k + 1, n - k)
+    return low, high
+
+
+def test_order_over_seeds_is_a_share_with_an_interval():
+    runs = _seeded(0, (0.9, 0.5, 0.4)) + _seeded(1, (0.8, 0.6, 0.3)) + _seeded(2, (0.5, 0.6, 0.7))
+    c = {c["claim"]: c for c in suite_claims({"net": GROUPS}, runs)}["net speed order"]
+    assert c["verdict"] == FAIL and c["numbers"]["holds in"] == "2 of 3 seeds"
+    low, high = _clopper_pearson(2, 3)
+    assert c["numbers"]["95% CI"] == f"{low:.2f}-{high:.2f}"
+    assert set(c["per_seed"]) == {"s0", "s1", "s2"} and c["per_seed"]["s2"]["verdict"] == FAIL
+    assert c["per_seed"]["s0"]["verdict"] == PASS
+
+
+def test_wilcoxon_over_seeds_is_exact_for_all_positive_margins():
+    # five seeds, the order holds with a positive margin in each: the exact one-sided signed-rank
+    # p-value is 1/2^5 (only the all-positive sign pattern is as extreme)
+    runs = [r for s in range(5) for r in _seeded(s, (0.9 + 0.01 * s, 0.5, 0.4))]
+    c = {c["claim"]: c for c in suite_claims({"net": GROUPS}, runs)}["net speed order"]
+    assert c["verdict"] == PASS and c["numbers"]["holds in"] == "5 of 5 seeds"
+    assert float(c["numbers"]["paired Wilcoxon p"]) == pytest.approx(1 / 32, rel=3e-3)  # shown to 3 digits
+    assert "p cannot go below" not in c["why"]
+    three = [r for s in range(3) for r in _seeded(s, (0.9, 0.5, 0.4))]
+    c3 = {c["claim"]: c for c in suite_claims({"net": GROUPS}, three)}["net speed order"]
+    assert "with 3 seeds p cannot go below 0.125" in c3["why"]  # said, so nobody reads 0.125 as a failure
+
+
+def test_a_seed_where_the_claim_is_not_decidable_is_left_out_and_said():
+    runs = _seeded(0, (0.9, 0.5, 0.4)) + [replace(r, converged=r.variant != "none") for r in _seeded(1, (0.9, 0.5, 0.4))]
+    c = {c["claim"]: c for c in suite_claims({"net": GROUPS}, runs)}["net gamma order (theory)"]
+    assert c["per_seed"]["s1"]["verdict"] == NA and c["numbers"]["holds in"] == "0 of 1 seeds"
+    assert "not decidable in 1" in c["why"]
+    # the principle claims pool every run of every seed
+    p = {c["claim"]: c for c in suite_claims({"net": GROUPS}, runs)}["principle holds (Definition 1)"]
+    assert "per_seed" not in p and p["verdict"] == PASS
+
+
+def test_seed_labels_keep_runs_apart():
+    assert _seeded(2, (1, 1, 1))[0].label == "net/none/s2" and _seeded(0, (1, 1, 1))[0].label == "net/none"
+
+
+def test_a_fail_resting_on_undecidable_steps_says_so():
+    shaky = replace(rn("b", d1=False), d1_undecidable=1, d1_rests_on_undecidable=True)
+    c = principle_claims([rn("a"), shaky])[0]
+    assert c["verdict"] == FAIL and "this FAIL rests on them alone" in c["why"]
+    c = principle_claims([rn("a"), shaky, rn("c", d1=False)])[0]
+    assert c["verdict"] == FAIL and "net/b" in c["why"] and "rests on them alone" not in c["why"]
+    assert "undecidable" not in principle_claims([rn("a")])[0]["why"]

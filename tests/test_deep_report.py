@@ -131,3 +131,52 @@ def test_check_on_an_npz_whose_lr_is_a_string(tmp_path):
              dist_sq=np.ones(n), lr="0.1", dist0_sq=1.0)
     res = CliRunner().invoke(main, ["check", str(tmp_path / "t.npz")])
     assert res.exit_code == 2 and "scalar 'lr' must be a real number" in res.output
+
+
+# -- baseline and theta* sensitivity, on hand-made run summaries -----------------------------------
+def _path(holds, gamma=1.0, speed=0.1, converged=True, neg=0, median=1.0):
+    return {"dist0": 1.0, "steps": 10,
+            "theory": {"holds": holds, "gamma_max": gamma if holds else None,
+                       "gamma_max_x_dist0_sq": gamma if holds else None, "n_violating": 0 if holds else 3,
+                       "n_undecidable": 0, "rests_on_undecidable": False},
+            "paper": {"gamma_median": median, "gamma_median_x_dist0_sq": median, "share_positive": 1.0},
+            "negative_gap_steps": neg, "min_gap": -1.0 if neg else 0.0, "distance_holds": holds,
+            "convergence": {"converged": converged, "mean_loss": speed}}
+
+
+def _summary(variant, main, **companions):
+    return {"name": f"net-{variant}", "status": "ok", "run": {"network": "net", "variant": variant, "epochs": 10,
+                                                             "seed": 0},
+            "check": {}, "theta_star_eval": {}, **main, "companions": companions}
+
+
+def test_baseline_claim_passes_only_when_every_random_theta_star_is_rejected():
+    from validation.deep_report import baseline_claim
+    ok = [_summary("a", _path(True), random=_path(False)), _summary("b", _path(True), random=_path(False))]
+    assert baseline_claim(ok)["verdict"] == "PASS"
+    vacuous = [ok[0], _summary("b", _path(True), random=_path(True, neg=10, median=None))]
+    c = baseline_claim(vacuous)
+    assert c["verdict"] == "FAIL" and "1 of 2 runs" in c["why"] and "Fact 1" in c["why"]
+    assert c["numbers"] == {"net-a": "rejected", "net-b": "passes"}
+    assert baseline_claim([_summary("a", _path(True))])["verdict"] == "NOT APPLICABLE"
+
+
+def test_a_claim_that_flips_with_theta_star_is_fragile():
+    from validation.deep_report import baseline_claim, theta_star_sensitivity
+    from validation.claims import suite_claims
+    from validation.deep_report import _numbers
+    orders = {"net": [["none"], ["first"]]}
+    runs = [_summary("none", _path(True, gamma=1.0, speed=0.3), epoch0005=_path(True, gamma=3.0, speed=0.5),
+                     epoch0009=_path(True, gamma=1.0, speed=0.35)),
+            _summary("first", _path(True, gamma=2.0, speed=0.2), epoch0005=_path(True, gamma=2.0, speed=0.4),
+                     epoch0009=_path(True, gamma=2.0, speed=0.25))]
+    claims = suite_claims(orders, [_numbers(s) for s in runs])
+    claims.insert(1, baseline_claim(runs))
+    sens = theta_star_sensitivity(runs, orders, claims)
+    assert sens["theta_stars"] == ["last iterate", "50%", "90%"]
+    by = {c["claim"]: c for c in claims}
+    order = by["net gamma order (theory)"]
+    assert sens["verdicts"]["net gamma order (theory)"] == {"last iterate": "PASS", "50%": "FAIL", "90%": "PASS"}
+    assert order["fragile"] and "FRAGILE" in order["why"]
+    assert not by["net speed order"]["fragile"]  # the speed order holds against every theta*
+    assert not by["a random theta* is rejected (baseline)"]["fragile"]  # NOT APPLICABLE everywhere: no flip

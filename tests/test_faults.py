@@ -87,6 +87,7 @@ def _flip(p: Path) -> None:
     ("pass2_partial.npz", _truncate), ("pass2_partial.npz", _flip), ("pass1.json", _truncate),
     ("theta_star.pt", _truncate), ("theta_star.pt", _flip), ("setup.json", _truncate),
     ("checkpoints/epoch0001.pt", _flip), ("theta0.pt.sha256", lambda p: p.unlink()),
+    ("stars/epoch0002.pt", _truncate),
 ])
 def test_damaged_state_of_an_interrupted_run_is_remeasured(tmp_path, damage, reference):
     run = tmp_path / "run"

@@ -50,6 +50,9 @@ def test_unknown_names_list_the_choices():
     (["--suite", "bn", "--device", "quantum"], "unknown device 'quantum'"),
     (["--suite", "bn", "--preset", "paper"], "needs a GPU"),
     (["--suite", "bn", "--dataset", "cifar100", "--data-root", "/nonexistent"], "pass --download"),
+    (["--suite", "bn", "--labels", "shuffled"], "unknown labels 'shuffled'; choose one of: true, random"),
+    (["--suite", "bn", "--seeds", "0"], "Invalid value for '--seeds'"),
+    (["--suite", "bn", "--star-extend", "-1"], "Invalid value for '--star-extend'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, match, tmp_path):
     import torch
@@ -102,7 +105,14 @@ def test_smoke_suite_end_to_end(suite, tmp_path):
             assert r["replay_verified"]["final"] == "bitwise equal to theta*"
             assert (out / "runs" / r["name"] / "trace.npz").exists()
     names = [c["claim"] for c in rep["claims"]]
-    assert names[:2] == ["principle holds (Definition 1)", "distance never grows (Theorem 1 item 1)"]
+    assert names[:3] == ["principle holds (Definition 1)", "a random theta* is rejected (baseline)",
+                         "distance never grows (Theorem 1 item 1)"]
+    for r in rep["runs"]:  # every measured run carries its random baseline and the earlier theta*
+        if r["status"] == "ok":
+            assert set(r["companions"]) >= {"random"}, r["name"]
+            assert all(x["steps"] <= r["steps"] for x in r["companions"].values())
+    assert rep["sensitivity"]["theta_stars"][0] == "last iterate"
+    assert all("fragile" in c for c in rep["claims"])
     assert not any("correlation" in n for n in names)  # networks are never pooled
     for c in rep["claims"]:
         assert c["verdict"] in (PASS, FAIL, NA) and c["why"]
@@ -228,3 +238,43 @@ def test_data_that_cannot_serve_the_preset_is_refused(tmp_path, case, match):
     assert res.exit_code == 2 and match in res.output, res.output
     assert res.output.startswith("gpcheck: error:") and res.output.strip().count("\n") == 0
     assert not list((tmp_path / "out").rglob("trace.npz"))
+
+
+def test_seeds_multiply_runs_seed_major():
+    one, three = get_suite("skip", "cpu", 1), get_suite("skip", "cpu")
+    assert len(three.runs) == 3 * len(one.runs)  # the cpu preset's default: 3 seeds
+    assert [r.name for r in three.runs[:len(one.runs)]] == [r.name for r in one.runs]  # seed 0 keeps its names
+    assert [(r.seed, r.data_seed) for r in three.runs[-len(one.runs):]] == [(2, 2)] * len(one.runs)
+    assert three.runs[-1].name.endswith("-s2")
+    assert len(get_suite("skip", "paper").runs) == len(one.runs)  # paper: one seed by default
+
+
+@needs_archive
+def test_random_labels_and_seeds_end_to_end(tmp_path):
+    """--labels random --seeds 2: the reports sit in their own folder, every configuration runs
+    from two seeds, the labels are a seeded permutation (same class counts), and the report says so."""
+    import torch
+
+    from deep.runner import load_train_data
+
+    args = ["deep", "--suite", "skip", "--preset", "smoke", "--seeds", "2", "--labels", "random", "--out",
+            str(tmp_path), "--quiet"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "skip-smoke-cifar10-jpeg-random-labels"
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["labels"] == "random" and rep["seeds"] == 2 and "RANDOM LABELS" in rep["data"]
+    names = [r["name"] for r in rep["runs"]]
+    assert names == [r.name for r in get_suite("skip", "smoke", 2).runs] and "resnet18-all-s1" in names
+    assert {r["run"]["seed"] for r in rep["runs"]} == {0, 1}
+    assert all(r["seeds"] == 2 for r in rep["over_seeds"])
+    orders = [c for c in rep["claims"] if " order" in c["claim"]]
+    assert orders and all(set(c["per_seed"]) == {"s0", "s1"} for c in orders)
+    md = (out / "report.md").read_text()
+    assert "RANDOM LABELS" in md and "## Over seeds" in md and "## A random theta* (baseline)" in md
+    true, _, _ = load_train_data("cifar10-jpeg", 256, torch.device("cpu"))
+    rand, _, _ = load_train_data("cifar10-jpeg", 256, torch.device("cpu"), labels="random")
+    again, _, _ = load_train_data("cifar10-jpeg", 256, torch.device("cpu"), labels="random")
+    assert torch.equal(rand.labels, again.labels) and not torch.equal(rand.labels, true.labels)
+    assert torch.equal(torch.bincount(rand.labels), torch.bincount(true.labels))
+    assert torch.equal(rand.images, true.images)

@@ -25,6 +25,11 @@ What is compared, and why (written into every report):
 * Theorem 1 item 1 and "every per-step gamma is positive" follow from Definition 1 (with Fact 1's
   non-negative gaps), since ``dist_sq[k+1] - dist_sq[k] = -2 eta num_k`` exactly. They are shown
   as consequences, not as further confirmations.
+* **Seeds**: with several initializations per configuration, every order and agreement claim is
+  decided per seed and reported as the share of seeds in which it holds, with a 95% Clopper-Pearson
+  interval and a one-sided paired Wilcoxon signed-rank test of its margin over seeds. The verdict is
+  PASS when it holds in every seed where it can be decided, FAIL when it fails in one. The
+  claims about every run (the principle, its consequences, its premises) pool all runs.
 
 Verdicts are PASS, FAIL or NOT APPLICABLE, always with the numbers that decided them.
 """
@@ -58,10 +63,13 @@ class RunNumbers:
     distance_holds: bool | None = None
     min_gap: float | None = None  #: smallest loss gap l(theta_k) - l(theta*) on a step's batch
     star_accuracy: float | None = None  #: training-set accuracy at theta* (eval mode)
+    seed: int = 0
+    d1_undecidable: int = 0  #: steps whose sign float64 cannot decide (Definition 1's round-off bound)
+    d1_rests_on_undecidable: bool = False  #: the Definition 1 verdict flips without those steps
 
     @property
     def label(self) -> str:
-        return f"{self.network}/{self.variant}"
+        return f"{self.network}/{self.variant}" + (f"/s{self.seed}" if self.seed else "")
 
     @property
     def judged(self) -> bool:
@@ -117,6 +125,17 @@ def _broken(groups, values, larger_is_better: bool) -> list[str]:
     return out
 
 
+def _margin(groups, values, larger_is_better: bool) -> float | None:
+    """How far the order holds: the smallest gap between adjacent groups (positive: it holds)."""
+    gaps = []
+    for lo, hi in zip(groups, groups[1:]):
+        lo, hi = [values[v] for v in lo if v in values], [values[v] for v in hi if v in values]
+        if not lo or not hi:
+            return None
+        gaps.append(min(hi) - max(lo) if larger_is_better else min(lo) - max(hi))
+    return min(gaps) if gaps else None
+
+
 def speed_order_claim(network: str, groups: list[list[str]], runs: dict[str, RunNumbers]) -> dict:
     """The variants get faster from each group to the next (speed = mean training loss)."""
     name = f"{network} speed order"
@@ -128,10 +147,12 @@ def speed_order_claim(network: str, groups: list[list[str]], runs: dict[str, Run
     missing = [v for v in variants if v not in values]
     if missing:
         return _verdict(name, "order", statement, NA, numbers, f"no measured run for {', '.join(missing)}")
+    finite = {v: x for v, x in values.items() if math.isfinite(x)}
+    margin = _margin(groups, finite, larger_is_better=False) if len(finite) == len(values) else None
     broken = _broken(groups, values, larger_is_better=False)
     if broken:
-        return _verdict(name, "order", statement, FAIL, numbers, "; ".join(broken))
-    return _verdict(name, "order", statement, PASS, numbers, "the order holds")
+        return {**_verdict(name, "order", statement, FAIL, numbers, "; ".join(broken)), "margin": margin}
+    return {**_verdict(name, "order", statement, PASS, numbers, "the order holds"), "margin": margin}
 
 
 def _comparable(variants: list[str], runs: dict[str, RunNumbers], reading: str) -> tuple[dict, dict]:
@@ -171,10 +192,11 @@ def gamma_order_claim(network: str, groups: list[list[str]], runs: dict[str, Run
     if why:
         return _verdict(name, "order", statement, NA, numbers,
                         "not comparable: " + "; ".join(f"{v} {w}" for v, w in why.items()))
+    margin = _margin(groups, values, larger_is_better=True)
     broken = _broken(groups, values, larger_is_better=True)
     if broken:
-        return _verdict(name, "order", statement, FAIL, numbers, "; ".join(broken))
-    return _verdict(name, "order", statement, PASS, numbers, "the order holds")
+        return {**_verdict(name, "order", statement, FAIL, numbers, "; ".join(broken)), "margin": margin}
+    return {**_verdict(name, "order", statement, PASS, numbers, "the order holds"), "margin": margin}
 
 
 def agreement_claim(network: str, runs: dict[str, RunNumbers], reading: str) -> dict:
@@ -199,8 +221,9 @@ def agreement_claim(network: str, runs: dict[str, RunNumbers], reading: str) -> 
     numbers["kendall_tau"] = round(tau, 3)
     left_out = f" ({'; '.join(why)}: left out)" if why else ""
     if tau == 1.0:
-        return _verdict(name, "agreement", statement, PASS, numbers, f"same order, tau = 1{left_out}")
-    return _verdict(name, "agreement", statement, FAIL, numbers, f"tau = {tau:.2f}{left_out}")
+        return {**_verdict(name, "agreement", statement, PASS, numbers, f"same order, tau = 1{left_out}"),
+                "margin": tau}
+    return {**_verdict(name, "agreement", statement, FAIL, numbers, f"tau = {tau:.2f}{left_out}"), "margin": tau}
 
 
 def principle_claims(runs: list[RunNumbers]) -> list[dict]:
@@ -235,25 +258,84 @@ def principle_claims(runs: list[RunNumbers]) -> list[dict]:
             continue
         failing = [r.label for r in rows if not ok(get(r))]
         numbers = {r.label: fmt(get(r)) for r in rows}
+        edge = ""
+        if kind == "primary":  # Definition 1: say where float64 round-off decided a verdict
+            shaky = [r.label for r in rows if r.d1_rests_on_undecidable]
+            if shaky:
+                edge = (f"; the verdict of {', '.join(shaky)} rests only on steps undecidable at float64 "
+                        "(|num| within round-off of 0)")
+                if failing and set(failing) <= set(shaky):
+                    edge += ": this FAIL rests on them alone"
         if failing:
             out.append(_verdict(name, kind, statement, FAIL, numbers,
-                                f"{len(failing)} of {len(rows)} runs break it: {', '.join(failing)}"))
+                                f"{len(failing)} of {len(rows)} runs break it: {', '.join(failing)}{edge}"))
         else:
-            out.append(_verdict(name, kind, statement, PASS, numbers, f"all {len(rows)} runs"))
+            out.append(_verdict(name, kind, statement, PASS, numbers, f"all {len(rows)} runs{edge}"))
     return out
 
 
-def suite_claims(expected_order: dict[str, list[list[str]]], runs: list[RunNumbers]) -> list[dict]:
-    """Every claim of a suite: the principle, then per network its speed and gamma orders (where
-    the paper states one) and the gamma-speed agreement, in both readings."""
+def _network_claims(expected_order: dict[str, list[list[str]]], runs: list[RunNumbers]) -> list[dict]:
+    """Per network: its speed and gamma orders (where the paper states one) and the gamma-speed
+    agreement, in both readings, from the runs of one seed."""
     by_net: dict[str, dict[str, RunNumbers]] = {}
     for r in runs:
         by_net.setdefault(r.network, {})[r.variant] = r
-    claims = principle_claims(runs)
+    claims = []
     for net, variants in by_net.items():
         groups = expected_order.get(net)
         if groups:
             claims.append(speed_order_claim(net, groups, variants))
             claims += [gamma_order_claim(net, groups, variants, reading) for reading in READINGS]
         claims += [agreement_claim(net, variants, reading) for reading in READINGS]
+    return claims
+
+
+def over_seeds(per_seed: dict[int, dict]) -> dict:
+    """One claim decided in several seeds: the share of seeds in which it holds (95% Clopper-Pearson
+    interval) and a one-sided paired Wilcoxon signed-rank test that its margin is positive."""
+    first = next(iter(per_seed.values()))
+    decided = {s: c for s, c in per_seed.items() if c["verdict"] != NA}
+    held = [s for s, c in decided.items() if c["verdict"] == PASS]
+    numbers = {f"s{s}": c["verdict"] for s, c in per_seed.items()}
+    out = {k: first[k] for k in ("claim", "kind", "statement")}
+    out["per_seed"] = {f"s{s}": {"verdict": c["verdict"], "numbers": c["numbers"], "why": c["why"]}
+                       for s, c in per_seed.items()}
+    if not decided:
+        return {**out, "verdict": NA, "numbers": numbers, "why": f"not decidable in any of {len(per_seed)} seeds: "
+                + per_seed[min(per_seed)]["why"]}
+    n, k = len(decided), len(held)
+    ci = stats.binomtest(k, n).proportion_ci(0.95)
+    numbers.update({"holds in": f"{k} of {n} seeds", "95% CI": f"{ci.low:.2f}-{ci.high:.2f}"})
+    margins = [c["margin"] for c in decided.values() if c.get("margin") is not None]
+    test = ""
+    if len(margins) == n and n >= 2 and any(m != 0 for m in margins):
+        kind = "tau" if first["kind"] == "agreement" else "margin"
+        p = float(stats.wilcoxon(margins, alternative="greater").pvalue) if first["kind"] != "agreement" else None
+        numbers[f"mean {kind}"] = fmt(float(sum(margins) / n))
+        if p is not None:
+            numbers["paired Wilcoxon p"] = fmt(p)
+            test = (f"; paired Wilcoxon signed-rank p = {p:.3g} (one-sided"
+                    + (f"; with {n} seeds p cannot go below {0.5 ** n:.3g})" if 0.5 ** n >= ALPHA else ")"))
+    undecided = len(per_seed) - n
+    extra = f", not decidable in {undecided}" if undecided else ""
+    verdict = PASS if k == n else FAIL
+    return {**out, "verdict": verdict, "numbers": numbers,
+            "why": f"holds in {k} of {n} seeds{extra} (95% CI {ci.low:.2f}-{ci.high:.2f}){test}"}
+
+
+ALPHA = 0.05
+
+
+def suite_claims(expected_order: dict[str, list[list[str]]], runs: list[RunNumbers]) -> list[dict]:
+    """Every claim of a suite: the principle over every run, then per network its orders and
+    gamma-speed agreement, decided per seed and, with several seeds, summarized over them."""
+    claims = principle_claims(runs)
+    seeds = sorted({r.seed for r in runs})
+    per_seed = {s: _network_claims(expected_order, [r for r in runs if r.seed == s]) for s in seeds}
+    if len(seeds) == 1:
+        return claims + per_seed[seeds[0]]
+    names = [c["claim"] for c in per_seed[seeds[0]]]
+    for name in names:
+        claims.append(over_seeds({s: next(c for c in per_seed[s] if c["claim"] == name) for s in seeds
+                                  if any(c["claim"] == name for c in per_seed[s])}))
     return claims

@@ -156,6 +156,11 @@ def _summary(path: str, trace, result) -> str:
     if d1["n_violating"]:
         viol_text += (f" ({d1['n_own_infeasible']} infeasible on their own, {d1['n_conflicting']} "
                       f"in conflict); first: {', '.join(map(str, viol))}")
+    if d1.get("n_undecidable"):
+        viol_text += (f"; {d1['n_undecidable']} step(s) undecidable at float64 (|num| within round-off of 0: "
+                      f"{', '.join(map(str, d1['undecidable_steps'][:10]))})")
+        if d1.get("rests_on_undecidable"):
+            viol_text += "; the verdict rests on them alone"
     lines = [
         f"trace: {path}",
         f"  {len(trace)} steps, {n_epochs} epoch(s), lr {fmt3(trace.lr)}, dist0_sq {fmt3(trace.dist0_sq)}",
@@ -212,10 +217,19 @@ def _choice_error(kind: str, value: str, choices) -> NoReturn:
 @click.option("--threads", default=None, type=click.IntRange(1, 1024),
               help="CPU threads of torch (default: torch's, one per core); a run resumes only with the "
                    "thread count it started with")
+@click.option("--seeds", default=None, type=click.IntRange(1, 1000),
+              help="initializations (with their samplers) per configuration; default: the preset's "
+                   "(1 for paper and smoke, 3 for lite and cpu)")
+@click.option("--labels", default="true", show_default=True,
+              help="true, or random: the labels permuted at random (seeded), so the networks memorize noise; "
+                   "the reports go to OUT/<suite>-<preset>-<dataset>-random-labels/")
+@click.option("--star-extend", default=0.0, show_default=True, type=click.FloatRange(0, 10),
+              help="also judge every path against a theta* trained this fraction of the epochs longer (0: not)")
 @click.option("--out", "out_root", default="reports", show_default=True,
               help="root of the reports: OUT/<suite>-<preset>-<dataset>/ and the index OUT/README.md")
 @click.option("--quiet", is_flag=True, help="no progress bars")
-def deep(suite, preset, dataset, data_root, download, device, threads, out_root, quiet) -> None:
+def deep(suite, preset, dataset, data_root, download, device, threads, seeds, labels, star_extend, out_root,
+         quiet) -> None:
     """Measure a suite of the paper's CIFAR experiments exactly and write its report.
 
     Rerunning the same command skips finished runs and resumes an interrupted one from its last
@@ -227,7 +241,7 @@ def deep(suite, preset, dataset, data_root, download, device, threads, out_root,
     from deep.data import DataError
     from deep.env import resolve_device
     from deep.measure import RunMismatch
-    from deep.runner import DATASET_CHOICES, resolve_datasets, run_suite
+    from deep.runner import DATASET_CHOICES, LABELS, resolve_datasets, run_suite
     from deep.suites import PRESETS, SUITES
 
     from .deep_report import build_report
@@ -238,6 +252,8 @@ def deep(suite, preset, dataset, data_root, download, device, threads, out_root,
         _choice_error("preset", preset, PRESETS)
     if dataset is not None and dataset not in DATASET_CHOICES:
         _choice_error("data set", dataset, DATASET_CHOICES)
+    if labels not in LABELS:
+        _choice_error("labels", labels, LABELS)
     try:
         dev = resolve_device(device)
     except ValueError as exc:
@@ -256,7 +272,8 @@ def deep(suite, preset, dataset, data_root, download, device, threads, out_root,
     try:
         for ds in resolve_datasets(dataset, preset):
             out = run_suite(suite, preset, ds, data_root=data_root, download=download, device=device,
-                            out_root=out_root, progress=not quiet, command=argv)[0]
+                            out_root=out_root, progress=not quiet, command=argv, seeds=seeds, labels=labels,
+                            star_extend=star_extend)[0]
             build_report(out)
             errors += _print_suite_summary(out)
             _write_index(out_root)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deep.measure import load_companions
 from deep.runner import read_manifest
 from deep.suites import ASSUMPTIONS, PRESET_TABLE, SUITES, get_suite
 from gamma_theory import Trace, TraceError, check_trace, load_trace
@@ -104,9 +105,10 @@ def summarize_run(run_dir: Path, expected: dict | None = None, manifest_entry: d
         return _error(name, f"{run_dir} holds the trace of another run ({spec.get('network')}-{spec.get('variant')}, "
                       f"{spec.get('epochs')} epochs)", todo), None
     result = check_trace(trace)
-    d1 = result.definition_1
-    gaps = trace.gap
-    paper_gamma = gamma_summary(trace)
+    try:
+        companions = load_companions(run_dir, meta)
+    except TraceError as exc:
+        return _error(name, str(exc), todo), None
     summary = {
         "name": name,
         "status": meta.get("status", "ok"),
@@ -115,23 +117,13 @@ def summarize_run(run_dir: Path, expected: dict | None = None, manifest_entry: d
         "steps": len(trace),
         "epochs_measured": meta.get("epochs_measured"),
         "num_params": meta.get("num_params"),
-        "dist0": math.sqrt(trace.dist0_sq),
-        "theory": {
-            "holds": d1.holds,
-            "gamma_max": d1.gamma_max,
-            "gamma_max_x_dist0_sq": None if d1.gamma_max is None else d1.gamma_max * trace.dist0_sq,
-        },
-        "paper": {
-            "gamma_median": paper_gamma,
-            "gamma_median_x_dist0_sq": None if paper_gamma is None else paper_gamma * trace.dist0_sq,
-            "share_positive": d1.share_positive,
-        },
-        "negative_gap_steps": int((gaps < 0).sum()),
-        "min_gap": float(gaps.min()),
-        "convergence": convergence(trace, num_classes),
+        **path_numbers(trace, num_classes, result),
         "theta_star_eval": meta.get("theta_star_eval"),
         "check": result.to_dict(),
         "verdict": "PASS" if result.holds else "FAIL",
+        "companions": {c: {"theta_star": tr.meta.get("theta_star"), "steps": len(tr), **path_numbers(tr, num_classes)}
+                       for c, tr in companions.items()},
+        "companions_unjudged": meta.get("companions_unjudged") or {},
         "pass1": meta.get("pass1"),
         "pass2": meta.get("pass2"),
         "env": meta.get("env"),
@@ -140,23 +132,57 @@ def summarize_run(run_dir: Path, expected: dict | None = None, manifest_entry: d
     return summary, trace
 
 
-def _numbers(s: dict) -> RunNumbers:
+def path_numbers(trace: Trace, num_classes: int | None, result=None) -> dict:
+    """What the report says about one path against one theta*: both gamma readings, the distance,
+    the gaps, convergence, and Definition 1's verdict (with its undecidable steps)."""
+    result = result or check_trace(trace)
+    d1 = result.definition_1
+    gaps = trace.gap
+    paper_gamma = gamma_summary(trace)
+    return {
+        "dist0": math.sqrt(trace.dist0_sq),
+        "theory": {
+            "holds": d1.holds,
+            "gamma_max": d1.gamma_max,
+            "gamma_max_x_dist0_sq": None if d1.gamma_max is None else d1.gamma_max * trace.dist0_sq,
+            "n_violating": int(d1.violating_steps.size),
+            "n_undecidable": int(d1.undecidable_steps.size),
+            "rests_on_undecidable": d1.rests_on_undecidable,
+        },
+        "paper": {
+            "gamma_median": paper_gamma,
+            "gamma_median_x_dist0_sq": None if paper_gamma is None else paper_gamma * trace.dist0_sq,
+            "share_positive": d1.share_positive,
+        },
+        "negative_gap_steps": int((gaps < 0).sum()),
+        "min_gap": float(gaps.min()),
+        "distance_holds": result.distance.holds,
+        "convergence": convergence(trace, num_classes),
+    }
+
+
+def _numbers(s: dict, companion: str | None = None) -> RunNumbers:
+    """The claims' view of a run: against its theta*, or against one of its companion theta*."""
     run = s.get("run") or {}
-    network, variant = run.get("network"), run.get("variant")
-    if network is None:  # error/missing runs: the folder name is network-variant
+    network, variant, seed = run.get("network"), run.get("variant"), run.get("seed", 0)
+    if network is None:  # error/missing runs: the folder name is network-variant[-sN]
         network, _, variant = s["name"].partition("-")
-    chk = s.get("check")
-    if not chk:
-        return RunNumbers(network, variant, s["status"])
-    conv, ev = s["convergence"], s.get("theta_star_eval") or {}
+        variant, _, sd = variant.partition("-s")
+        seed = int(sd) if sd.isdigit() else 0
+    src = s if companion is None else (s.get("companions") or {}).get(companion)
+    if "check" not in s or src is None:
+        return RunNumbers(network, variant, s["status"] if companion is None else "missing", seed=seed)
+    conv, ev = src["convergence"], s.get("theta_star_eval") or {}
     return RunNumbers(
         network=network, variant=variant, status=s["status"],
         converged=conv["converged"] and s["status"] == "ok",
-        d1_holds=chk["definition_1"]["holds"],
-        gamma_theory=s["theory"]["gamma_max"], gamma_paper=s["paper"]["gamma_median"], dist0=s["dist0"],
-        speed=conv["mean_loss"], share_positive=chk["definition_1"]["share_positive"],
-        distance_holds=chk["theorem_1"]["distance_monotone"]["holds"], min_gap=s["min_gap"],
-        star_accuracy=(ev.get("eval") or {}).get("accuracy"),
+        d1_holds=src["theory"]["holds"],
+        gamma_theory=src["theory"]["gamma_max"], gamma_paper=src["paper"]["gamma_median"], dist0=src["dist0"],
+        speed=conv["mean_loss"], share_positive=src["paper"]["share_positive"],
+        distance_holds=src["distance_holds"], min_gap=src["min_gap"],
+        star_accuracy=(ev.get("eval") or {}).get("accuracy") if companion is None else None, seed=seed,
+        d1_undecidable=src["theory"].get("n_undecidable", 0),
+        d1_rests_on_undecidable=bool(src["theory"].get("rests_on_undecidable")),
     )
 
 
@@ -199,7 +225,7 @@ def build_report(out_dir: str | Path) -> dict:
             suite_info = {k: meta.get(k) for k in ("suite", "preset", "dataset", "data")}
             break
     suite_name, preset_name = suite_info.get("suite"), suite_info.get("preset") or "paper"
-    suite = get_suite(suite_name, preset_name) if suite_name in SUITES else None
+    suite = get_suite(suite_name, preset_name, suite_info.get("seeds") or 1) if suite_name in SUITES else None
     specs = {r.name: r.to_dict() for r in suite.runs} if suite else {}
     rerun = f"rerun `{suite_info['command']}`" if suite_info.get("command") else "rerun the suite's command"
     summaries = []
@@ -215,8 +241,10 @@ def build_report(out_dir: str | Path) -> dict:
     if not summaries:
         raise ReportError(f"{out}: runs/ is empty; nothing to report")
     preset = PRESET_TABLE.get(preset_name)
-    claims = suite_claims(suite.orders_for(suite_info.get("dataset")) if suite else {},
-                          [_numbers(s) for s in summaries])
+    orders = suite.orders_for(suite_info.get("dataset")) if suite else {}
+    claims = suite_claims(orders, [_numbers(s) for s in summaries])
+    claims.insert(1, baseline_claim(summaries))
+    sensitivity = theta_star_sensitivity(summaries, orders, claims)
 
     fig_rel = None
     if traces:
@@ -241,6 +269,9 @@ def build_report(out_dir: str | Path) -> dict:
         "command": suite_info.get("command"),
         "device": suite_info.get("device"),
         "threads": suite_info.get("threads"),
+        "seeds": suite_info.get("seeds") or 1,
+        "labels": suite_info.get("labels") or "true",
+        "extras": suite_info.get("extras"),
         "assumptions": suite_info.get("assumptions", ASSUMPTIONS),
         "preset_description": suite_info.get("preset_description"),
         "started_utc": suite_info.get("started_utc"),
@@ -251,11 +282,99 @@ def build_report(out_dir: str | Path) -> dict:
         "measures": MEASURES,
         "runs": summaries,
         "claims": claims,
+        "sensitivity": sensitivity,
+        "over_seeds": seed_table(summaries),
         "figure": fig_rel,
     }
     write_text(out / "report.json", json.dumps(jsonable(report), indent=2))
     write_text(out / "report.md", render_markdown(report))
     return report
+
+
+def _candidate_label(s: dict, name: str) -> str:
+    """A companion theta* named for how far into the run it lies: "50%" for the iterate half-way,
+    "last + 50%" for one trained half the epochs longer."""
+    epochs = (s.get("run") or {}).get("epochs") or 1
+    if name.startswith("epoch"):
+        return f"{round(100 * int(name[5:]) / epochs)}%"
+    if name == "extended":
+        return "trained longer"
+    return name
+
+
+def baseline_claim(summaries: list[dict]) -> dict:
+    """The skeptic's first question: does a meaningless theta* pass too?"""
+    rows = {s["name"]: s["companions"]["random"]["theory"]["holds"] for s in summaries
+            if "random" in (s.get("companions") or {})}
+    statement = ("for every run, the same path judged against a random theta* (the distance of the real theta* "
+                 "from theta_0, a random direction) breaks Definition 1: the check tells a real minimizer from a "
+                 "meaningless point")
+    name = "a random theta* is rejected (baseline)"
+    if not rows:
+        return {"claim": name, "kind": "baseline", "statement": statement, "verdict": NA, "numbers": {},
+                "why": "no run recorded a random theta*"}
+    passing = [n for n, holds in rows.items() if holds]
+    numbers = {n: ("passes" if h else "rejected") for n, h in rows.items()}
+    if passing:
+        rand = {s["name"]: s["companions"]["random"] for s in summaries if s["name"] in passing}
+        vacuous = [n for n in passing if rand[n]["paper"]["gamma_median"] is None]  # no step with a positive gap
+        detail = "; ".join(f"{n} ({rand[n]['negative_gap_steps']} steps with a loss below the random point's"
+                           + (", none above: it passes only because the random point is no minimizer, which "
+                              "Fact 1 rules out" if n in vacuous else "") + ")" for n in passing)
+        return {"claim": name, "kind": "baseline", "statement": statement, "verdict": FAIL, "numbers": numbers,
+                "why": f"the random theta* satisfies Definition 1 in {len(passing)} of {len(rows)} runs: {detail}"}
+    return {"claim": name, "kind": "baseline", "statement": statement, "verdict": PASS, "numbers": numbers,
+            "why": f"rejected in all {len(rows)} runs"}
+
+
+def theta_star_sensitivity(summaries: list[dict], orders: dict, claims: list[dict]) -> dict:
+    """The suite's claims decided again with each earlier (or later) theta*, on the steps before it.
+    A claim that PASSes with one theta* and FAILs with another is marked fragile in ``claims``."""
+    labels: dict[str, dict[str, str]] = {}  # label -> run name -> companion name
+    for s in summaries:
+        for c in s.get("companions") or {}:
+            if c != "random":
+                labels.setdefault(_candidate_label(s, c), {})[s["name"]] = c
+    verdicts: dict[str, dict[str, str]] = {c["claim"]: {"last iterate": c["verdict"]} for c in claims}
+    for label, names in sorted(labels.items()):
+        runs = [_numbers(s, names.get(s["name"], "-")) for s in summaries]
+        for c in suite_claims(orders, runs):
+            verdicts.setdefault(c["claim"], {})[label] = c["verdict"]
+    for c in claims:
+        v = verdicts.get(c["claim"], {})
+        flips = {PASS, FAIL} <= set(v.values())
+        c["fragile"] = flips
+        if flips:
+            c["why"] += " | FRAGILE: " + ", ".join(f"{k}: {x}" for k, x in v.items())
+    return {"theta_stars": ["last iterate"] + sorted(labels), "verdicts": verdicts}
+
+
+def seed_table(summaries: list[dict]) -> list[dict]:
+    """Per configuration (network, variant), its numbers over seeds: how many converged and obey
+    Definition 1, and the mean and spread of the dimensionless gammas and of speed."""
+    groups: dict[tuple, list[dict]] = {}
+    for s in summaries:
+        r = s.get("run") or {}
+        if "check" in s:
+            groups.setdefault((r.get("network"), r.get("variant")), []).append(s)
+
+    def stat(vals):
+        vals = [v for v in vals if v is not None]
+        if not vals:
+            return None
+        return {"mean": float(np.mean(vals)), "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+                "n": len(vals)}
+
+    return [{
+        "network": net, "variant": var, "seeds": len(rows),
+        "converged": sum(bool(x["convergence"]["converged"]) for x in rows),
+        "d1_holds": sum(bool(x["theory"]["holds"]) for x in rows),
+        "gamma_max_x_dist0_sq": stat([x["theory"]["gamma_max_x_dist0_sq"] for x in rows]),
+        "paper_median_x_dist0_sq": stat([x["paper"]["gamma_median_x_dist0_sq"] for x in rows]),
+        "speed": stat([x["convergence"]["mean_loss"] for x in rows]),
+        "random_rejected": sum(not x["companions"]["random"]["theory"]["holds"] for x in rows
+                               if "random" in (x.get("companions") or {})),
+    } for (net, var), rows in groups.items()]
 
 
 MEASURES = {
@@ -278,11 +397,14 @@ def _verdict_cell(v: str, evidence: bool) -> str:
 
 
 def _label(s: dict) -> str:
+    """``network | variant``, the variant with its seed when it is not 0: "all (seed 2)"."""
     r = s.get("run") or {}
     if r:
-        return f"{r.get('network')} | {r.get('variant')}"
+        seed = r.get("seed") or 0
+        return f"{r.get('network')} | {r.get('variant')}" + (f" (seed {seed})" if seed else "")
     net, _, var = s["name"].partition("-")
-    return f"{net} | {var}"
+    var, _, sd = var.partition("-s")
+    return f"{net} | {var}" + (f" (seed {sd})" if sd.isdigit() and sd != "0" else "")
 
 
 def _status_cell(s: dict) -> str | None:
@@ -336,6 +458,10 @@ def _gamma_cells(s: dict) -> list[str]:
     viol = f"{d1['n_violating']}/{d1['n_steps']}"
     if d1["n_violating"]:
         viol += f" ({d1['n_own_infeasible']} alone, {d1['n_conflicting']} in conflict)"
+    if d1.get("n_undecidable"):
+        viol += f"; {d1['n_undecidable']} undecidable at float64"
+        if d1.get("rests_on_undecidable"):
+            viol += " (the verdict rests on them alone)"
     return [
         fmt3(s["dist0"]), "yes" if th["holds"] else "no", feasible_set(d1), fmt3(th["gamma_max"]),
         fmt3(th["gamma_max_x_dist0_sq"]), viol, f"{s['negative_gap_steps']} (min gap {fmt3(s['min_gap'])})",
@@ -348,6 +474,76 @@ def _theorem_cells(s: dict, evidence: bool) -> list[str]:
     t1 = c["theorem_1"]
     return [item1_cell(t1["distance_monotone"]), item2_cell(t1["loss_convergence"]), item3_cell(t1["rate_bound"]),
             identity_cell(c["recording_identity"]), _verdict_cell(s["verdict"], evidence)]
+
+
+def _d1_cell(x: dict) -> str:
+    th = x["theory"]
+    if th["holds"]:
+        return f"yes, γ_max·‖θ0−θ*‖² {fmt3(th['gamma_max_x_dist0_sq'])}"
+    return f"no ({th['n_violating']} steps)"
+
+
+def _baseline_section(rep: dict) -> list[str]:
+    runs = [s for s in rep["runs"] if "random" in (s.get("companions") or {})]
+    if not runs:
+        return ["", "## A random theta* (baseline)", "", "Not recorded in this report's runs.", ""]
+    out = ["", "## A random theta* (baseline)", "",
+           "The same path judged against a meaningless theta*: a point at the real theta*'s distance from theta_0, "
+           "in a random direction (seeded; the seed is in each run's companions/random.json). If the principle "
+           "held there too, \"the principle holds\" would say nothing about minimizers.", "",
+           "| run | real theta*: Definition 1 | share positive | random theta*: Definition 1 | share positive | "
+           "negative-gap steps | median γ·‖θ0−θ*‖² (paper) |",
+           "|---|---|---|---|---|---|---|"]
+    for s in runs:
+        r = s["companions"]["random"]
+        out.append(f"| {s['name']} | {_d1_cell(s)} | {pct(s['paper']['share_positive'])} | {_d1_cell(r)} | "
+                   f"{pct(r['paper']['share_positive'])} | {r['negative_gap_steps']}/{s['steps']} | "
+                   f"{fmt3(r['paper']['gamma_median_x_dist0_sq'])} |")
+    return out
+
+
+def _sensitivity_section(rep: dict) -> list[str]:
+    sens = rep.get("sensitivity") or {}
+    stars = sens.get("theta_stars") or []
+    if len(stars) < 2:
+        return ["", "## Sensitivity to theta*", "", "No earlier or later theta* was recorded in this report's runs.", ""]
+    out = ["", "## Sensitivity to theta*", "",
+           "Every claim decided again with theta* = the iterate at 50%, 75% and 90% of the epochs (each judged on "
+           "the steps before it) and, where recorded, a theta* trained longer. A claim that PASSes with one theta* "
+           "and FAILs with another is marked fragile in the claims table (NOT APPLICABLE does not count: early "
+           "iterates are rarely converged).", "",
+           "| claim | " + " | ".join(stars) + " |", "|---|" + "---|" * len(stars)]
+    for claim, v in sens["verdicts"].items():
+        out.append(f"| {claim} | " + " | ".join(v.get(t, "") for t in stars) + " |")
+    out += ["", "Per run, Definition 1 against each theta*:", "",
+            "| run | last iterate | " + " | ".join(stars[1:]) + " |", "|---|---|" + "---|" * (len(stars) - 1)]
+    for s in rep["runs"]:
+        if "check" not in s:
+            continue
+        by_label = {_candidate_label(s, c): x for c, x in (s.get("companions") or {}).items() if c != "random"}
+        out.append(f"| {s['name']} | {_d1_cell(s)} | "
+                   + " | ".join(_d1_cell(by_label[t]) if t in by_label else "n/a" for t in stars[1:]) + " |")
+    return out
+
+
+def _seeds_section(rep: dict) -> list[str]:
+    rows = rep.get("over_seeds") or []
+    if (rep.get("seeds") or 1) < 2 or not rows:
+        return []
+
+    def ms(x):
+        return "n/a" if x is None else f"{fmt3(x['mean'])} ± {fmt3(x['sd'])}"
+
+    out = ["", "## Over seeds", "",
+           f"Each configuration from {rep['seeds']} initializations (seed s also seeds the sampler). Mean ± standard "
+           "deviation over the seeds where the number exists.", "",
+           "| network | variant | seeds | converged | Definition 1 holds | γ_max·‖θ0−θ*‖² | paper median γ·‖θ0−θ*‖² | "
+           "speed (mean loss) | random theta* rejected |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['network']} | {r['variant']} | {r['seeds']} | {r['converged']} | {r['d1_holds']} | "
+                   f"{ms(r['gamma_max_x_dist0_sq'])} | {ms(r['paper_median_x_dist0_sq'])} | {ms(r['speed'])} | "
+                   f"{r['random_rejected']} |")
+    return out
 
 
 def _timing_row(s: dict) -> str:
@@ -452,8 +648,9 @@ def render_markdown(rep: dict) -> str:
     ]
     for c in rep["claims"]:
         nums = ", ".join(f"{k}: {v}" for k, v in c["numbers"].items())
-        lines.append(f"| {c['claim']} | {c.get('kind', '')} | {_verdict_cell(c['verdict'], evidence)} | "
-                     f"{c['statement']} | {nums} | {c['why']} |")
+        verdict = _verdict_cell(c["verdict"], evidence) + (" (fragile)" if c.get("fragile") else "")
+        lines.append(f"| {c['claim']} | {c.get('kind', '')} | {verdict} | {c['statement']} | {nums} | {c['why']} |")
+    lines += _baseline_section(rep) + _sensitivity_section(rep) + _seeds_section(rep)
     threshold = next((s["convergence"]["loss_threshold"] for s in rep["runs"] if "convergence" in s), None)
     lines += [
         "",
