@@ -439,15 +439,48 @@ def _star_path(workdir: Path, epoch: int) -> Path:
     return workdir / "stars" / f"epoch{epoch:04d}.pt"
 
 
+def _read_summary(path: Path) -> dict:
+    """A pass's summary file (pass1.json, pass1b.json); damaged: :class:`StateDamaged`."""
+    try:
+        return read_json(path)
+    except BadFile as exc:
+        raise StateDamaged.from_bad_file(exc) from None
+
+
+def _from_checkpoint(fresh_model, optimizer_fn, data: DeviceData, setup: dict, path: Path):
+    """``(model, optimizer, sampler)`` exactly as pass 1 left them at the checkpoint ``path``."""
+    st = load_state(path, data.device)
+    model = fresh_model()
+    model.load_state_dict(st["model"])
+    opt = optimizer_fn(model.parameters())
+    opt.load_state_dict(st["optimizer"])
+    sampler = CyclicSampler(len(data), setup["batch_size"], setup["data_seed"])
+    sampler.load_state_dict(st["sampler"])
+    return model, opt, sampler
+
+
+def train_epoch(model, opt, sampler: CyclicSampler, data: DeviceData, loss_fn=F.cross_entropy) -> torch.Tensor:
+    """One epoch of plain training, as pass 1 runs it (and every replay of it must): the loss of
+    every step, on the device (no host sync)."""
+    batches = sampler.next_epoch(data.device)
+    losses = torch.empty(len(batches), device=data.device)
+    model.train()
+    for i, idx in enumerate(batches):
+        x, y = data.batch(idx)
+        loss = loss_fn(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses[i] = loss.detach()
+    return losses
+
+
 def _pass1(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extras: Extras, progress, desc) -> dict:
     """Train, checkpoint, save theta* and evaluate it; returns the pass-1 summary (pass1.json).
     The iterates the sensitivity check takes as earlier theta* are saved as they pass."""
     summary_path = workdir / "pass1.json"
     if summary_path.exists():
-        try:
-            return read_json(summary_path)
-        except BadFile as exc:
-            raise StateDamaged.from_bad_file(exc) from None
+        return _read_summary(summary_path)
     device = data.device
     model = fresh_model()
     opt = optimizer_fn(model.parameters())
@@ -474,17 +507,7 @@ def _pass1(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extra
     bar = _bar(range(start, epochs), progress, f"{desc} pass 1", start, epochs)
     for epoch in bar:
         state_before = _copy_state(model)
-        batches = sampler.next_epoch(device)
-        ep_loss = torch.empty(len(batches), device=device)
-        model.train()
-        for i, idx in enumerate(batches):
-            x, y = data.batch(idx)
-            loss = loss_fn(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            ep_loss[i] = loss.detach()
-        host = ep_loss.cpu().numpy().astype(np.float64)  # the one sync of the epoch
+        host = train_epoch(model, opt, sampler, data, loss_fn).cpu().numpy().astype(np.float64)  # the epoch's sync
         diverged = _divergence(host, model, state_before, epoch, sum(map(len, losses)))
         if diverged:
             # The iterate that starts the diverging epoch may already give an infinite loss, so
@@ -560,33 +583,14 @@ def _extend(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extr
         return None
     path = workdir / "pass1b.json"
     if path.exists():
-        try:
-            return read_json(path)
-        except BadFile as exc:
-            raise StateDamaged.from_bad_file(exc) from None
-    device = data.device
-    st = load_state(_ckpt_path(workdir, setup["epochs"]), device)
-    model = fresh_model()
-    model.load_state_dict(st["model"])
-    opt = optimizer_fn(model.parameters())
-    opt.load_state_dict(st["optimizer"])
-    sampler = CyclicSampler(len(data), setup["batch_size"], setup["data_seed"])
-    sampler.load_state_dict(st["sampler"])
-    del st
+        return _read_summary(path)
+    model, opt, sampler = _from_checkpoint(fresh_model, optimizer_fn, data, setup, _ckpt_path(workdir, setup["epochs"]))
     model.train()
     t0, done, why = time.perf_counter(), 0, None
     for epoch in _bar(range(setup["epochs"], setup["epochs"] + more), progress, f"{desc} theta* extended",
                       setup["epochs"], setup["epochs"] + more):
         state_before = _copy_state(model)
-        batches = sampler.next_epoch(device)
-        ep = torch.empty(len(batches), device=device)
-        for i, idx in enumerate(batches):
-            x, y = data.batch(idx)
-            loss = loss_fn(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            ep[i] = loss.detach()
+        ep = train_epoch(model, opt, sampler, data, loss_fn)
         why = _divergence(ep.cpu().numpy().astype(np.float64), model, state_before, epoch, 0)
         if why:
             break
@@ -708,14 +712,7 @@ def _pass2(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extra
 
     width = BASE + PER_STAR * len(stars)
     prior, prior_step, prior_epoch, start, wall_before = _load_partial(workdir, p1, width, setup["lr"], dist0_sq[0])
-    st = load_state(_ckpt_path(workdir, start), device)
-    model = fresh_model()
-    model.load_state_dict(st["model"])
-    opt = optimizer_fn(model.parameters())
-    opt.load_state_dict(st["optimizer"])
-    sampler = CyclicSampler(len(data), setup["batch_size"], setup["data_seed"])
-    sampler.load_state_dict(st["sampler"])
-    del st
+    model, opt, sampler = _from_checkpoint(fresh_model, optimizer_fn, data, setup, _ckpt_path(workdir, start))
     rec = PathRecorder(model.parameters(), star_flat, setup["lr"], dist0_sq=dist0_sq,
                        first_step=len(prior) if prior is not None else 0, until=[u for _, _, _, u in stars],
                        record_grad=extras.record_grad)

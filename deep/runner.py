@@ -113,14 +113,20 @@ def run_one(spec: RunSpec, data: DeviceData, num_classes: int, workdir: Path, me
 
 
 @contextmanager
-def locked(path: Path) -> Iterator[None]:
+def locked(path: Path, blocking: bool = True) -> Iterator[bool]:
     """An exclusive advisory lock on ``path`` (created if absent) for the block: two processes
-    working on one suite folder never measure the same run, or update the manifest, at once."""
+    working on one suite folder never measure the same run, or update the manifest, at once.
+    Yields whether the lock is held: with ``blocking=False`` it is not when another process
+    holds it, and the block should leave the run to that process."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
@@ -154,18 +160,19 @@ def _record_in_manifest(out: Path, name: str, run: MeasuredRun | None, error: st
 
 def write_suite_info(out: Path, info: dict, wall_s: float = 0.0) -> None:
     """``suite.json``: keeps the first start time across resumed invocations, and adds ``wall_s``
-    to the suite's wall time over all of them."""
+    to the suite's wall time over all of them (under a lock: workers of one suite share it)."""
     path = out / "suite.json"
-    before = {}
-    if path.exists():
-        try:
-            before = read_json(path)
-            before = before if isinstance(before, dict) else {}
-        except BadFile:
-            pass  # a damaged suite.json is rewritten whole
-    info["started_utc"] = before.get("started_utc", info["started_utc"])
-    info["wall_s"] = float(before.get("wall_s") or 0.0) + wall_s
-    write_json(path, info)
+    with locked(out / ".suite.lock"):
+        before = {}
+        if path.exists():
+            try:
+                before = read_json(path)
+                before = before if isinstance(before, dict) else {}
+            except BadFile:
+                pass  # a damaged suite.json is rewritten whole
+        info["started_utc"] = before.get("started_utc", info["started_utc"])
+        info["wall_s"] = float(before.get("wall_s") or 0.0) + wall_s
+        write_json(path, info)
 
 
 def extras_for(preset: str, star_extend: float = 0.0) -> Extras:
@@ -177,11 +184,12 @@ def extras_for(preset: str, star_extend: float = 0.0) -> Extras:
 def run_suite(suite_name: str, preset: str = "smoke", dataset: str | None = None, *, data_root=None,
               download: bool = False, device: str | None = None, out_root: str | os.PathLike = "reports",
               progress: bool = True, command: str | None = None, seeds: int | None = None, labels: str = "true",
-              star_extend: float = 0.0) -> list[Path]:
+              star_extend: float = 0.0, add_wall: bool = True) -> list[Path]:
     """Measure every run of the suite on each data set; returns the suite folders.
 
     A run that fails (a replay mismatch, a damaged run folder that could not be remeasured, an op
     without a deterministic kernel, ...) is written to its ``error.json`` and the suite goes on.
+    ``add_wall=False`` (a worker of ``--jobs``): the caller adds the suite's wall time itself.
     """
     suite = get_suite(suite_name, preset, seeds)
     seeds = len({r.seed for r in suite.runs})
@@ -205,33 +213,49 @@ def run_suite(suite_name: str, preset: str = "smoke", dataset: str | None = None
             "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         write_suite_info(out, info)
-        bar = _suite_bar(suite.runs, progress, f"{suite_name}/{preset}/{ds}")
+        meta = {"suite": suite_name, "preset": preset, "dataset": ds, "data": data_desc}
         t0 = time.perf_counter()
-        for spec in bar:
-            workdir = out / "runs" / spec.name
-            err = workdir / "error.json"
-            meta = {"suite": suite_name, "preset": preset, "dataset": ds, "data": data_desc}
-            with locked(out / "runs" / f".{spec.name}.lock"):
-                err.unlink(missing_ok=True)
-                try:
-                    run = run_one(spec, data, num_classes, workdir, meta, progress, extras)
-                except (ReplayMismatch, EnvironmentMismatch, RecordingError, StateDamaged, RuntimeError) as exc:
-                    # The run cannot be trusted (replay mismatch, damaged state) or could not run (an
-                    # op without a deterministic kernel, out of memory): the report says so, the
-                    # suite goes on.
-                    workdir.mkdir(parents=True, exist_ok=True)
-                    write_json(err, {"error": type(exc).__name__, "message": str(exc),
-                                     "traceback": traceback.format_exc()})
-                    _record_in_manifest(out, spec.name, None, f"{type(exc).__name__}: {exc}")
-                    print(f"gpcheck: {spec.name} failed ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-                          f"details in {err}; the suite goes on", file=sys.stderr)
-                    continue
-            _record_in_manifest(out, spec.name, run, None)
+        # First every run no other process holds; then, waiting, the ones that were held (by now
+        # usually finished by their holder, so they are only checked). Two invocations, or the
+        # workers of --jobs, so share a suite without measuring a run twice.
+        held = [spec for spec in _suite_bar(suite.runs, progress, f"{suite_name}/{preset}/{ds}")
+                if not _measure_if_free(spec, out, data, num_classes, meta, progress, extras, blocking=False)]
+        for spec in held:
+            _measure_if_free(spec, out, data, num_classes, meta, progress, extras, blocking=True)
         info["finished_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         info["last_invocation_wall_s"] = time.perf_counter() - t0
-        write_suite_info(out, info, info["last_invocation_wall_s"])
+        write_suite_info(out, info, info["last_invocation_wall_s"] if add_wall else 0.0)
         out_dirs.append(out)
     return out_dirs
+
+
+def read_suite_runs(suite_name: str, preset: str, seeds: int | None = None) -> list[str]:
+    """The names of a suite's runs, in order."""
+    return [r.name for r in get_suite(suite_name, preset, seeds).runs]
+
+
+def _measure_if_free(spec: RunSpec, out: Path, data, num_classes: int, meta: dict, progress: bool, extras: Extras,
+                     blocking: bool) -> bool:
+    """Measure one run under its lock; False when another process holds it (and not ``blocking``).
+    A run that fails (a replay mismatch, a damaged run folder that could not be remeasured, an op
+    without a deterministic kernel, out of memory) is written to its ``error.json``."""
+    workdir = out / "runs" / spec.name
+    err = workdir / "error.json"
+    with locked(out / "runs" / f".{spec.name}.lock", blocking) as got:
+        if not got:
+            return False
+        err.unlink(missing_ok=True)
+        try:
+            run = run_one(spec, data, num_classes, workdir, meta, progress, extras)
+        except (ReplayMismatch, EnvironmentMismatch, RecordingError, StateDamaged, RuntimeError) as exc:
+            workdir.mkdir(parents=True, exist_ok=True)
+            write_json(err, {"error": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()})
+            _record_in_manifest(out, spec.name, None, f"{type(exc).__name__}: {exc}")
+            print(f"gpcheck: {spec.name} failed ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+                  f"details in {err}; the suite goes on", file=sys.stderr)
+            return True
+    _record_in_manifest(out, spec.name, run, None)
+    return True
 
 
 def _suite_bar(runs, progress: bool, desc: str):

@@ -78,9 +78,11 @@ def run_path(problem: Problem, optimizer: str, seed: int = 0, lr: float | None =
     batches = cyclic_batches(problem.n, problem.batch_size, problem.epochs, seed)
     thetas = np.empty((len(batches) + 1, theta.numel()))
     thetas[0] = problem.theta0
+    grads = np.empty((len(batches), theta.numel()))  # g_k, after backward and before the step
     for k, (_, idx) in enumerate(batches):
         opt.zero_grad(set_to_none=True)
         problem.sample_loss(theta, torch.from_numpy(idx)).mean().backward()
+        grads[k] = theta.grad.detach().numpy()
         opt.step()
         thetas[k + 1] = theta.detach().numpy()
     if not np.isfinite(thetas[-1]).all():
@@ -98,7 +100,7 @@ def run_path(problem: Problem, optimizer: str, seed: int = 0, lr: float | None =
     sample_gap = np.array([(a - b).max().item() for a, b in zip(per_k, per_star)])
     sample_gap_max = np.array([sample_gap[epoch == e].max() for e in range(problem.epochs)])
     trace = trace_from_iterates(
-        thetas, loss, loss_star, lr, epoch=epoch, theta_star=star, sample_gap_max=sample_gap_max,
+        thetas, loss, loss_star, lr, epoch=epoch, theta_star=star, sample_gap_max=sample_gap_max, grads=grads,
         meta={
             "problem": problem.name,
             "description": problem.description,

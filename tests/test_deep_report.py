@@ -108,6 +108,9 @@ def test_manifest_catches_a_whole_run_folder_swapped(tmp_path):
     ("[1, 2]", "does not hold a JSON object"),
     ('{"suite": "dropout", "preset": "smoke"}', "names suite 'dropout'"),
     ('{"suite": "bn", "preset": "huge"}', "preset 'huge'"),
+    ('{"suite": "bn", "preset": "smoke", "seeds": "3"}', "says seeds '3'"),
+    ('{"suite": "bn", "preset": "smoke", "seeds": 0}', "says seeds 0"),
+    ('{"suite": "bn", "preset": "smoke", "labels": "shuffled"}', "says labels 'shuffled'"),
 ])
 def test_report_on_a_bad_suite_json_is_one_line(tmp_path, suite_json, match):
     d = _suite_folder(tmp_path)

@@ -318,3 +318,19 @@ def test_two_identical_commands_at_once(tmp_path, smoke_reference):
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     _same_as_reference(tmp_path / "out", smoke_reference, "two at once")
+
+
+@needs_archive
+def test_jobs_two_workers_give_the_reference_bits(tmp_path, smoke_reference):
+    """--jobs 2: two worker processes share the suite (each takes the runs the other does not
+    hold); the traces and the report equal one undisturbed sequential run's."""
+    out = tmp_path / "out"
+    res = gpcheck([*SMOKE, "--jobs", "2", "--out", str(out)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    _same_as_reference(out, smoke_reference, "jobs 2")
+    info = json.loads((out / "skip-smoke-cifar10-jpeg" / "suite.json").read_text())
+    assert info["jobs"] == 2 and info["command"].endswith("--jobs 2 --out " + str(out))
+    # a second --jobs invocation on the finished folder measures nothing and changes no trace
+    before = traces_of(out / "skip-smoke-cifar10-jpeg")
+    assert gpcheck([*SMOKE, "--jobs", "2", "--out", str(out)]).returncode == 0
+    assert traces_of(out / "skip-smoke-cifar10-jpeg") == before

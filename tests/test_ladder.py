@@ -82,8 +82,16 @@ def test_markdown_has_a_row_per_run_and_the_figure(ladder_out):
     assert f"`{report['command']}`" in md and report["command"].startswith("gpcheck ladder --out ")
     assert "## Findings" in md
     assert "](figures/ladder.png)" in md
-    rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| rung")]
+    verdicts, related = md.split("## Related path conditions")
+    rows = [line for line in verdicts.splitlines() if line.startswith("| ") and not line.startswith("| rung")]
     assert len(rows) == len(report["runs"])
+    # the related conditions: a row per run, a column per condition, each from the saved trace
+    rel = [line for line in related.splitlines() if line.startswith("| ") and not line.startswith("| run")]
+    assert len(rel) == len(report["runs"])
+    for r in report["runs"]:
+        assert [c["condition"] for c in r["related"]] == ["regularity", "star-convex path", "RSI", "alpha-beta",
+                                                          "Definition 1 (gradient)"]
+        assert all(c["holds"] is not None for c in r["related"])  # the ladder records gradients
     for r in report["runs"]:
         row = next(x for x in rows if x.startswith(f"| {r['rung']} | {r['optimizer']} |"))
         cells = [x.strip() for x in row.strip("|").split("|")]

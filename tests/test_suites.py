@@ -111,6 +111,7 @@ def test_smoke_suite_end_to_end(suite, tmp_path):
         if r["status"] == "ok":
             assert set(r["companions"]) >= {"random"}, r["name"]
             assert all(x["steps"] <= r["steps"] for x in r["companions"].values())
+            assert [c["holds"] is not None for c in r["related"]] == [True] * 5  # pass 2 records g_k
     assert rep["sensitivity"]["theta_stars"][0] == "last iterate"
     assert all("fragile" in c for c in rep["claims"])
     assert not any("correlation" in n for n in names)  # networks are never pooled
@@ -123,6 +124,7 @@ def test_smoke_suite_end_to_end(suite, tmp_path):
             assert (c["verdict"] == PASS) == all(r["check"]["definition_1"]["holds"] for r in judged)
     md = (out / "report.md").read_text()
     assert f"`{suite}` suite" in md and "| claim | kind | verdict |" in md
+    assert "## Related path conditions" in md and "## Sensitivity to theta*" in md
     assert md.count("**Not evidence.**") == 1 and "**PASS**" not in md and "**FAIL**" not in md  # smoke
     assert all(f"| {r['run']['network']} | {r['run']['variant']} |" in md for r in rep["runs"])
     assert json.loads((out / "manifest.json").read_text())["runs"].keys() == {r.name for r in spec.runs}
@@ -278,3 +280,27 @@ def test_random_labels_and_seeds_end_to_end(tmp_path):
     assert torch.equal(rand.labels, again.labels) and not torch.equal(rand.labels, true.labels)
     assert torch.equal(torch.bincount(rand.labels), torch.bincount(true.labels))
     assert torch.equal(rand.images, true.images)
+    # the paper's Fig. 12 for two of these runs: the replay reproduces each run, and with 2 epochs
+    # the plane holds the whole path, so the picture keeps every distance of the trace
+    from deep.picture import PictureError, path_picture
+
+    res = CliRunner().invoke(main, ["picture", str(out / "runs" / "resnet18-all"), str(out / "runs" / "resnet34-all-s1"),
+                                    "--grid", "3", "--subset", "32", "--quiet"])
+    assert res.exit_code == 0, res.output
+    fig = out / "figures" / "picture-resnet18-all-resnet34-all-s1.png"
+    assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "picture-resnet18-all-resnet34-all-s1.png)" in (out / "report.md").read_text()  # the report links it
+    pics = json.loads(fig.with_suffix(".json").read_text())["pictures"]
+    for p in pics:
+        tr = json.loads((out / "runs" / p["name"] / "trace.json").read_text())
+        assert len(p["coords"]) == tr["epochs_measured"] + 1 and p["coords"][-1] == [0.0, 0.0]
+        assert sum(p["explained_variance"]) == pytest.approx(1.0, abs=1e-9)
+        from gamma_theory import load_trace
+
+        t = load_trace(out / "runs" / p["name"] / "trace.npz")
+        assert np.hypot(*p["coords"][0]) ** 2 == pytest.approx(t.dist0_sq, rel=1e-6)
+        assert p["replay_max_rel_err"] <= 1e-9 and len(p["sgd_dirs"]) == tr["epochs_measured"]
+    with pytest.raises(PictureError, match="does not reproduce the run"):  # the true labels: another run
+        path_picture(out / "runs" / "resnet18-all", true, 10, grid=3, subset=16)
+    res = CliRunner().invoke(main, ["picture", str(tmp_path)])
+    assert res.exit_code == 2 and "not a finished run folder" in res.output

@@ -33,7 +33,7 @@ import click
 import numpy as np
 
 from gamma_theory import TraceError, check_trace, load_trace
-from gamma_theory.files import BadFile
+from gamma_theory.files import BadFile, write_text
 
 from .util import (
     feasible_set,
@@ -228,8 +228,14 @@ def _choice_error(kind: str, value: str, choices) -> NoReturn:
 @click.option("--out", "out_root", default="reports", show_default=True,
               help="root of the reports: OUT/<suite>-<preset>-<dataset>/ and the index OUT/README.md")
 @click.option("--quiet", is_flag=True, help="no progress bars")
+@click.option("--plan", is_flag=True, help="print the suite's runs, their steps and the time they will take on this "
+                                           "device (from measured ms/step), and run nothing")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="worker processes on this machine, each taking the runs no other holds: on CUDA pinned "
+                   "round-robin to the GPUs, on the CPU sharing the threads (--threads, or one per core)")
+@click.option("--worker", is_flag=True, hidden=True, help="(internal) a worker of --jobs: no report, no index")
 def deep(suite, preset, dataset, data_root, download, device, threads, seeds, labels, star_extend, out_root,
-         quiet) -> None:
+         quiet, plan, jobs, worker) -> None:
     """Measure a suite of the paper's CIFAR experiments exactly and write its report.
 
     Rerunning the same command skips finished runs and resumes an interrupted one from its last
@@ -260,6 +266,16 @@ def deep(suite, preset, dataset, data_root, download, device, threads, seeds, la
         fail(str(exc))
     if Path(out_root).exists() and not Path(out_root).is_dir():
         fail(f"--out {out_root}: is a file, not a folder")
+    if plan:
+        from deep.env import cpu_name
+        from deep.plan import plan_suite, render_plan
+
+        name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
+        for ds in resolve_datasets(dataset, preset):
+            planned = plan_suite(suite, preset, ds, name, out_root, seeds, labels, star_extend)
+            click.echo(render_plan(planned, f"Plan: `{suite}` suite, `{preset}` preset, {ds}, on {name} ({dev})",
+                                   name, dev.type == "cuda"))
+        return
     if preset == "paper" and dev.type == "cpu" and device is None:
         fail("the paper preset trains ResNets and VGGs for 150 epochs: it needs a GPU, and this machine has "
              "none. Pass --device cpu to run it on the CPU anyway, or use --preset lite, cpu or smoke.")
@@ -268,12 +284,27 @@ def deep(suite, preset, dataset, data_root, download, device, threads, seeds, la
     if threads is not None:
         torch.set_num_threads(threads)
     argv = " ".join(["gpcheck", "deep"] + sys.argv[2:]) if len(sys.argv) > 2 else None
+    if worker:  # one of --jobs: measure, and leave the report to the parent
+        try:
+            for ds in resolve_datasets(dataset, preset):
+                run_suite(suite, preset, ds, data_root=data_root, download=download, device=device, out_root=out_root,
+                          progress=False, command=argv, seeds=seeds, labels=labels, star_extend=star_extend,
+                          add_wall=False)
+        except (DataError, RunMismatch) as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            sys.exit(130)
+        return
     errors = 0
     try:
         for ds in resolve_datasets(dataset, preset):
-            out = run_suite(suite, preset, ds, data_root=data_root, download=download, device=device,
-                            out_root=out_root, progress=not quiet, command=argv, seeds=seeds, labels=labels,
-                            star_extend=star_extend)[0]
+            if jobs > 1:
+                out = _run_jobs(jobs, dev, suite, preset, ds, seeds, labels, star_extend, data_root, download, threads,
+                                out_root, argv, quiet)
+            else:
+                out = run_suite(suite, preset, ds, data_root=data_root, download=download, device=device,
+                                out_root=out_root, progress=not quiet, command=argv, seeds=seeds, labels=labels,
+                                star_extend=star_extend)[0]
             build_report(out)
             errors += _print_suite_summary(out)
             _write_index(out_root)
@@ -285,6 +316,68 @@ def deep(suite, preset, dataset, data_root, download, device, threads, seeds, la
         sys.exit(130)
     if errors:
         sys.exit(1)
+
+
+def _run_jobs(jobs, dev, suite, preset, ds, seeds, labels, star_extend, data_root, download, threads, out_root, argv,
+              quiet) -> Path:
+    """``--jobs N``: N worker processes of this command on one suite folder, each taking the runs no
+    other holds (per-run locks), with one progress view over all of them; returns the folder. On
+    CUDA worker j sees GPU j mod (number of GPUs) only; on the CPU the threads are shared out."""
+    import os
+    import subprocess
+    import time
+
+    import torch
+
+    from deep.runner import read_suite_runs, report_dir, write_suite_info
+
+    out = report_dir(out_root, suite, preset, ds, labels)
+    names = read_suite_runs(suite, preset, seeds)
+    per = max(1, (threads or torch.get_num_threads()) // jobs)
+    gpus = list(range(torch.cuda.device_count())) if dev.type == "cuda" else []
+    base = [sys.executable, "-c", "from validation.cli import main; main()", "deep", "--suite", suite, "--preset",
+            preset, "--dataset", ds, "--labels", labels, "--star-extend", str(star_extend), "--out", str(out_root),
+            "--threads", str(per), "--quiet", "--worker"]
+    base += (["--seeds", str(seeds)] if seeds else []) + (["--data-root", data_root] if data_root else [])
+    base += (["--download"] if download else []) + (["--device", "cuda" if gpus else "cpu"])
+    procs = []
+    t0 = time.perf_counter()
+    for j in range(jobs):
+        env = dict(os.environ, OMP_NUM_THREADS=str(per))
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(gpus[j % len(gpus)])
+        procs.append(subprocess.Popen(base, env=env))
+    where = f"{len(gpus)} GPU(s)" if gpus else f"{per} thread(s) each"
+    click.echo(f"{jobs} workers on {out} ({where})", err=True)
+
+    def done() -> int:
+        return sum((out / "runs" / n / "trace.json").is_file() or (out / "runs" / n / "error.json").is_file()
+                   for n in names)
+
+    from tqdm.auto import tqdm
+
+    try:
+        with tqdm(total=len(names), initial=done(), desc=f"{suite}/{preset}/{ds} ({jobs} workers)", unit="run",
+                  disable=quiet, dynamic_ncols=True) as bar:
+            while any(p.poll() is None for p in procs):
+                time.sleep(2.0)
+                bar.update(done() - bar.n)
+            bar.update(done() - bar.n)
+    except KeyboardInterrupt:
+        for p in procs:
+            p.send_signal(2)
+        for p in procs:
+            p.wait()
+        raise
+    codes = [p.returncode for p in procs]
+    bad = [c for c in codes if c not in (0, 1)]
+    if bad:
+        fail(f"{len(bad)} of {jobs} workers stopped with status {bad[0]} (its message is above); rerun the same "
+             "command to resume", bad[0] if bad[0] in (2, 3, 130) else 1)
+    info = json.loads((out / "suite.json").read_text())
+    info.update(command=argv or info.get("command"), jobs=jobs)
+    write_suite_info(out, info, time.perf_counter() - t0)
+    return out
 
 
 def _write_index(root) -> None:
@@ -326,6 +419,85 @@ def report(path: str) -> None:
     except ReportError as exc:
         fail(str(exc))
     _print_suite_summary(Path(path))
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--grid", default=21, show_default=True, type=click.IntRange(3, 201),
+              help="contour grid points per axis")
+@click.option("--subset", default=256, show_default=True, type=click.IntRange(8, 1_000_000),
+              help="training images (a seeded random subset) for the contours and the SGD directions")
+@click.option("--data-root", default=None, help="where CIFAR-10/100 lie, for runs on those data sets")
+@click.option("--out", "out_path", default=None,
+              help="the figure's path (default: SUITE/figures/picture-<runs>.png, numbers beside it as .json)")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def picture(runs, grid, subset, data_root, out_path, quiet) -> None:
+    """The paper's Fig. 12 for finished runs (RUNS: run folders, e.g.
+    reports/optimizer-cpu-cifar10-jpeg/runs/resnet18-momentum): each path in the plane of its
+    first two principal components, the SGD directions along it, and the loss contours.
+
+    Replays each run's pass 1 bit for bit (on the machine and thread count it ran with) and
+    refuses a replay that does not match the recorded trace. Costs one pass 1 per run plus
+    GRID^2 forward passes over SUBSET images.
+    """
+    import torch
+
+    from deep.data import DataError
+    from deep.picture import PictureError, path_picture
+    from deep.runner import load_train_data
+    from deep.suites import PRESET_TABLE
+
+    from .figures import plot_picture
+
+    pics, suite_dir, data_key, data = [], None, None, None
+    for run in runs:
+        rd = Path(run)
+        if not (rd / "trace.json").is_file():
+            fail(f"{run}: not a finished run folder (no trace.json); give e.g. "
+                 "reports/optimizer-cpu-cifar10-jpeg/runs/resnet18-momentum")
+        suite_dir = rd.parent.parent
+        try:
+            info = json.loads((suite_dir / "suite.json").read_text())
+            run_info = json.loads((rd / "trace.json").read_text())
+        except (OSError, ValueError) as exc:
+            fail(f"{suite_dir / 'suite.json'}: cannot be read ({exc}); rerun the suite's `gpcheck deep` command")
+        threads = (run_info.get("env") or {}).get("num_threads")
+        if threads and (run_info.get("env") or {}).get("device") == "cpu":
+            torch.set_num_threads(int(threads))  # the replay is bitwise only with the run's thread count
+        key = (info.get("dataset"), info.get("preset"), info.get("labels") or "true")
+        if key != data_key:
+            if info.get("preset") not in PRESET_TABLE:
+                fail(f"{suite_dir / 'suite.json'}: unknown preset {info.get('preset')!r}")
+            try:
+                data, num_classes, _ = load_train_data(key[0], PRESET_TABLE[key[1]].train_subset,
+                                                       torch.device("cpu"), data_root, False, key[2])
+            except DataError as exc:
+                fail(str(exc))
+            data_key = key
+        try:
+            pics.append(path_picture(rd, data, num_classes, grid=grid, subset=subset, progress=not quiet))
+        except PictureError as exc:
+            fail(str(exc))
+    names = "-".join(p.name for p in pics)
+    out = Path(out_path) if out_path else suite_dir / "figures" / f"picture-{names}.png"
+    title = (f"{info.get('suite')} suite, {info.get('preset')} preset: paths in the plane of their first two principal "
+             f"components (Fig. 12); contours over {pics[0].subset} training images")
+    plot_picture(pics, out, title)
+    write_text(out.with_suffix(".json"), json.dumps(jsonable({"command": " ".join(["gpcheck", *sys.argv[1:]]),
+                                                              "pictures": [p.to_dict() for p in pics]}), indent=1))
+    for p in pics:
+        click.echo(f"{p.name}: PC1 {100 * p.explained[0]:.1f}%, PC2 {100 * p.explained[1]:.1f}% of the variance; "
+                   f"mean cos(SGD direction, the run's epoch step) {np.nanmean(p.sgd_cos_to_step):.3f}; replay "
+                   f"matches the trace to {p.replay_max_rel_err:.1e}")
+    click.echo(f"picture: {out}")
+    if out_path is None and (suite_dir / "runs").is_dir():  # the suite's report links its pictures
+        from .deep_report import ReportError, build_report
+
+        try:
+            build_report(suite_dir)
+            click.echo(f"report: {suite_dir / 'report.md'} (with the picture)")
+        except ReportError as exc:
+            click.echo(f"note: the report of {suite_dir} was not rebuilt ({exc})", err=True)
 
 
 @main.command()

@@ -26,9 +26,11 @@ from gamma_theory import Trace, TraceError, check_trace, load_trace
 from gamma_theory.definition1 import step_bounds
 from gamma_theory.files import BadFile, clean_stale_tmp, read_json, write_text
 from gamma_theory.theorem1 import epoch_mean_gap, per_epoch_mean
+from gamma_theory.related import related_conditions
 
 from .claims import CONVERGED_FRACTION, FAIL, NA, PASS, RunNumbers, fmt, suite_claims
-from .util import feasible_set, fmt3, identity_cell, item1_cell, item2_cell, item3_cell, jsonable, pct
+from .util import (CONDITIONS_NOTE, conditions_table, feasible_set, fmt3, identity_cell, item1_cell, item2_cell,
+                   item3_cell, jsonable, pct)
 
 
 class ReportError(ValueError):
@@ -121,6 +123,7 @@ def summarize_run(run_dir: Path, expected: dict | None = None, manifest_entry: d
         "theta_star_eval": meta.get("theta_star_eval"),
         "check": result.to_dict(),
         "verdict": "PASS" if result.holds else "FAIL",
+        "related": [c.to_dict() for c in related_conditions(trace)],
         "companions": {c: {"theta_star": tr.meta.get("theta_star"), "steps": len(tr), **path_numbers(tr, num_classes)}
                        for c, tr in companions.items()},
         "companions_unjudged": meta.get("companions_unjudged") or {},
@@ -199,6 +202,13 @@ def _suite_info(out: Path) -> dict:
     if info.get("suite") not in SUITES or info.get("preset") not in PRESET_TABLE:
         raise ReportError(f"{path} names suite {info.get('suite')!r} and preset {info.get('preset')!r}; gpcheck "
                           f"knows the suites {', '.join(SUITES)} and the presets {', '.join(PRESET_TABLE)}")
+    seeds = info.get("seeds", 1)
+    if not (isinstance(seeds, int) and not isinstance(seeds, bool) and 1 <= seeds <= 1000):
+        raise ReportError(f"{path} says seeds {seeds!r}; it must be a whole number from 1 to 1000 (rerun the suite's "
+                          "`gpcheck deep` command to rewrite it)")
+    if info.get("labels", "true") not in ("true", "random"):
+        raise ReportError(f"{path} says labels {info.get('labels')!r}; it must be true or random (rerun the suite's "
+                          "`gpcheck deep` command to rewrite it)")
     return info
 
 
@@ -285,6 +295,7 @@ def build_report(out_dir: str | Path) -> dict:
         "sensitivity": sensitivity,
         "over_seeds": seed_table(summaries),
         "figure": fig_rel,
+        "pictures": _pictures(out),
     }
     write_text(out / "report.json", json.dumps(jsonable(report), indent=2))
     write_text(out / "report.md", render_markdown(report))
@@ -321,8 +332,12 @@ def baseline_claim(summaries: list[dict]) -> dict:
         detail = "; ".join(f"{n} ({rand[n]['negative_gap_steps']} steps with a loss below the random point's"
                            + (", none above: it passes only because the random point is no minimizer, which "
                               "Fact 1 rules out" if n in vacuous else "") + ")" for n in passing)
+        premise = sum(rand[n]["negative_gap_steps"] > 0 for n in passing)
         return {"claim": name, "kind": "baseline", "statement": statement, "verdict": FAIL, "numbers": numbers,
-                "why": f"the random theta* satisfies Definition 1 in {len(passing)} of {len(rows)} runs: {detail}"}
+                "why": f"the random theta* satisfies Definition 1 in {len(passing)} of {len(rows)} runs: {detail}. "
+                       "Definition 1 alone cannot reject a point whose loss is above the path's on every step: such "
+                       "steps only bound gamma from below. The premise 'no loss gap is negative' (Fact 1) rejects "
+                       f"the random theta* in {premise} of these {len(passing)} runs"}
     return {"claim": name, "kind": "baseline", "statement": statement, "verdict": PASS, "numbers": numbers,
             "why": f"rejected in all {len(rows)} runs"}
 
@@ -526,6 +541,49 @@ def _sensitivity_section(rep: dict) -> list[str]:
     return out
 
 
+def _pictures(out: Path) -> list[dict]:
+    """The Fig. 12 pictures `gpcheck picture` drew for runs of this suite (figures/picture-*.json)."""
+    found = []
+    for js in sorted((out / "figures").glob("picture-*.json")):
+        try:
+            d = read_json(js)
+            rows = [{"name": p["name"], "explained_variance": p["explained_variance"],
+                     "mean_sgd_cos_to_step": p.get("mean_sgd_cos_to_step"), "subset": p["subset"],
+                     "replay_max_rel_err": p["replay_max_rel_err"]} for p in d["pictures"]]
+        except (BadFile, KeyError, TypeError):
+            continue
+        found.append({"figure": f"figures/{js.with_suffix('.png').name}", "command": d.get("command"), "runs": rows})
+    return found
+
+
+def _pictures_section(rep: dict) -> list[str]:
+    pics = rep.get("pictures") or []
+    if not pics:
+        return []
+    out = ["", "## Paths in the plane of their principal components (the paper's Fig. 12)", "",
+           "Drawn by `gpcheck picture`, which replays each run bit for bit: per run, the epoch iterates projected on "
+           "the first two principal components of the path, theta* at the origin, the loss over that plane (a "
+           "seeded subset of the training images, batch statistics), and the SGD direction -grad f at every "
+           "epoch's iterate. cos: between that SGD direction and the run's own step over the next epoch, in the "
+           "full parameter space.", "",
+           "| run | PC1 | PC2 | mean cos(SGD direction, the run's step) | replay vs trace |", "|---|---|---|---|---|"]
+    for p in pics:
+        for r in p["runs"]:
+            ev = r["explained_variance"]
+            out.append(f"| {r['name']} | {pct(ev[0])} | {pct(ev[1])} | {fmt3(r['mean_sgd_cos_to_step'])} | "
+                       f"{r['replay_max_rel_err']:.1e} |")
+    out.append("")
+    out += [f"![{', '.join(r['name'] for r in p['runs'])}]({p['figure']})" for p in pics]
+    return out
+
+
+def _related_section(rep: dict) -> list[str]:
+    rows = [(s["name"], s["related"]) for s in rep["runs"] if s.get("related")]
+    if not rows:
+        return []
+    return ["", "## Related path conditions", "", CONDITIONS_NOTE, "", *conditions_table(rows)]
+
+
 def _seeds_section(rep: dict) -> list[str]:
     rows = rep.get("over_seeds") or []
     if (rep.get("seeds") or 1) < 2 or not rows:
@@ -650,7 +708,8 @@ def render_markdown(rep: dict) -> str:
         nums = ", ".join(f"{k}: {v}" for k, v in c["numbers"].items())
         verdict = _verdict_cell(c["verdict"], evidence) + (" (fragile)" if c.get("fragile") else "")
         lines.append(f"| {c['claim']} | {c.get('kind', '')} | {verdict} | {c['statement']} | {nums} | {c['why']} |")
-    lines += _baseline_section(rep) + _sensitivity_section(rep) + _seeds_section(rep)
+    lines += _baseline_section(rep) + _sensitivity_section(rep) + _seeds_section(rep) + _related_section(rep)
+    lines += _pictures_section(rep)
     threshold = next((s["convergence"]["loss_threshold"] for s in rep["runs"] if "convergence" in s), None)
     lines += [
         "",

@@ -273,3 +273,46 @@ def plot_paths(columns: dict[str, dict[str, Trace]], path: str | os.PathLike,
     fig.savefig(buf, format="png", dpi=DPI)
     write_bytes(path, buf.getvalue())
     return path
+
+
+def plot_picture(pictures: list, path: str | Path, title: str = "") -> Path:
+    """The paper's Fig. 12: per run, its path in the plane of its first two principal components
+    over the loss contours of that plane, with the SGD direction at every epoch's iterate (arrows,
+    lengths scaled for display). ``pictures``: :class:`deep.picture.PathPicture` objects."""
+    n = len(pictures)
+    fig = Figure(figsize=(5.2 * n, 4.8), dpi=110)
+    for k, p in enumerate(pictures):
+        ax = fig.add_subplot(1, n, k + 1)
+        A, B = np.meshgrid(p.grid_a, p.grid_b)
+        z = np.log10(np.maximum(p.grid_loss, 1e-12))
+        cs = ax.contourf(A, B, z, levels=20, cmap="viridis", alpha=0.85)
+        ax.contour(A, B, z, levels=20, colors="k", linewidths=0.3, alpha=0.5)
+        fig.colorbar(cs, ax=ax, label="log10 loss on the subset")
+        c = p.coords
+        ax.plot(c[:, 0], c[:, 1], "-o", color="white", markersize=2.5, linewidth=1.2, label="path (per epoch)")
+        ax.plot(c[0, 0], c[0, 1], "s", color="white", markeredgecolor="k", markersize=7, label="theta_0")
+        ax.plot(0, 0, "*", color="red", markeredgecolor="k", markersize=13, label="theta*")
+        d = p.sgd_dirs
+        if d.size:
+            span = max(np.ptp(c[:, 0]), np.ptp(c[:, 1]), 1e-12)
+            norm = np.linalg.norm(d, axis=1, keepdims=True)
+            u = np.where(norm > 0, d / np.maximum(norm, 1e-300), 0.0) * 0.08 * span
+            ax.quiver(c[:-1, 0], c[:-1, 1], u[:, 0], u[:, 1], angles="xy", scale_units="xy", scale=1,
+                      color="orange", width=0.004, label="SGD direction (projected)")
+        r = p.meta.get("run") or {}
+        ax.set_title(f"{p.name}\n{r.get('optimizer')} lr {fmt3(r.get('lr'))}; mean cos(SGD, step) "
+                     f"{fmt3(float(np.nanmean(p.sgd_cos_to_step)) if p.sgd_cos_to_step.size else None)}",
+                     fontsize=9)
+        ax.set_xlabel(f"PC1 ({100 * p.explained[0]:.1f}% of variance)")
+        ax.set_ylabel(f"PC2 ({100 * p.explained[1]:.1f}% of variance)")
+        if k == 0:
+            ax.legend(fontsize=7, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes(out, buf.getvalue())
+    return out

@@ -23,10 +23,13 @@ from pathlib import Path
 from gamma_theory import check_trace
 from gamma_theory import problems as P
 from gamma_theory.files import write_text
+from gamma_theory.related import related_conditions
 from gamma_theory.trace import Trace
 
 from .figures import plot_paths
 from .util import (
+    CONDITIONS_NOTE,
+    conditions_table,
     environment,
     feasible_set,
     fmt3,
@@ -81,6 +84,7 @@ def run_one(problem: P.Problem, optimizer: str, seed: int, trace_dir: Path) -> t
         entry.update(check=None, verdict="FAIL", error=str(exc), wall_s=time.perf_counter() - t0)
         return entry, None
     result = check_trace(res.trace)
+    entry["related"] = [c.to_dict() for c in related_conditions(res.trace)]
     entry["n_steps"] = len(res.trace)
     entry["dist0_sq"] = res.trace.dist0_sq
     entry["check"] = result.to_dict()
@@ -289,6 +293,13 @@ def render_markdown(report: dict) -> str:
         "## Findings",
         "",
         *[f"- {s}" for s in findings(report)],
+        "",
+        "## Related path conditions",
+        "",
+        CONDITIONS_NOTE,
+        "",
+        *conditions_table([(f"{r['rung']} / {r['optimizer']}", r["related"]) for r in report["runs"]
+                           if r.get("related")]),
         "",
         "## Figure",
         "",

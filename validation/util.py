@@ -105,6 +105,45 @@ def identity_cell(ri: dict) -> str:
 
 
 # -- JSON and files ------------------------------------------------------------------------------
+CONDITION_KEYS = {"regularity": ("gamma_max", "γ"), "star-convex path": ("min_margin", "min margin"),
+                  "RSI": ("mu_max", "μ"), "alpha-beta": ("rho_min", "min β/(α−β)"),
+                  "Definition 1 (gradient)": ("gamma_max", "γ")}
+
+
+def condition_cell(c: dict) -> str:
+    """One related condition on one path: holds or not, its constant, and the share of steps."""
+    if c.get("holds") is None:
+        return "not measured"
+    key, label = CONDITION_KEYS.get(c["condition"], (None, ""))
+    const = (c.get("constants") or {}).get(key)
+    share = f"{pct(c['share'])} of steps" if c.get("share") is not None else ""
+    if c["holds"]:
+        return f"yes, {label} {fmt3(const)}" + (f" ({share})" if share and c["share"] < 1 else "")
+    return f"no ({share})" if share else "no"
+
+
+def conditions_table(rows: list[tuple[str, list[dict]]]) -> list[str]:
+    """Markdown lines: one row per path (label, its conditions), one column per condition."""
+    names = list(CONDITION_KEYS)
+    out = ["| run | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for label, conds in rows:
+        by = {c["condition"]: c for c in conds}
+        out.append(f"| {label} | " + " | ".join(condition_cell(by[n]) if n in by else "n/a" for n in names) + " |")
+    return out
+
+
+CONDITIONS_NOTE = (
+    "Each condition judged on the same recorded path (gamma_theory/related.py states each exactly). "
+    "*regularity*: num_k >= γ ||θ_k − θ*||² (the paper's Sec. 2 Discussion); *star-convex path*: "
+    "<g_k, θ_k − θ*> >= l(θ_k; z_k) − l(θ*; z_k) at every step (Zhou et al. 2019; min margin = the smallest "
+    "left minus right side); *RSI*: <g_k, θ_k − θ*> >= μ ||θ_k − θ*||²; *alpha-beta* (Islamov et al. 2024, "
+    "with θ_p = θ* and f_k* = 0): <g_k, θ_k − θ*> >= α gap_k − β l(θ_k; z_k), α > β > 0: it always holds "
+    "when l(θ*; z_k) > 0 for large enough β, so the smallest β/(α−β) is given (lower is stronger); "
+    "*Definition 1 (gradient)*: inequality (2) with the stochastic gradient g_k in place of the update "
+    "(equal to Definition 1 for plain SGD). g_k is taken after backward, before the optimizer step. "
+    "A \"no\" gives the share of steps that satisfy the condition on their own.")
+
+
 def jsonable(obj: Any) -> Any:
     """``obj`` with numpy scalars/arrays turned into Python and non-finite floats into the
     strings ``'inf'``, ``'-inf'``, ``'nan'`` (strict JSON has no infinity), as the checkers do."""
