@@ -183,3 +183,12 @@ def test_a_claim_that_flips_with_theta_star_is_fragile():
     assert order["fragile"] and "FRAGILE" in order["why"]
     assert not by["net speed order"]["fragile"]  # the speed order holds against every theta*
     assert not by["a random theta* is rejected (baseline)"]["fragile"]  # NOT APPLICABLE everywhere: no flip
+
+
+def test_claims_table_cells_never_split_on_a_pipe(tmp_path):
+    """'||theta_k - theta*||' in a statement and ' | FRAGILE' in a why must not end a table cell."""
+    d = _suite_folder(tmp_path)
+    build_report(d)
+    md = (d / "report.md").read_text()
+    rows = [line for line in md.split("| claim | kind | verdict |")[1].split("\n\n")[0].splitlines()[2:]]
+    assert rows and all(len(line.replace("\\|", "").split("|")) == 8 for line in rows), rows

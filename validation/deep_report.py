@@ -434,6 +434,11 @@ def _status_cell(s: dict) -> str | None:
     return None
 
 
+def _cell(text) -> str:
+    """Text for a Markdown table cell: a literal | (as in ||theta||) would end the cell."""
+    return str(text).replace("|", "\\|")
+
+
 def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
@@ -707,7 +712,8 @@ def render_markdown(rep: dict) -> str:
     for c in rep["claims"]:
         nums = ", ".join(f"{k}: {v}" for k, v in c["numbers"].items())
         verdict = _verdict_cell(c["verdict"], evidence) + (" (fragile)" if c.get("fragile") else "")
-        lines.append(f"| {c['claim']} | {c.get('kind', '')} | {verdict} | {c['statement']} | {nums} | {c['why']} |")
+        lines.append(_row([_cell(c["claim"]), c.get("kind", ""), verdict, _cell(c["statement"]), _cell(nums),
+                           _cell(c["why"])]))
     lines += _baseline_section(rep) + _sensitivity_section(rep) + _seeds_section(rep) + _related_section(rep)
     lines += _pictures_section(rep)
     threshold = next((s["convergence"]["loss_threshold"] for s in rep["runs"] if "convergence" in s), None)
