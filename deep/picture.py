@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gamma_theory import load_trace
+from gamma_theory import flatten_params, load_trace
 from gamma_theory.files import BadFile, read_json
 
 from .data import CyclicSampler, DeviceData
@@ -70,10 +70,6 @@ class PathPicture:
             "grid_a": self.grid_a.tolist(), "grid_b": self.grid_b.tolist(), "grid_loss": self.grid_loss.tolist(),
             "replay_max_rel_err": self.replay_max_rel_err, "subset": self.subset, "meta": self.meta,
         }
-
-
-def _flat(model: torch.nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
 def _set_flat(model: torch.nn.Module, flat: torch.Tensor) -> None:
@@ -132,14 +128,14 @@ def path_picture(run_dir: str | Path, data: DeviceData, num_classes: int, grid: 
         model = fresh()
         opt = make_optimizer(spec["optimizer"], model.parameters(), spec["lr"])
         sampler = CyclicSampler(len(data), setup["batch_size"], setup["data_seed"])
-        iterates.append(_flat(model).float().cpu().clone())
+        iterates.append(flatten_params(list(model.parameters())).float().cpu().clone())
         rng = range(epochs)
         if progress:
             from tqdm import tqdm
             rng = tqdm(rng, desc=f"{run_dir.name} replay", unit="epoch")
         for _ in rng:
             train_epoch(model, opt, sampler, data)
-            iterates.append(_flat(model).float().cpu().clone())
+            iterates.append(flatten_params(list(model.parameters())).float().cpu().clone())
     star = iterates[-1].double()
     # the replay must be the run: the distance of each epoch's first iterate to theta*
     starts = np.flatnonzero(np.diff(trace.epoch, prepend=-1))  # the first step of every epoch

@@ -33,7 +33,7 @@ import click
 import numpy as np
 
 from gamma_theory import TraceError, check_trace, load_trace
-from gamma_theory.files import BadFile, write_text
+from gamma_theory.files import BadFile, read_json, write_text
 
 from .util import (
     feasible_set,
@@ -447,6 +447,7 @@ def picture(runs, grid, subset, data_root, out_path, quiet) -> None:
     from deep.runner import load_train_data
     from deep.suites import PRESET_TABLE
 
+    from .deep_report import ReportError, _suite_info
     from .figures import plot_picture
 
     pics, suite_dir, data_key, data = [], None, None, None
@@ -456,18 +457,20 @@ def picture(runs, grid, subset, data_root, out_path, quiet) -> None:
             fail(f"{run}: not a finished run folder (no trace.json); give e.g. "
                  "reports/optimizer-cpu-cifar10-jpeg/runs/resnet18-momentum")
         suite_dir = rd.parent.parent
-        try:
-            info = json.loads((suite_dir / "suite.json").read_text())
-            run_info = json.loads((rd / "trace.json").read_text())
-        except (OSError, ValueError) as exc:
-            fail(f"{suite_dir / 'suite.json'}: cannot be read ({exc}); rerun the suite's `gpcheck deep` command")
+        try:  # the suite's own validated reader, as `gpcheck report` uses it
+            info = _suite_info(suite_dir)
+            run_info = read_json(rd / "trace.json")
+        except ReportError as exc:
+            fail(str(exc))
+        except BadFile as exc:
+            fail(f"{exc}; rerun the suite's `gpcheck deep` command")
+        if not info:
+            fail(f"{suite_dir}: no suite.json; {run} is not in a suite folder written by `gpcheck deep`")
         threads = (run_info.get("env") or {}).get("num_threads")
         if threads and (run_info.get("env") or {}).get("device") == "cpu":
             torch.set_num_threads(int(threads))  # the replay is bitwise only with the run's thread count
         key = (info.get("dataset"), info.get("preset"), info.get("labels") or "true")
         if key != data_key:
-            if info.get("preset") not in PRESET_TABLE:
-                fail(f"{suite_dir / 'suite.json'}: unknown preset {info.get('preset')!r}")
             try:
                 data, num_classes, _ = load_train_data(key[0], PRESET_TABLE[key[1]].train_subset,
                                                        torch.device("cpu"), data_root, False, key[2])
@@ -491,7 +494,7 @@ def picture(runs, grid, subset, data_root, out_path, quiet) -> None:
                    f"matches the trace to {p.replay_max_rel_err:.1e}")
     click.echo(f"picture: {out}")
     if out_path is None and (suite_dir / "runs").is_dir():  # the suite's report links its pictures
-        from .deep_report import ReportError, build_report
+        from .deep_report import build_report
 
         try:
             build_report(suite_dir)
