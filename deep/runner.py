@@ -18,6 +18,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -181,52 +182,178 @@ def extras_for(preset: str, star_extend: float = 0.0) -> Extras:
     return Extras(random_baseline=p.random_baseline, sensitivity=p.sensitivity, star_extend=star_extend)
 
 
+# -- the queue: one task per run, over any number of suites and data sets ------------------------
+@dataclass(frozen=True)
+class RunTask:
+    """One run of one suite on one data set, and everything a process needs to measure it: a
+    plain, picklable value, so any executor (this process, ``--jobs`` workers, a Slurm array
+    task, a Ray task) measures it the same way, into the same folder, with the same bits."""
+
+    suite: str
+    preset: str
+    dataset: str
+    name: str
+    out_root: str
+    seeds: int | None = None
+    labels: str = "true"
+    star_extend: float = 0.0
+    data_root: str | None = None
+    download: bool = False
+    device: str | None = None
+    threads: int | None = None
+
+    @property
+    def out(self) -> Path:
+        return report_dir(self.out_root, self.suite, self.preset, self.dataset, self.labels)
+
+    @property
+    def workdir(self) -> Path:
+        return self.out / "runs" / self.name
+
+    def finished(self) -> bool:
+        """The run ended (a trace, or an error) as far as its folder says."""
+        return (self.workdir / "trace.json").is_file() or (self.workdir / "error.json").is_file()
+
+
+def suite_tasks(suites, preset: str, dataset: str | None, out_root, *, seeds: int | None = None,
+                labels: str = "true", star_extend: float = 0.0, data_root=None, download: bool = False,
+                device: str | None = None, threads: int | None = None) -> list[RunTask]:
+    """Every run of ``suites`` (a name or a list) on each data set of ``dataset``, in one queue:
+    suite by suite, data set by data set, run by run."""
+    suites = [suites] if isinstance(suites, str) else list(suites)
+    return [RunTask(s, preset, ds, spec.name, str(out_root), seeds, labels, star_extend,
+                    None if data_root is None else str(data_root), download, device, threads)
+            for s in suites for ds in resolve_datasets(dataset, preset) for spec in get_suite(s, preset, seeds).runs]
+
+
+def suite_dirs(tasks: list[RunTask]) -> list[Path]:
+    """The suite folders of ``tasks``, in queue order, each once."""
+    return list(dict.fromkeys(t.out for t in tasks))
+
+
+@dataclass
+class _OpenSuite:
+    out: Path
+    specs: dict
+    data: DeviceData
+    num_classes: int
+    meta: dict
+    extras: Extras
+    info: dict
+    busy_s: float = 0.0
+
+
+_DATA: dict = {}  # (dataset, subset, device, data_root, labels) -> (data, num_classes, desc), per process
+
+
+def _data_for(ds: str, preset: str, dev: torch.device, data_root, download: bool, labels: str):
+    key = (ds, PRESET_TABLE[preset].train_subset, str(dev), data_root, labels)
+    if key not in _DATA:
+        _DATA[key] = load_train_data(ds, key[1], dev, data_root, download, labels)
+    return _DATA[key]
+
+
+def open_suite(task: RunTask, command: str | None = None) -> _OpenSuite:
+    """Load the task's data (once per process) and write its suite's ``suite.json``."""
+    suite = get_suite(task.suite, task.preset, task.seeds)
+    dev = resolve_device(task.device)
+    extras = extras_for(task.preset, task.star_extend)
+    data, num_classes, data_desc = _data_for(task.dataset, task.preset, dev, task.data_root, task.download, task.labels)
+    out = task.out
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    info = {
+        "suite": task.suite, "preset": task.preset, "preset_description": PRESET_TABLE[task.preset].description,
+        "dataset": task.dataset, "data": data_desc, "n_train": len(data), "num_classes": num_classes,
+        "question": suite.question, "assumptions": ASSUMPTIONS, "device": str(dev),
+        "threads": torch.get_num_threads(), "seeds": len({r.seed for r in suite.runs}), "labels": task.labels,
+        "random_labels_seed": RANDOM_LABELS_SEED if task.labels == "random" else None, "extras": extras.to_dict(),
+        "command": command or f"gpcheck deep --suite {task.suite} --preset {task.preset} --dataset {task.dataset}",
+        "runs": [r.to_dict() for r in suite.runs],
+        "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_suite_info(out, info)
+    meta = {"suite": task.suite, "preset": task.preset, "dataset": task.dataset, "data": data_desc}
+    return _OpenSuite(out, {r.name: r for r in suite.runs}, data, num_classes, meta, extras, info)
+
+
+def _suite_of(task: RunTask, opened: dict, command: str | None) -> _OpenSuite:
+    key = (task.out, task.seeds, task.star_extend, task.device, task.data_root)
+    if key not in opened:
+        t0 = time.perf_counter()
+        opened[key] = open_suite(task, command)
+        opened[key].busy_s += time.perf_counter() - t0
+    return opened[key]
+
+
+def measure_task(task: RunTask, blocking: bool = True, progress: bool = False, command: str | None = None,
+                 _opened: dict | None = None) -> bool:
+    """Measure one task under its run's lock (skipping it when finished, resuming it from its
+    checkpoints when interrupted); False when another process holds the run and not ``blocking``."""
+    s = _suite_of(task, {} if _opened is None else _opened, command)
+    if task.name not in s.specs:
+        raise ValueError(f"{task.suite}/{task.preset} has no run {task.name!r}")
+    t0 = time.perf_counter()
+    try:
+        return _measure_if_free(s.specs[task.name], s.out, s.data, s.num_classes, s.meta, progress, s.extras, blocking)
+    finally:
+        s.busy_s += time.perf_counter() - t0
+
+
+def run_queue(tasks: list[RunTask], *, progress: bool = True, command: str | None = None,
+              add_wall: bool = True) -> list[Path]:
+    """Measure ``tasks`` in this process; returns their suite folders.
+
+    First every run no other process holds; then, waiting, the ones that were held (by now usually
+    finished by their holder, so they are only checked). Two invocations, or the workers of
+    ``--jobs``, so share one queue without measuring a run twice. A run that fails (a replay
+    mismatch, a damaged run folder that could not be remeasured, an op without a deterministic
+    kernel, ...) is written to its ``error.json`` and the queue goes on. ``add_wall=False`` (a
+    worker of an executor): the caller adds the suites' wall time itself.
+    """
+    opened: dict = {}
+    t_start = time.perf_counter()
+    bar = _suite_bar(tasks, progress, _queue_desc(tasks))
+    held = [t for t in bar if not measure_task(t, False, progress, command, opened)]
+    for t in held:
+        measure_task(t, True, progress, command, opened)
+    for s in opened.values():
+        s.info["finished_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        # one suite alone: the invocation's wall time; in a queue of many, the time spent on it
+        wall = time.perf_counter() - t_start if len(opened) == 1 else s.busy_s
+        s.info["last_invocation_wall_s"] = wall
+        write_suite_info(s.out, s.info, wall if add_wall else 0.0)
+    return suite_dirs(tasks)
+
+
 def run_suite(suite_name: str, preset: str = "smoke", dataset: str | None = None, *, data_root=None,
               download: bool = False, device: str | None = None, out_root: str | os.PathLike = "reports",
               progress: bool = True, command: str | None = None, seeds: int | None = None, labels: str = "true",
               star_extend: float = 0.0, add_wall: bool = True) -> list[Path]:
-    """Measure every run of the suite on each data set; returns the suite folders.
+    """Measure every run of the suite on each data set; returns the suite folders (see
+    :func:`run_queue`)."""
+    tasks = suite_tasks(suite_name, preset, dataset, out_root, seeds=seeds, labels=labels, star_extend=star_extend,
+                        data_root=data_root, download=download, device=device)
+    return run_queue(tasks, progress=progress, command=command, add_wall=add_wall)
 
-    A run that fails (a replay mismatch, a damaged run folder that could not be remeasured, an op
-    without a deterministic kernel, ...) is written to its ``error.json`` and the suite goes on.
-    ``add_wall=False`` (a worker of ``--jobs``): the caller adds the suite's wall time itself.
-    """
-    suite = get_suite(suite_name, preset, seeds)
-    seeds = len({r.seed for r in suite.runs})
-    extras = extras_for(preset, star_extend)
-    datasets = resolve_datasets(dataset, preset)
-    dev = resolve_device(device)
-    out_dirs = []
-    for ds in datasets:
-        out = report_dir(out_root, suite_name, preset, ds, labels)
-        (out / "runs").mkdir(parents=True, exist_ok=True)
-        data, num_classes, data_desc = load_train_data(ds, PRESET_TABLE[preset].train_subset, dev, data_root, download,
-                                                       labels)
-        info = {
-            "suite": suite_name, "preset": preset, "preset_description": PRESET_TABLE[preset].description,
-            "dataset": ds, "data": data_desc, "n_train": len(data), "num_classes": num_classes,
-            "question": suite.question, "assumptions": ASSUMPTIONS, "device": str(dev),
-            "threads": torch.get_num_threads(), "seeds": seeds, "labels": labels,
-            "random_labels_seed": RANDOM_LABELS_SEED if labels == "random" else None, "extras": extras.to_dict(),
-            "command": command or f"gpcheck deep --suite {suite_name} --preset {preset} --dataset {ds}",
-            "runs": [r.to_dict() for r in suite.runs],
-            "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        write_suite_info(out, info)
-        meta = {"suite": suite_name, "preset": preset, "dataset": ds, "data": data_desc}
-        t0 = time.perf_counter()
-        # First every run no other process holds; then, waiting, the ones that were held (by now
-        # usually finished by their holder, so they are only checked). Two invocations, or the
-        # workers of --jobs, so share a suite without measuring a run twice.
-        held = [spec for spec in _suite_bar(suite.runs, progress, f"{suite_name}/{preset}/{ds}")
-                if not _measure_if_free(spec, out, data, num_classes, meta, progress, extras, blocking=False)]
-        for spec in held:
-            _measure_if_free(spec, out, data, num_classes, meta, progress, extras, blocking=True)
-        info["finished_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        info["last_invocation_wall_s"] = time.perf_counter() - t0
-        write_suite_info(out, info, info["last_invocation_wall_s"] if add_wall else 0.0)
-        out_dirs.append(out)
-    return out_dirs
+
+def execute_task(task: RunTask) -> dict:
+    """Measure one task in a process of an executor (a Slurm array task, a Ray task); returns
+    ``{"run", "suite_dir", "status"}`` with status ``ok``, ``error`` (the run's ``error.json``
+    says why), or ``failed: <one line>`` for what no run can survive (the data, a run folder of
+    other settings). Sets the task's CPU threads first."""
+    from .measure import RunMismatch
+
+    if task.threads:
+        torch.set_num_threads(task.threads)
+    try:
+        measure_task(task, blocking=True, _opened=_EXECUTOR_OPENED)
+    except (DataError, RunMismatch, ValueError) as exc:
+        return {"run": task.name, "suite_dir": str(task.out), "status": f"failed: {' '.join(str(exc).split())}"}
+    status = "error" if (task.workdir / "error.json").is_file() else "ok"
+    return {"run": task.name, "suite_dir": str(task.out), "status": status}
+
+
+_EXECUTOR_OPENED: dict = {}  # suites opened by this executor process (a Ray worker runs many tasks)
 
 
 def read_suite_runs(suite_name: str, preset: str, seeds: int | None = None) -> list[str]:
@@ -256,6 +383,15 @@ def _measure_if_free(spec: RunSpec, out: Path, data, num_classes: int, meta: dic
             return True
     _record_in_manifest(out, spec.name, run, None)
     return True
+
+
+def _queue_desc(tasks: list[RunTask]) -> str:
+    if not tasks:
+        return "nothing to run"
+    t = tasks[0]
+    suites = list(dict.fromkeys(x.suite for x in tasks))
+    dss = list(dict.fromkeys(x.dataset for x in tasks))
+    return f"{'+'.join(suites)}/{t.preset}/{'+'.join(dss)}"
 
 
 def _suite_bar(runs, progress: bool, desc: str):

@@ -9,20 +9,17 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from deep.data import default_jpeg_archive
 from validation.cli import main
+
+from smoke_util import SMOKE, _same_as_reference, gpcheck, needs_archive, stable, traces_of  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIVER = Path(__file__).resolve().parent / "crash_driver.py"
-COLUMNS = ("loss", "loss_star", "inner", "update_sq", "dist_sq", "step", "epoch")
-needs_archive = pytest.mark.skipif(not default_jpeg_archive().exists(), reason="no shared CIFAR-10 JPEG archive")
 
 
 def drive(workdir, kill_at=None):
@@ -129,32 +126,6 @@ def test_damaged_finished_run_is_measured_again(tmp_path, damage, reference):
 
 
 # -- a real `gpcheck deep`, killed at random moments ---------------------------------------------
-def gpcheck(args, cwd=None, env=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", "validation.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
-
-
-def stable(obj):
-    """report.json without what must differ between two runs: clocks and timestamps."""
-    volatile = ("wall_s", "ms_per_step", "utc", "command")
-    if isinstance(obj, dict):
-        return {k: stable(v) for k, v in obj.items() if not any(w in k for w in volatile)}
-    if isinstance(obj, list):
-        return [stable(v) for v in obj]
-    return obj
-
-
-def traces_of(suite_dir: Path) -> dict:
-    out = {}
-    for npz in sorted(suite_dir.glob("runs/*/trace.npz")):
-        with np.load(npz) as z:
-            out[npz.parent.name] = {c: z[c].tobytes() for c in COLUMNS}
-    return out
-
-
-SMOKE = ["deep", "--suite", "skip", "--preset", "smoke", "--quiet"]
-
-
 @pytest.fixture(scope="module")
 def smoke_reference(tmp_path_factory):
     """An undisturbed `gpcheck deep --out .` in a folder that holds the user's own README.md."""
@@ -188,14 +159,6 @@ def _kill_randomly_then_finish(out: Path, rng: random.Random, kills: int) -> lis
     res = gpcheck([*SMOKE, "--out", str(out)])
     assert res.returncode == 0, (moments, res.stderr[-3000:])
     return moments
-
-
-def _same_as_reference(out: Path, ref: Path, moments) -> None:
-    got, want = out / "skip-smoke-cifar10-jpeg", ref / "skip-smoke-cifar10-jpeg"
-    assert traces_of(got) == traces_of(want), moments
-    assert stable(json.loads((got / "report.json").read_text())) == \
-        stable(json.loads((want / "report.json").read_text())), moments
-    assert not list(got.rglob(".*.tmp")) and not list(got.rglob("checkpoints/*.pt")), moments
 
 
 @needs_archive

@@ -205,11 +205,11 @@ def _choice_error(kind: str, value: str, choices) -> NoReturn:
 
 
 @main.command()
-@click.option("--suite", required=True, help="activation, bn, skip or optimizer")
+@click.option("--suite", required=True, help="activation, bn, skip, optimizer, or all (every suite, in one queue)")
 @click.option("--preset", default="smoke", show_default=True, help="paper, lite, cpu or smoke")
 @click.option("--dataset", default=None,
-              help="cifar10, cifar100, both, or cifar10-jpeg (the offline JPEG copy); default: the preset's "
-                   "(cifar10-jpeg for cpu and smoke, cifar10 otherwise)")
+              help="cifar10, cifar100, both (one queue), or cifar10-jpeg (the offline JPEG copy); default: the "
+                   "preset's (cifar10-jpeg for cpu and smoke, cifar10 otherwise)")
 @click.option("--data-root", default=None, help="folder with cifar-10-batches-py/ or cifar-100-python/, "
               "or the path of the JPEG archive")
 @click.option("--download", is_flag=True, help="download CIFAR through torchvision if it is not under --data-root")
@@ -230,36 +230,62 @@ def _choice_error(kind: str, value: str, choices) -> NoReturn:
 @click.option("--quiet", is_flag=True, help="no progress bars")
 @click.option("--plan", is_flag=True, help="print the suite's runs, their steps and the time they will take on this "
                                            "device (from measured ms/step), and run nothing")
-@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1, 256),
-              help="worker processes on this machine, each taking the runs no other holds: on CUDA pinned "
-                   "round-robin to the GPUs, on the CPU sharing the threads (--threads, or one per core)")
-@click.option("--worker", is_flag=True, hidden=True, help="(internal) a worker of --jobs: no report, no index")
+@click.option("--executor", default="local", show_default=True,
+              help="who measures the runs: local (this machine, --jobs processes), slurm (a submitit job array, "
+                   "one task per run; pip install 'gpcheck[slurm]') or ray (Ray tasks, one GPU each; "
+                   "pip install 'gpcheck[ray]')")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1, 4096),
+              help="local: worker processes on this machine, each taking the runs no other holds, on CUDA pinned "
+                   "round-robin to the GPUs, on the CPU sharing the threads (--threads, or one per core); slurm: "
+                   "at most this many array tasks at once (1: no limit); ray without --ray-address: the CPUs of "
+                   "the local cluster are jobs x threads")
+@click.option("--ray-address", default=None, help="ray: address of an existing cluster (default: start one here)")
+@click.option("--slurm-partition", default=None, help="slurm: the partition")
+@click.option("--slurm-time", default=1440, show_default=True, type=click.IntRange(1, 100_000),
+              help="slurm: minutes per task; a task out of time is requeued and resumes from its checkpoints")
+@click.option("--slurm-arg", "slurm_args", multiple=True, metavar="KEY=VALUE",
+              help="slurm: any other submitit slurm_ parameter, e.g. account=abc or mem_gb=32 (repeatable)")
+@click.option("--slurm-cluster", default="slurm", show_default=True,
+              help="slurm, or local: submitit's local executor (the same job array as processes on this machine)")
 def deep(suite, preset, dataset, data_root, download, device, threads, seeds, labels, star_extend, out_root,
-         quiet, plan, jobs, worker) -> None:
+         quiet, plan, executor, jobs, ray_address, slurm_partition, slurm_time, slurm_args, slurm_cluster) -> None:
     """Measure a suite of the paper's CIFAR experiments exactly and write its report.
 
     Rerunning the same command skips finished runs and resumes an interrupted one from its last
-    checkpoint, with an identical result; a run found damaged is measured again. Writes only
+    checkpoint, with an identical result; a run found damaged is measured again. Any number of
+    invocations and executors may share one output folder: each run is measured once. Writes only
     inside OUT.
     """
     import torch
 
     from deep.data import DataError
     from deep.env import resolve_device
+    from deep.executors import EXECUTORS, ExecutorError, finish_suites, run_queue_with
     from deep.measure import RunMismatch
-    from deep.runner import DATASET_CHOICES, LABELS, resolve_datasets, run_suite
+    from deep.runner import DATASET_CHOICES, LABELS, resolve_datasets, run_queue, suite_tasks
     from deep.suites import PRESETS, SUITES
 
     from .deep_report import build_report
 
-    if suite not in SUITES:
-        _choice_error("suite", suite, SUITES)
+    if suite not in SUITES + ("all",):
+        _choice_error("suite", suite, SUITES + ("all",))
     if preset not in PRESETS:
         _choice_error("preset", preset, PRESETS)
     if dataset is not None and dataset not in DATASET_CHOICES:
         _choice_error("data set", dataset, DATASET_CHOICES)
     if labels not in LABELS:
         _choice_error("labels", labels, LABELS)
+    if executor not in EXECUTORS:
+        _choice_error("executor", executor, EXECUTORS)
+    if slurm_cluster not in ("slurm", "local"):
+        _choice_error("slurm cluster", slurm_cluster, ("slurm", "local"))
+    extra = {}
+    for kv in slurm_args:
+        k, eq, v = kv.partition("=")
+        if not eq or not k.strip() or not k.replace("_", "").isalnum():
+            fail(f"--slurm-arg {kv!r}: give KEY=VALUE, e.g. --slurm-arg account=abc")
+        extra[k.strip()] = v
+    suites = list(SUITES) if suite == "all" else [suite]
     try:
         dev = resolve_device(device)
     except ValueError as exc:
@@ -271,43 +297,46 @@ def deep(suite, preset, dataset, data_root, download, device, threads, seeds, la
         from deep.plan import plan_suite, render_plan
 
         name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
-        for ds in resolve_datasets(dataset, preset):
-            planned = plan_suite(suite, preset, ds, name, out_root, seeds, labels, star_extend)
-            click.echo(render_plan(planned, f"Plan: `{suite}` suite, `{preset}` preset, {ds}, on {name} ({dev})",
-                                   name, dev.type == "cuda"))
+        for s in suites:
+            for ds in resolve_datasets(dataset, preset):
+                planned = plan_suite(s, preset, ds, name, out_root, seeds, labels, star_extend)
+                click.echo(render_plan(planned, f"Plan: `{s}` suite, `{preset}` preset, {ds}, on {name} ({dev})",
+                                       name, dev.type == "cuda"))
         return
-    if preset == "paper" and dev.type == "cpu" and device is None:
+    remote = executor != "local"
+    if preset == "paper" and dev.type == "cpu" and device is None and not remote:
         fail("the paper preset trains ResNets and VGGs for 150 epochs: it needs a GPU, and this machine has "
              "none. Pass --device cpu to run it on the CPU anyway, or use --preset lite, cpu or smoke.")
-    if preset == "paper" and not torch.cuda.is_available():
+    if preset == "paper" and dev.type == "cpu" and not remote:
         click.echo("warning: running the paper preset on the CPU; expect weeks.", err=True)
     if threads is not None:
         torch.set_num_threads(threads)
     argv = " ".join(["gpcheck", "deep"] + sys.argv[2:]) if len(sys.argv) > 2 else None
-    if worker:  # one of --jobs: measure, and leave the report to the parent
-        try:
-            for ds in resolve_datasets(dataset, preset):
-                run_suite(suite, preset, ds, data_root=data_root, download=download, device=device, out_root=out_root,
-                          progress=False, command=argv, seeds=seeds, labels=labels, star_extend=star_extend,
-                          add_wall=False)
-        except (DataError, RunMismatch) as exc:
-            fail(str(exc))
-        except KeyboardInterrupt:
-            sys.exit(130)
-        return
+    # tasks on this machine use its device; on cluster nodes (whose GPUs this host may not have) each
+    # task asks for one GPU unless --device cpu, and resolves --device where it runs
+    on_cluster = (executor == "slurm" and slurm_cluster == "slurm") or (executor == "ray" and ray_address)
+    cuda = device != "cpu" if on_cluster else dev.type == "cuda"
+    tasks = suite_tasks(suites, preset, dataset, out_root, seeds=seeds, labels=labels, star_extend=star_extend,
+                        data_root=data_root, download=download, device=device, threads=threads)
+    desc = f"{'+'.join(suites)}/{preset}/{'+'.join(resolve_datasets(dataset, preset))}"
     errors = 0
     try:
-        for ds in resolve_datasets(dataset, preset):
-            if jobs > 1:
-                out = _run_jobs(jobs, dev, suite, preset, ds, seeds, labels, star_extend, data_root, download, threads,
-                                out_root, argv, quiet)
-            else:
-                out = run_suite(suite, preset, ds, data_root=data_root, download=download, device=device,
-                                out_root=out_root, progress=not quiet, command=argv, seeds=seeds, labels=labels,
-                                star_extend=star_extend)[0]
+        if executor == "local" and jobs == 1:
+            dirs = run_queue(tasks, progress=not quiet, command=argv)
+        else:
+            walls = run_queue_with(executor, tasks, jobs=jobs, cuda=cuda, threads=threads, quiet=quiet, desc=desc,
+                                   gpus=torch.cuda.device_count() if cuda else 0, out_root=out_root,
+                                   ray_address=ray_address, slurm_cluster=slurm_cluster, slurm_time=slurm_time,
+                                   slurm_partition=slurm_partition, slurm_extra=extra)
+            finish_suites(tasks, walls, argv, {"executor": executor, "jobs": jobs} |
+                          ({"cluster": slurm_cluster} if executor == "slurm" else {}))
+            dirs = list(walls)
+        for out in dirs:
             build_report(out)
             errors += _print_suite_summary(out)
-            _write_index(out_root)
+        _write_index(out_root)
+    except ExecutorError as exc:
+        fail(str(exc), exc.status)
     except (DataError, RunMismatch) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
@@ -316,68 +345,6 @@ def deep(suite, preset, dataset, data_root, download, device, threads, seeds, la
         sys.exit(130)
     if errors:
         sys.exit(1)
-
-
-def _run_jobs(jobs, dev, suite, preset, ds, seeds, labels, star_extend, data_root, download, threads, out_root, argv,
-              quiet) -> Path:
-    """``--jobs N``: N worker processes of this command on one suite folder, each taking the runs no
-    other holds (per-run locks), with one progress view over all of them; returns the folder. On
-    CUDA worker j sees GPU j mod (number of GPUs) only; on the CPU the threads are shared out."""
-    import os
-    import subprocess
-    import time
-
-    import torch
-
-    from deep.runner import read_suite_runs, report_dir, write_suite_info
-
-    out = report_dir(out_root, suite, preset, ds, labels)
-    names = read_suite_runs(suite, preset, seeds)
-    per = max(1, (threads or torch.get_num_threads()) // jobs)
-    gpus = list(range(torch.cuda.device_count())) if dev.type == "cuda" else []
-    base = [sys.executable, "-c", "from validation.cli import main; main()", "deep", "--suite", suite, "--preset",
-            preset, "--dataset", ds, "--labels", labels, "--star-extend", str(star_extend), "--out", str(out_root),
-            "--threads", str(per), "--quiet", "--worker"]
-    base += (["--seeds", str(seeds)] if seeds else []) + (["--data-root", data_root] if data_root else [])
-    base += (["--download"] if download else []) + (["--device", "cuda" if gpus else "cpu"])
-    procs = []
-    t0 = time.perf_counter()
-    for j in range(jobs):
-        env = dict(os.environ, OMP_NUM_THREADS=str(per))
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(gpus[j % len(gpus)])
-        procs.append(subprocess.Popen(base, env=env))
-    where = f"{len(gpus)} GPU(s)" if gpus else f"{per} thread(s) each"
-    click.echo(f"{jobs} workers on {out} ({where})", err=True)
-
-    def done() -> int:
-        return sum((out / "runs" / n / "trace.json").is_file() or (out / "runs" / n / "error.json").is_file()
-                   for n in names)
-
-    from tqdm.auto import tqdm
-
-    try:
-        with tqdm(total=len(names), initial=done(), desc=f"{suite}/{preset}/{ds} ({jobs} workers)", unit="run",
-                  disable=quiet, dynamic_ncols=True) as bar:
-            while any(p.poll() is None for p in procs):
-                time.sleep(2.0)
-                bar.update(done() - bar.n)
-            bar.update(done() - bar.n)
-    except KeyboardInterrupt:
-        for p in procs:
-            p.send_signal(2)
-        for p in procs:
-            p.wait()
-        raise
-    codes = [p.returncode for p in procs]
-    bad = [c for c in codes if c not in (0, 1)]
-    if bad:
-        fail(f"{len(bad)} of {jobs} workers stopped with status {bad[0]} (its message is above); rerun the same "
-             "command to resume", bad[0] if bad[0] in (2, 3, 130) else 1)
-    info = json.loads((out / "suite.json").read_text())
-    info.update(command=argv or info.get("command"), jobs=jobs)
-    write_suite_info(out, info, time.perf_counter() - t0)
-    return out
 
 
 def _write_index(root) -> None:

@@ -1,0 +1,279 @@
+"""Executors: who measures the tasks of a queue (:class:`deep.runner.RunTask`), and where.
+
+* ``local`` with ``--jobs N``: N worker processes on this machine (``python -m deep.executors``),
+  pinned round-robin to the GPUs (``CUDA_VISIBLE_DEVICES``), or sharing the CPU's threads.
+* ``slurm``: one Slurm job array through submitit (``pip install 'gpcheck[slurm]'``), one task
+  per run. A task preempted or out of time is requeued by submitit and resumes from the run's
+  checkpoints.
+* ``ray``: one Ray task per run, ``num_gpus=1`` on CUDA, on an existing cluster (an address) or
+  one started here (``pip install 'gpcheck[ray]'``).
+
+Whichever runs a task, it measures it with :func:`deep.runner.execute_task` under the run's own
+lock in the shared output folder, so the bits are the same, two executors (or two invocations)
+never measure a run twice, and a task that dies leaves a run that the next invocation resumes.
+This module never schedules anything itself: it hands the queue to the engine and watches the
+folders for progress.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from .runner import RunTask, suite_dirs, write_suite_info
+
+EXECUTORS = ("local", "slurm", "ray")
+
+
+class ExecutorError(RuntimeError):
+    """An executor could not run the queue: one line that says what to do, and the exit status
+    (2 bad input, 3 the file system refused, 130 interrupted, else 1)."""
+
+    def __init__(self, msg: str, status: int = 1):
+        super().__init__(msg)
+        self.status = status
+
+
+class _Watch:
+    """One progress view over all workers: runs finished (a trace or an error in their folders)
+    out of the queue, with an ETA, and the moment each suite folder's last run finished."""
+
+    def __init__(self, tasks: list[RunTask], quiet: bool, desc: str):
+        from tqdm.auto import tqdm
+
+        self.tasks, self.t0 = tasks, time.perf_counter()
+        self.done_at: dict[Path, float] = {}
+        self.bar = tqdm(total=len(tasks), initial=self._count(), desc=desc, unit="run", disable=quiet,
+                        dynamic_ncols=True)
+
+    def _count(self) -> int:
+        return sum(t.finished() for t in self.tasks)
+
+    def update(self) -> None:
+        self.bar.update(self._count() - self.bar.n)
+        now = time.perf_counter() - self.t0
+        for out in suite_dirs(self.tasks):
+            if out not in self.done_at and all(t.finished() for t in self.tasks if t.out == out):
+                self.done_at[out] = now
+
+    def close(self) -> dict[Path, float]:
+        self.update()
+        self.bar.close()
+        end = time.perf_counter() - self.t0
+        return {out: self.done_at.get(out, end) for out in suite_dirs(self.tasks)}
+
+
+def finish_suites(tasks: list[RunTask], walls: dict[Path, float], command: str | None, executor: dict) -> None:
+    """After an executor: add to each ``suite.json`` the wall time from the start of this
+    invocation until its last run finished, the command, and which executor ran it."""
+    for out in suite_dirs(tasks):
+        path = out / "suite.json"
+        if not path.is_file():
+            continue  # nothing of it was measured (every task failed before opening it)
+        info = json.loads(path.read_text())
+        info.update(command=command or info.get("command"), executor=executor, jobs=executor.get("jobs"))
+        write_suite_info(out, info, walls.get(out, 0.0))
+
+
+# -- local: worker processes ---------------------------------------------------------------------
+def run_local(tasks: list[RunTask], jobs: int, *, cuda: bool, threads: int | None, quiet: bool, desc: str,
+              gpus: int = 0) -> dict[Path, float]:
+    """``jobs`` worker processes over one queue, each taking the runs no other holds. On CUDA,
+    worker j sees GPU j mod ``gpus`` only; on the CPU each gets ``threads // jobs`` threads."""
+    import torch
+
+    per = max(1, (threads or torch.get_num_threads()) // jobs)
+    tasks = [RunTask(**{**asdict(t), "threads": None if cuda else per}) for t in tasks]
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="gpcheck-queue-", delete=False) as fh:
+        json.dump([asdict(t) for t in tasks], fh)
+    procs = []
+    try:
+        for j in range(jobs):
+            env = dict(os.environ, OMP_NUM_THREADS=str(per))
+            if cuda and gpus:
+                env["CUDA_VISIBLE_DEVICES"] = str(j % gpus)
+            procs.append(subprocess.Popen([sys.executable, "-m", "deep.executors", fh.name], env=env))
+        watch = _Watch(tasks, quiet, f"{desc} ({jobs} workers)")
+        try:
+            while any(p.poll() is None for p in procs):
+                time.sleep(1.0)
+                watch.update()
+        except KeyboardInterrupt:
+            for p in procs:
+                p.send_signal(signal.SIGINT)
+            for p in procs:
+                p.wait()
+            raise
+        walls = watch.close()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        os.unlink(fh.name)
+    bad = [(j, p.returncode) for j, p in enumerate(procs) if p.returncode not in (0, 1)]
+    if bad:
+        j, code = bad[0]
+        why = (f"was killed by signal {-code} ({signal.Signals(-code).name})" if code < 0
+               else f"stopped with status {code} (its message is above)")
+        raise ExecutorError(f"{len(bad)} of {jobs} workers failed: worker {j + 1} {why}; finished runs and "
+                            "checkpoints are kept: rerun the same command to resume",
+                            code if code in (2, 3, 130) else 1)
+    return walls
+
+
+def _worker_main(queue_file: str) -> int:
+    """A worker of ``run_local``: measure the queue in ``queue_file`` (one JSON list of tasks)."""
+    import torch
+
+    from .data import DataError
+    from .measure import RunMismatch
+    from .runner import run_queue
+
+    tasks = [RunTask(**t) for t in json.loads(Path(queue_file).read_text())]
+    if tasks and tasks[0].threads:
+        torch.set_num_threads(tasks[0].threads)
+    try:
+        run_queue(tasks, progress=False, add_wall=False)
+    except (DataError, RunMismatch) as exc:
+        print(f"gpcheck: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+# -- results of remote tasks ---------------------------------------------------------------------
+def _check_results(results: list[dict | BaseException], tasks: list[RunTask], engine: str, logs: str) -> None:
+    """A task that raised, or that found a problem no run survives (the data, a folder of other
+    settings), stops the command with its first such message; an ERROR run does not (its report row
+    says why)."""
+    for task, res in zip(tasks, results):
+        if isinstance(res, BaseException):
+            last = [ln for ln in str(res).strip().splitlines() if ln.strip()]
+            raise ExecutorError(f"{engine} task of {task.suite}/{task.name} raised: {last[-1] if last else res!r}; "
+                                f"its log is in {logs}; rerun the same command to resume")
+        if str(res.get("status", "")).startswith("failed"):
+            raise ExecutorError(res["status"][len("failed: "):], 2)
+
+
+# -- slurm: submitit -----------------------------------------------------------------------------
+def run_slurm(tasks: list[RunTask], *, folder: Path, cluster: str, parallelism: int | None, time_min: int,
+              partition: str | None, gpus: int, cpus: int, extra: dict[str, str], quiet: bool,
+              desc: str) -> dict[Path, float]:
+    """One submitit job array over ``tasks``; waits for it with one progress view. ``cluster``:
+    ``slurm``, or submitit's ``local`` (processes on this machine, to try it without Slurm)."""
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        raise ExecutorError("--executor slurm needs submitit: pip install 'gpcheck[slurm]'") from None
+    if cluster == "slurm" and shutil.which("sbatch") is None:
+        raise ExecutorError("--executor slurm: no Slurm here (sbatch is not on PATH); run it on a Slurm login "
+                            "node, or pass --slurm-cluster local to try the same job array on this machine")
+    from ._slurm import SlurmTask, make_executor
+
+    ex = make_executor(folder, cluster, time_min=time_min, partition=partition, gpus=gpus, cpus=cpus,
+                       parallelism=parallelism, extra=extra)
+    jobs = ex.map_array(SlurmTask(), tasks)
+    where = f"{folder}/" if cluster == "local" else f"{folder}/ (job {jobs[0].job_id.split('_')[0]})"
+    print(f"gpcheck: {len(jobs)} {cluster} task(s) submitted; logs in {where}", file=sys.stderr)
+    watch = _Watch(tasks, quiet, f"{desc} ({cluster} array)")
+    try:
+        while not all(j.done() for j in jobs):
+            time.sleep(2.0 if cluster == "local" else 30.0)
+            watch.update()
+    except KeyboardInterrupt:
+        for j in jobs:
+            j.cancel(check=False)
+        raise
+    walls = watch.close()
+    results: list = []
+    for j in jobs:
+        try:
+            results.append(j.result())
+        except Exception as exc:  # noqa: BLE001 (submitit raises the task's failure as one of many types)
+            results.append(exc)
+    _check_results(results, tasks, "slurm", str(folder))
+    return walls
+
+
+# -- ray -----------------------------------------------------------------------------------------
+def run_ray(tasks: list[RunTask], *, address: str | None, local_cpus: int | None, gpus: int, cpus: int,
+            quiet: bool, desc: str) -> dict[Path, float]:
+    """One Ray task per run (``num_gpus=gpus``, ``num_cpus=cpus``) on the cluster at ``address``,
+    or on one started here with ``local_cpus`` CPUs; waits with one progress view."""
+    try:
+        import ray
+    except ImportError:
+        raise ExecutorError("--executor ray needs Ray: pip install 'gpcheck[ray]'") from None
+    from .runner import execute_task
+
+    started = not ray.is_initialized()
+    if started:
+        kw = dict(include_dashboard=False, logging_level="ERROR", log_to_driver=True)
+        try:
+            if address:
+                ray.init(address=address, **kw)
+            else:
+                ray.init(num_cpus=local_cpus, object_store_memory=200 * 2**20, **kw)
+        except Exception as exc:  # noqa: BLE001 (Ray raises ConnectionError, RuntimeError, ...)
+            raise ExecutorError(f"Ray could not start{' at ' + address if address else ''}: "
+                                f"{' '.join(str(exc).split())[:300]}") from None
+    try:
+        remote = ray.remote(execute_task).options(num_gpus=gpus, num_cpus=cpus, max_retries=3,
+                                                  retry_exceptions=False)
+        refs = [remote.remote(t) for t in tasks]
+        watch = _Watch(tasks, quiet, f"{desc} (ray)")
+        pending = list(refs)
+        try:
+            while pending:
+                _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+                watch.update()
+        except KeyboardInterrupt:
+            for r in refs:
+                ray.cancel(r, force=True)
+            raise
+        walls = watch.close()
+        results: list = []
+        for r in refs:
+            try:
+                results.append(ray.get(r))
+            except Exception as exc:  # noqa: BLE001 (RayTaskError wraps the task's own exception)
+                results.append(exc)
+        _check_results(results, tasks, "ray", "the Ray session's logs (/tmp/ray/session_latest/logs)")
+        return walls
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_queue_with(executor: str, tasks: list[RunTask], *, jobs: int, cuda: bool, threads: int | None, quiet: bool,
+                   desc: str, gpus: int = 0, out_root: str | os.PathLike = "reports", ray_address: str | None = None,
+                   slurm_cluster: str = "slurm", slurm_time: int = 1440, slurm_partition: str | None = None,
+                   slurm_extra: dict[str, str] | None = None, on_start: Callable[[str], None] | None = None
+                   ) -> dict[Path, float]:
+    """Hand ``tasks`` to ``executor``; returns each suite folder's wall time (see :class:`_Watch`)."""
+    per = threads or 1  # CPU threads of each remote task
+    if executor == "local":
+        return run_local(tasks, jobs, cuda=cuda, threads=threads, quiet=quiet, desc=desc, gpus=gpus)
+    tasks = [RunTask(**{**asdict(t), "threads": None if cuda else per}) for t in tasks]
+    if executor == "slurm":
+        return run_slurm(tasks, folder=Path(out_root) / ".slurm", cluster=slurm_cluster,
+                         parallelism=jobs if jobs > 1 else None, time_min=slurm_time, partition=slurm_partition,
+                         gpus=1 if cuda else 0, cpus=per, extra=slurm_extra or {}, quiet=quiet, desc=desc)
+    if executor == "ray":
+        return run_ray(tasks, address=ray_address, local_cpus=None if ray_address else max(jobs, 1) * per,
+                       gpus=1 if cuda else 0, cpus=per, quiet=quiet, desc=desc)
+    raise ExecutorError(f"unknown executor {executor!r}; choose one of: {', '.join(EXECUTORS)}")
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[1]))
