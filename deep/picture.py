@@ -40,7 +40,7 @@ from gamma_theory.files import BadFile, read_json
 from .data import CyclicSampler, DeviceData
 from .env import deterministic, environment, same_environment
 from .measure import train_epoch
-from .models import build_model
+from .models import model_for_run
 from gamma_theory.optimizers import make_optimizer
 
 
@@ -116,8 +116,7 @@ def path_picture(run_dir: str | Path, data: DeviceData, num_classes: int, grid: 
                            f"{len(data)}")
 
     def fresh():
-        return build_model(spec["network"], num_classes, spec["activation"], spec["bn"], spec["skip"], spec["width"],
-                           spec["seed"]).to(data.device)
+        return model_for_run(spec, num_classes).to(data.device)
 
     epochs = int(info["epochs_measured"])
     g = torch.Generator().manual_seed(12_345)

@@ -30,7 +30,7 @@ from gamma_theory.optimizers import make_optimizer
 from .data import DataError, DeviceData, balanced_subset, load_split
 from .env import resolve_device
 from .measure import EnvironmentMismatch, Extras, MeasuredRun, RecordingError, ReplayMismatch, measure
-from .models import build_model
+from .models import model_for_run
 from .state import StateDamaged
 from .suites import ASSUMPTIONS, PRESET_TABLE, RunSpec, get_suite
 
@@ -100,7 +100,7 @@ def load_train_data(dataset: str, n_sub: int | None, device: torch.device, data_
 def run_one(spec: RunSpec, data: DeviceData, num_classes: int, workdir: Path, meta: dict, progress: bool,
             extras: Extras = Extras()) -> MeasuredRun:
     def model_fn():
-        return build_model(spec.network, num_classes, spec.activation, spec.bn, spec.skip, spec.width, spec.seed)
+        return model_for_run(spec, num_classes)
 
     def optimizer_fn(params):
         return make_optimizer(spec.optimizer, params, spec.lr)

@@ -308,3 +308,16 @@ def test_init_by_name_keeps_torch_default_distribution():
     w = m.features.conv5_3.weight
     bound = 1 / (w.shape[1] * 9) ** 0.5
     assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound
+
+
+def test_model_for_run_builds_the_runs_model_from_a_spec_or_its_dict():
+    """The runner (RunSpec) and `gpcheck picture` (trace.json's run dict) get bitwise the same model."""
+    from deep.models import model_for_run
+    from deep.suites import get_suite
+
+    for spec in get_suite("bn", "smoke").runs[:3]:
+        want = build_model(spec.network, 10, spec.activation, spec.bn, spec.skip, spec.width, spec.seed)
+        for given in (spec, spec.to_dict()):
+            got = model_for_run(given, 10)
+            assert [n for n, _ in got.named_parameters()] == [n for n, _ in want.named_parameters()]
+            assert all(torch.equal(a, b) for a, b in zip(got.parameters(), want.parameters()))

@@ -18,7 +18,7 @@ from .vgg import VGG
 
 MODEL_NAMES = ("alexnet", "resnet18", "resnet34", "vgg11", "vgg16")
 
-__all__ = ["build_model", "MODEL_NAMES", "ACTIVATIONS", "BN_SETTINGS", "SKIP_SETTINGS",
+__all__ = ["build_model", "model_for_run", "MODEL_NAMES", "ACTIVATIONS", "BN_SETTINGS", "SKIP_SETTINGS",
            "make_activation", "init_by_name", "LocalResponseNorm", "AlexNet", "ResNet", "VGG"]
 
 
@@ -28,6 +28,14 @@ def build_model(name, num_classes, activation="relu", bn="all", skip="all", widt
     with torch.random.fork_rng(devices=[]):  # the constructors' own default init draws from it
         model = _build(name, num_classes, activation, bn, skip, width)
     return init_by_name(model, seed)
+
+
+def model_for_run(spec, num_classes):
+    """The model of a run, from its :class:`deep.suites.RunSpec` or the ``run`` dict a
+    ``trace.json`` holds: what the runner trains and what ``gpcheck picture`` replays."""
+    get = spec.get if isinstance(spec, dict) else (lambda k: getattr(spec, k))
+    return build_model(get("network"), num_classes, get("activation"), get("bn"), get("skip"), get("width"),
+                       get("seed"))
 
 
 def _build(name, num_classes, activation, bn, skip, width):
