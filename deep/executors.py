@@ -102,6 +102,8 @@ def run_local(tasks: list[RunTask], jobs: int, *, cuda: bool, threads: int | Non
             if cuda and gpus:
                 env["CUDA_VISIBLE_DEVICES"] = str(j % gpus)
             procs.append(subprocess.Popen([sys.executable, "-m", "deep.executors", fh.name], env=env))
+        where = f"{min(jobs, gpus)} GPU(s)" if cuda and gpus else f"{per} thread(s) each"
+        print(f"gpcheck: {jobs} workers on {len(tasks)} runs ({where})", file=sys.stderr)
         watch = _Watch(tasks, quiet, f"{desc} ({jobs} workers)")
         try:
             while any(p.poll() is None for p in procs):

@@ -56,3 +56,21 @@ def test_plan_option_runs_nothing(tmp_path):
     assert res.exit_code == 0, res.output
     assert "Plan: `skip` suite, `cpu` preset" in res.output and "resnet34-all-s2" in res.output
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_plan_of_the_whole_protocol_lists_every_suite_and_data_set_and_totals_the_queue(tmp_path):
+    import math
+
+    from deep.suites import SUITES, get_suite
+
+    res = CliRunner().invoke(main, ["deep", "--suite", "all", "--preset", "paper", "--dataset", "both", "--plan",
+                                    "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    for s in SUITES:
+        for ds in ("cifar10", "cifar100"):
+            assert f"Plan: `{s}` suite, `paper` preset, {ds}" in res.output
+    runs = [r for s in SUITES for r in get_suite(s, "paper").runs] * 2
+    steps = sum(r.epochs * math.ceil(50_000 / r.batch_size) for r in runs)
+    last = res.output.splitlines()[-1]
+    assert last.startswith("All of the queue: ") and f" of {len(runs)} runs ({steps:,} steps per pass)" in last
+    assert not any(tmp_path.iterdir())

@@ -297,11 +297,19 @@ def deep(suite, preset, dataset, data_root, download, device, threads, seeds, la
         from deep.plan import plan_suite, render_plan
 
         name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
+        everything = []
         for s in suites:
             for ds in resolve_datasets(dataset, preset):
                 planned = plan_suite(s, preset, ds, name, out_root, seeds, labels, star_extend)
+                everything += planned
                 click.echo(render_plan(planned, f"Plan: `{s}` suite, `{preset}` preset, {ds}, on {name} ({dev})",
-                                       name, dev.type == "cuda"))
+                                       name, dev.type == "cuda") + "\n")
+        if len(everything) > len(planned):
+            known = [r.hours for r in everything if r.hours is not None]
+            unit = "GPU-hours" if dev.type == "cuda" else "hours"
+            click.echo(f"All of the queue: {sum(known):.2f} {unit} on {name} for {len(known)} of {len(everything)} "
+                       f"runs ({sum(r.steps for r in everything):,} steps per pass)"
+                       + ("; on N GPUs (--jobs N), about 1/N of it in wall time." if dev.type == "cuda" else "."))
         return
     remote = executor != "local"
     if preset == "paper" and dev.type == "cpu" and device is None and not remote:
