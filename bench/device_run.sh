@@ -11,7 +11,8 @@
 #
 #   checks   (60 s)   a deterministic forward+backward of every network family in CUDA deterministic mode,
 #                     and a measured ResNet-18 run whose replay is compared with pass 1 bit for bit
-#   cost     (120 s)  bench/step_cost.py for ResNet-18, ResNet-34 and VGG-16: typical loop vs the two passes
+#   cost     (150 s)  bench/step_cost.py for ResNet-18, ResNet-34 and VGG-16: typical loop vs the two passes,
+#                     each at strict fp32 and at TF32 (--tf32 both), side by side
 #   lite     (150 s each)  the `lite` bn and optimizer suites; a suite cut by its limit keeps its finished
 #                     runs, and its report says which runs are missing
 #
@@ -44,9 +45,9 @@ if [ "$DRY" = 1 ]; then
 else
   DEVICE=cuda PRESET=lite
   CHECK_ARGS=(--subset 2048 --epochs 2)
-  COST_ARGS=(--networks resnet18 resnet34 vgg16)
+  COST_ARGS=(--networks resnet18 resnet34 vgg16 --tf32 both)
 fi
-T_CHECKS=${T_CHECKS:-60} T_COST=${T_COST:-120} T_LITE=${T_LITE:-150}
+T_CHECKS=${T_CHECKS:-60} T_COST=${T_COST:-150} T_LITE=${T_LITE:-150}
 
 preflight() {
   {

@@ -12,13 +12,20 @@ Loops, all on the same network, batch size and data (random CIFAR-shaped uint8 i
 * ``runner``: the real two-pass runner (deep/measure.py: data indexing, the last smaller batch,
   checkpoints, replay checks) over ``--runner-epochs`` epochs, per step of pass 1 + pass 2.
 
+Precision: every loop of one measurement runs at one stated precision, set explicitly before it
+(``--tf32 off``: strict fp32 matmuls and convolutions; ``on``: TF32 in both, which is deterministic
+too, and which the runner offers as ``allow_tf32`` and records). ``--tf32 both`` measures each
+network at both, side by side, so the ratios can be read either way (default on CUDA; on the CPU
+TF32 does not exist and only ``off`` is run). Before, the first network's typical loop ran at
+PyTorch's default (cuDNN TF32 on) and every later one with TF32 off.
+
 Ratios printed and written to JSON (with the device name and library versions):
 ``recording overhead = (record_only - deterministic) / replay`` and
 ``two-pass cost = (deterministic + replay) / typical``, and the runner's own two-pass cost.
 
 Usage::
 
-    python bench/step_cost.py --device cuda --networks resnet18 resnet34 vgg16 --out $OUT/step_cost.json
+    python bench/step_cost.py --device cuda --networks resnet18 resnet34 vgg16 --tf32 both --out $OUT/step_cost.json
     python bench/step_cost.py --device cpu --width 0.125 --steps 5 --warmup 2 --workers 0   # CPU check
 """
 
@@ -59,7 +66,13 @@ def _timed(step, dev, warmup, steps) -> float:
     return 1e3 * (time.perf_counter() - t0) / steps
 
 
-def bench_network(name, dev, args, images, labels) -> dict:
+def set_precision(tf32: bool) -> None:
+    """TF32 in matmuls and convolutions, on or off, explicitly (PyTorch's defaults differ)."""
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
+def bench_network(name, dev, args, images, labels, tf32: bool = False) -> dict:
     cl = dev.type == "cuda"
 
     def model():
@@ -67,10 +80,11 @@ def bench_network(name, dev, args, images, labels) -> dict:
         m = build_model(name, 10, width=args.width).to(dev)
         return m.to(memory_format=torch.channels_last) if cl else m
 
-    res = {}
-    # typical: DataLoader over float tensors, NCHW, default kernels
+    res = {"tf32": tf32}
+    # typical: DataLoader over float tensors, NCHW, default kernels, at the stated precision
     torch.use_deterministic_algorithms(False)
     torch.backends.cudnn.benchmark = True
+    set_precision(tf32)
     x_all = (images.float() / 255 - 0.5) / 0.25
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x_all, labels), batch_size=args.batch_size,
                                          shuffle=True, num_workers=args.workers, pin_memory=cl, drop_last=True,
@@ -105,10 +119,11 @@ def bench_network(name, dev, args, images, labels) -> dict:
 
     def make_step(det: bool, star: bool, record: bool):
         if det:
-            set_deterministic()
+            set_deterministic(allow_tf32=tf32)
         else:
             torch.use_deterministic_algorithms(False)
             torch.backends.cudnn.benchmark = True
+            set_precision(tf32)
         mm = model()
         o = torch.optim.SGD(mm.parameters(), lr=0.01)
         ms = model()
@@ -145,13 +160,15 @@ def bench_network(name, dev, args, images, labels) -> dict:
         t0 = time.perf_counter()
         run = measure(lambda: build_model(name, 10, width=args.width),
                       lambda p: torch.optim.SGD(p, lr=0.01), sub, lr=0.01, epochs=args.runner_epochs,
-                      batch_size=args.batch_size, workdir=Path(tmp) / "r", channels_last=cl, progress=False)
+                      batch_size=args.batch_size, workdir=Path(tmp) / "r", channels_last=cl, progress=False,
+                      allow_tf32=tf32)
         wall = time.perf_counter() - t0
     steps = len(run.trace)
     res["runner_two_pass_per_step"] = 1e3 * wall / steps
     res["runner_pass1"] = run.trace.meta["pass1"]["ms_per_step"]
     res["runner_pass2"] = run.trace.meta["pass2"]["ms_per_step"]
     res["runner_replay_verified"] = run.trace.meta["replay_verified"]
+    res["runner_allow_tf32"] = run.trace.meta["env"]["allow_tf32"]
     res["ratios"] = {
         "recording_overhead_of_replay_step": (res["record_only"] - res["deterministic"]) / res["replay"],
         "two_pass_over_typical": (res["deterministic"] + res["replay"]) / res["typical"],
@@ -173,19 +190,36 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--runner-images", type=int, default=5000)
     ap.add_argument("--runner-epochs", type=int, default=2)
+    ap.add_argument("--tf32", choices=("off", "on", "both"), default=None,
+                    help="precision of every loop: off (strict fp32), on (TF32), or both side by side "
+                         "(default: both on CUDA, off on the CPU)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     dev = resolve_device(args.device)
+    if args.tf32 is None:
+        args.tf32 = "both" if dev.type == "cuda" else "off"
+    if args.tf32 != "off" and dev.type != "cuda":
+        ap.error("--tf32 on/both: TF32 exists only on CUDA")
+    precisions = {"off": [False], "on": [True], "both": [False, True]}[args.tf32]
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (args.images,), generator=g)
     result = {"command": " ".join(["python", "bench/step_cost.py", *sys.argv[1:]]), "args": vars(args),
               "env": environment(dev), "ms_per_step": {}}
-    for name in args.networks:
-        r = bench_network(name, dev, args, images, labels)
-        result["ms_per_step"][name] = r
+    if True in precisions:
+        result["ms_per_step_tf32"] = {}
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+              torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    for name, tf32 in [(n, t) for n in args.networks for t in precisions]:
+        try:
+            r = bench_network(name, dev, args, images, labels, tf32)
+        finally:  # the caller's settings back (the loops set precision and determinism per loop)
+            (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) = before[:2]
+            torch.use_deterministic_algorithms(before[2])
+            torch.backends.cudnn.benchmark = before[3]
+        result["ms_per_step_tf32" if tf32 else "ms_per_step"][name] = r
         rt = r["ratios"]
-        print(f"{name}: typical {r['typical']:.2f} | resident {r['resident']:.2f} | deterministic "
+        print(f"{name} ({'TF32' if tf32 else 'strict fp32'}): typical {r['typical']:.2f} | resident {r['resident']:.2f} | deterministic "
               f"{r['deterministic']:.2f} | record_only {r['record_only']:.2f} | replay {r['replay']:.2f} | "
               f"runner 2-pass {r['runner_two_pass_per_step']:.2f} ms/step")
         print(f"  recording overhead {100 * rt['recording_overhead_of_replay_step']:.1f}% of a replay step; "

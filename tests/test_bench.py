@@ -42,6 +42,7 @@ def test_replay_check_runs_and_verifies(tmp_path):
 
 def test_step_cost_writes_ratios(tmp_path):
     out = tmp_path / "sc.json"
+    cudnn_tf32 = torch.backends.cudnn.allow_tf32
     load("step_cost").main(["--device", "cpu", "--networks", "vgg11", "--width", "0.125", "--steps", "2",
                             "--warmup", "1", "--workers", "0", "--images", "256", "--runner-images", "128",
                             "--runner-epochs", "1", "--batch-size", "64", "--out", str(out)])
@@ -51,6 +52,16 @@ def test_step_cost_writes_ratios(tmp_path):
         assert r[k] > 0
     assert r["ratios"]["two_pass_over_typical"] == pytest.approx((r["deterministic"] + r["replay"]) / r["typical"])
     assert r["runner_replay_verified"]["final"] == "bitwise equal to theta*"
+    # one stated precision for every loop (strict fp32 on the CPU), and the caller's settings kept
+    assert r["tf32"] is False and r["runner_allow_tf32"] is False and res["args"]["tf32"] == "off"
+    assert "ms_per_step_tf32" not in res
+    assert torch.backends.cudnn.allow_tf32 == cudnn_tf32 and not torch.are_deterministic_algorithms_enabled()
+
+
+def test_step_cost_refuses_tf32_on_the_cpu():
+    with pytest.raises(SystemExit) as exc:
+        load("step_cost").main(["--device", "cpu", "--tf32", "both"])
+    assert exc.value.code == 2
 
 
 @pytest.mark.skipif(not default_jpeg_archive().exists(), reason="no shared CIFAR-10 JPEG archive")
