@@ -11,20 +11,22 @@
 #
 #   checks   (60 s)   a deterministic forward+backward of every network family in CUDA deterministic mode,
 #                     and a measured ResNet-18 run whose replay is compared with pass 1 bit for bit
-#   cost     (150 s)  bench/step_cost.py for ResNet-18, ResNet-34 and VGG-16: typical loop vs the two passes,
+#   cost     (130 s)  bench/step_cost.py for ResNet-18, ResNet-34 and VGG-16: typical loop vs the two passes,
 #                     each at strict fp32 and at TF32 (--tf32 both), side by side
-#   lite     (150 s each)  the `lite` bn and optimizer suites; a suite cut by its limit keeps its finished
+#   concurrency (60 s)  bench/concurrency.py: throughput of the GPU with 1, 2 and 4 ResNet-18 runs at once
+#                     (what --jobs N on one GPU does), and that their traces equal one run's
+#   lite     (135 s each)  the `lite` bn and optimizer suites; a suite cut by its limit keeps its finished
 #                     runs, and its report says which runs are missing
 #
 # Everything lands in $OUT, at most 8 files (the device returns no more): device.txt (GPU, driver,
-# versions), device.log (all output), replay_check.json, step_cost.json, lite-reports.tar.gz
+# versions), device.log (all output), replay_check.json, step_cost.json, concurrency.json, lite-reports.tar.gz
 # (traces, reports and figures, no checkpoints). Unpack the tarball into reports/, copy the JSON to
 # bench/results/, and commit.
 #
 # GPCHECK_DRY_RUN=1 runs the same phases on the CPU at tiny sizes (the `smoke` preset instead of
 # `lite`), so the script cannot rot unnoticed: tests/test_bench.py runs it in CI.
 #
-# Usage: bash bench/device_run.sh all | checks | cost | lite [SUITE...]
+# Usage: bash bench/device_run.sh all | checks | cost | concurrency | lite [SUITE...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 GPCHECK_CACHE=${GPCHECK_CACHE:-/tmp/gpcheck-cache}
@@ -42,12 +44,14 @@ if [ "$DRY" = 1 ]; then
   CHECK_ARGS=(--width 0.125 --subset 128 --epochs 2 --batch-size 64)
   COST_ARGS=(--networks vgg11 --width 0.125 --steps 2 --warmup 1 --workers 0 --images 256 --runner-images 128
              --runner-epochs 1 --batch-size 64)
+  CONC_ARGS=(--network vgg11 --width 0.125 --images 128 --epochs 1 --batch-size 64 --concurrency 1 2 --threads 1)
 else
   DEVICE=cuda PRESET=lite
   CHECK_ARGS=(--subset 2048 --epochs 2)
   COST_ARGS=(--networks resnet18 resnet34 vgg16 --tf32 both)
+  CONC_ARGS=(--network resnet18 --images 4096 --epochs 2 --concurrency 1 2 4)
 fi
-T_CHECKS=${T_CHECKS:-60} T_COST=${T_COST:-150} T_LITE=${T_LITE:-150}
+T_CHECKS=${T_CHECKS:-60} T_COST=${T_COST:-130} T_CONC=${T_CONC:-60} T_LITE=${T_LITE:-135}
 
 preflight() {
   {
@@ -83,6 +87,11 @@ cost() {
   timeout -s INT "$T_COST" "$PY" bench/step_cost.py --device "$DEVICE" "${COST_ARGS[@]}" --out "$OUT/step_cost.json"
 }
 
+concurrency() {
+  echo "== concurrency (limit ${T_CONC} s)"
+  timeout -s INT "$T_CONC" "$PY" bench/concurrency.py --device "$DEVICE" "${CONC_ARGS[@]}" --out "$OUT/concurrency.json"
+}
+
 lite() {
   local suites=("$@") rc=0
   [ ${#suites[@]} -gt 0 ] || suites=(bn optimizer)
@@ -101,11 +110,13 @@ lite() {
 
 status=0
 case "${1:-all}" in
-  all)    preflight || exit 2; checks || status=1; cost || status=1; lite bn optimizer || status=1 ;;
+  all)    preflight || exit 2; checks || status=1; cost || status=1; concurrency || status=1
+          lite bn optimizer || status=1 ;;
+  concurrency) preflight || exit 2; concurrency || status=1 ;;
   checks) preflight || exit 2; checks || status=1 ;;
   cost)   preflight || exit 2; cost || status=1 ;;
   lite)   preflight || exit 2; shift; lite "$@" || status=1 ;;
-  *) echo "usage: bash bench/device_run.sh all | checks | cost | lite [SUITE...]" >&2; exit 2 ;;
+  *) echo "usage: bash bench/device_run.sh all | checks | cost | concurrency | lite [SUITE...]" >&2; exit 2 ;;
 esac
 echo "== done, exit $status; files in $OUT:"; ls -la "$OUT"
 exit $status

@@ -219,7 +219,8 @@ def main(argv=None) -> int:
             torch.backends.cudnn.benchmark = before[3]
         result["ms_per_step_tf32" if tf32 else "ms_per_step"][name] = r
         rt = r["ratios"]
-        print(f"{name} ({'TF32' if tf32 else 'strict fp32'}): typical {r['typical']:.2f} | resident {r['resident']:.2f} | deterministic "
+        print(f"{name} ({'TF32' if tf32 else 'strict fp32'}): typical {r['typical']:.2f} | "
+              f"resident {r['resident']:.2f} | deterministic "
               f"{r['deterministic']:.2f} | record_only {r['record_only']:.2f} | replay {r['replay']:.2f} | "
               f"runner 2-pass {r['runner_two_pass_per_step']:.2f} ms/step")
         print(f"  recording overhead {100 * rt['recording_overhead_of_replay_step']:.1f}% of a replay step; "

@@ -79,7 +79,8 @@ def test_device_script_dry_run(tmp_path):
                          text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["device.log", "device.txt", "lite-reports.tar.gz", "replay_check.json", "step_cost.json"]
+    assert files == ["concurrency.json", "device.log", "device.txt", "lite-reports.tar.gz", "replay_check.json",
+                     "step_cost.json"]
     assert all((out / f).stat().st_size < 16 * 2**20 for f in files)
     with tarfile.open(out / "lite-reports.tar.gz") as tf:
         names = tf.getnames()
@@ -87,4 +88,6 @@ def test_device_script_dry_run(tmp_path):
         assert f"./{suite}-smoke-cifar10-jpeg/report.json" in names
     assert not any(n.endswith(".pt") or "checkpoints" in n for n in names)
     assert json.loads((out / "replay_check.json").read_text())["replay"]["ok"]
+    conc = json.loads((out / "concurrency.json").read_text())["levels"]
+    assert sorted(conc) == ["1", "2"] and all(v["bitwise_equal_to_1"] for v in conc.values())
     assert "== done, exit 0" in (out / "device.log").read_text()
