@@ -149,3 +149,17 @@ def test_a_worker_killed_mid_run_then_a_rerun_gives_the_reference_bits(tmp_path,
     assert again.returncode == 0, again.stderr[-3000:]
     _same_as_reference(out, reference, "a worker killed")
     assert traces_of(out / "skip-smoke-cifar10-jpeg").keys() == traces_of(reference / "skip-smoke-cifar10-jpeg").keys()
+
+
+def test_a_preempted_slurm_task_requeues_itself_unchanged(tmp_path):
+    """submitit calls checkpoint() on preemption or timeout and submits what it returns: the same
+    task, which then resumes its run from the checkpoints in its folder."""
+    pytest.importorskip("submitit")
+    from deep._slurm import SlurmTask, make_executor
+
+    task = RunTask("skip", "smoke", "cifar10-jpeg", "resnet18-none", str(tmp_path), threads=1)
+    again = SlurmTask().checkpoint(task)
+    assert isinstance(again.function, SlurmTask) and again.args == (task,) and not again.kwargs
+    ex = make_executor(tmp_path / ".slurm", "local", time_min=5, partition=None, gpus=0, cpus=1, parallelism=None,
+                       extra={})
+    assert ex.cluster == "local"
