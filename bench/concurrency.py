@@ -32,6 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from gamma_theory.files import write_json  # noqa: E402
+
 
 def worker(args) -> int:
     """One measured run, started when ``<dir>/go`` appears; writes ``<dir>/result-<i>.json``."""
@@ -142,9 +144,8 @@ def main(argv=None) -> int:
     result["best"] = best["runs"]
     e = result["env"]
     print(f"best: {best['runs']} at once; device: {e['device_name']} ({e['device']}), torch {e['torch']}")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+    if args.out:  # atomically, its folder made if needed
+        write_json(args.out, result, default=str)
     return 0
 
 

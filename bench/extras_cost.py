@@ -24,7 +24,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from deep.data import DeviceData  # noqa: E402
 from deep.env import environment, resolve_device  # noqa: E402
 from deep.measure import NO_EXTRAS, Extras, measure  # noqa: E402
 from deep.models import build_model  # noqa: E402
+from gamma_theory.files import write_json  # noqa: E402
 
 VARIANTS = {
     "none": NO_EXTRAS,
@@ -106,9 +106,8 @@ def main(argv=None) -> int:
                   f"{100 * extra / base['pass2_ms']:>16.1f}% {wall_ratio:>8.2f}x")
     e = result["env"]
     print(f"device: {e['device_name']} ({e['device']}), {torch.get_num_threads()} threads, torch {e['torch']}")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+    if args.out:  # atomically, its folder made if needed
+        write_json(args.out, result, default=str)
     return 0
 
 

@@ -35,6 +35,7 @@ from deep.env import environment, resolve_device, set_deterministic  # noqa: E40
 from deep.models import MODEL_NAMES, build_model  # noqa: E402
 from deep.runner import load_train_data, run_one  # noqa: E402
 from deep.suites import RunSpec  # noqa: E402
+from gamma_theory.files import write_json  # noqa: E402
 
 
 def deterministic_step_of_every_family(device: torch.device, width: float) -> dict:
@@ -105,9 +106,8 @@ def main(argv=None) -> int:
     print(json.dumps({k: v for k, v in result.items() if k != "env"}, indent=2, default=str))
     print(f"device: {result['env']['device_name']}, torch {result['env']['torch']}, CUDA {result['env']['cuda']}, "
           f"cuDNN {result['env']['cudnn']}, driver {result['env']['driver']}")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+    if args.out:  # atomically, its folder made if needed
+        write_json(args.out, result, default=str)
     ok = result["replay"]["ok"] and all(v == "ok" for v in result["deterministic_step"].values())
     return 0 if ok else 1
 

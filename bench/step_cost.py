@@ -32,7 +32,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -48,6 +47,7 @@ from deep.env import environment, resolve_device, set_deterministic  # noqa: E40
 from deep.measure import measure  # noqa: E402
 from deep.models import build_model  # noqa: E402
 from gamma_theory import PathRecorder, flatten_params  # noqa: E402
+from gamma_theory.files import write_json  # noqa: E402
 
 
 def _sync(dev):
@@ -229,9 +229,8 @@ def main(argv=None) -> int:
     e = result["env"]
     print(f"device: {e['device_name']} ({e['device']}), torch {e['torch']}, CUDA {e['cuda']}, cuDNN {e['cudnn']}, "
           f"driver {e['driver']}")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+    if args.out:  # atomically, its folder made if needed
+        write_json(args.out, result, default=str)
     return 0
 
 
