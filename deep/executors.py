@@ -25,9 +25,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+
+from gamma_theory.files import read_json
 
 from .runner import RunTask, suite_dirs, write_suite_info
 
@@ -79,7 +80,7 @@ def finish_suites(tasks: list[RunTask], walls: dict[Path, float], command: str |
         path = out / "suite.json"
         if not path.is_file():
             continue  # nothing of it was measured (every task failed before opening it)
-        info = json.loads(path.read_text())
+        info = read_json(path)
         info.update(command=command or info.get("command"), executor=executor, jobs=executor.get("jobs"))
         write_suite_info(out, info, walls.get(out, 0.0))
 
@@ -260,8 +261,7 @@ def run_ray(tasks: list[RunTask], *, address: str | None, local_cpus: int | None
 def run_queue_with(executor: str, tasks: list[RunTask], *, jobs: int, cuda: bool, threads: int | None, quiet: bool,
                    desc: str, gpus: int = 0, out_root: str | os.PathLike = "reports", ray_address: str | None = None,
                    slurm_cluster: str = "slurm", slurm_time: int = 1440, slurm_partition: str | None = None,
-                   slurm_extra: dict[str, str] | None = None, on_start: Callable[[str], None] | None = None
-                   ) -> dict[Path, float]:
+                   slurm_extra: dict[str, str] | None = None) -> dict[Path, float]:
     """Hand ``tasks`` to ``executor``; returns each suite folder's wall time (see :class:`_Watch`)."""
     per = threads or 1  # CPU threads of each remote task
     if executor == "local":
