@@ -44,9 +44,10 @@ import torch.nn.functional as F  # noqa: E402
 
 from deep.data import CyclicSampler, DeviceData  # noqa: E402
 from deep.env import environment, resolve_device, set_deterministic  # noqa: E402
-from deep.measure import measure  # noqa: E402
+from deep.measure import batch_stats_only, flat_model, measure  # noqa: E402
 from deep.models import build_model  # noqa: E402
-from gamma_theory import PathRecorder, flatten_params  # noqa: E402
+from gamma_theory import PathRecorder  # noqa: E402
+from gamma_theory.flat import FlatParams  # noqa: E402
 from gamma_theory.files import write_json  # noqa: E402
 
 
@@ -125,21 +126,23 @@ def bench_network(name, dev, args, images, labels, tf32: bool = False) -> dict:
             torch.backends.cudnn.benchmark = True
             set_precision(tf32)
         mm = model()
+        fp = flat_model(mm) if record else None  # the runner's layout: theta_k is the flat buffer
         o = torch.optim.SGD(mm.parameters(), lr=0.01)
         ms = model()
-        for b in ms.modules():
-            if isinstance(b, torch.nn.modules.batchnorm._BatchNorm):
-                b.momentum = 0.0
-        rec = PathRecorder(mm.parameters(), flatten_params(list(ms.parameters())), 0.01) if record else None
+        stars = FlatParams(ms).flat if record else None
+        rec = PathRecorder(fp, stars, 0.01) if record else None
 
         def step():
             xb, yb = next_batch()
             loss = F.cross_entropy(mm(xb), yb)
             ls = 0.0
             if star:
-                with torch.no_grad():
+                with torch.no_grad(), batch_stats_only(ms):
                     ls = F.cross_entropy(ms(xb), yb)
-            o.zero_grad(set_to_none=True)
+            if fp is not None:
+                fp.zero_grad()
+            else:
+                o.zero_grad(set_to_none=True)
             loss.backward()
             o.step()
             if rec is not None:

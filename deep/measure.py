@@ -41,8 +41,14 @@ that started epoch ``e - 1`` (the last whose whole epoch of losses was finite), 
 covers epochs ``0 .. e-2`` (as the paper plots such runs up to where they broke). When even that
 trace is not finite, the run is reported as diverged with no trace.
 
-Memory: the recorder's flat float64 buffers, one model at ``theta*``, and the model states at the
-start of this and of the previous epoch in pass 1 (to fall back on when a run diverges).
+Layout and memory: both passes keep the parameters and their gradients in flat buffers
+(:func:`flat_model`, :mod:`gamma_theory.flat`); the training bits are those of the plain layout.
+Pass 2 holds, besides what training holds (parameters, gradients, optimizer state), one float32
+copy per ``theta*`` (the models that give ``loss_star`` live in the rows of the matrix the
+recorder reads) and one of ``theta_k``; its float64 work is done a chunk at a time. Pass 1 holds
+the model states at the start of this and of the previous epoch (to fall back on when a run
+diverges). Checkpoints stream to disk and are mapped, not read, when pass 2 compares with them.
+``bench/memory.py`` measures it (README, "Performance").
 """
 
 from __future__ import annotations
@@ -64,7 +70,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gamma_theory import PathRecorder, Trace, TraceError, flatten_params, load_trace, recording_identity
+from gamma_theory import PathRecorder, Trace, TraceError, load_trace, recording_identity
+from gamma_theory.flat import FlatLayout, FlatParams, sq_dist
 from gamma_theory.files import BadFile, clean_stale_tmp, fault_point, read_json, sha256_file, write_bytes, write_json
 from gamma_theory.recorder import BASE, PER_STAR, trace_from_rows
 
@@ -448,27 +455,56 @@ def _read_summary(path: Path) -> dict:
 
 
 def _from_checkpoint(fresh_model, optimizer_fn, data: DeviceData, setup: dict, path: Path):
-    """``(model, optimizer, sampler)`` exactly as pass 1 left them at the checkpoint ``path``."""
-    st = load_state(path, data.device)
+    """``(model, flat, optimizer, sampler)`` exactly as pass 1 left them at the checkpoint
+    ``path`` (mapped, not read: what is not used, the previous epoch's model, takes no memory)."""
+    st = load_state(path, "cpu", mmap=True)
     model = fresh_model()
+    flat = flat_model(model)
     model.load_state_dict(st["model"])
     opt = optimizer_fn(model.parameters())
-    opt.load_state_dict(st["optimizer"])
+    opt.load_state_dict(_to_device(st["optimizer"], data.device))
     sampler = CyclicSampler(len(data), setup["batch_size"], setup["data_seed"])
     sampler.load_state_dict(st["sampler"])
-    return model, opt, sampler
+    del st
+    return model, flat, opt, sampler
 
 
-def train_epoch(model, opt, sampler: CyclicSampler, data: DeviceData, loss_fn=F.cross_entropy) -> torch.Tensor:
+def _to_device(obj, device):
+    """An optimizer state with its tensors copied to ``device`` (as ``map_location`` would put them)."""
+    if isinstance(obj, torch.Tensor):  # a copy, so that nothing keeps the mapped file alive
+        return obj.to(device, copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
+
+
+def flat_model(model: torch.nn.Module) -> FlatParams:
+    """Put ``model``'s parameters and their gradients into flat buffers (see
+    :mod:`gamma_theory.flat`); both passes train so, and pass 2 reads ``theta_k`` and ``g_k``
+    from the buffers without a copy. Training bits are those of the plain layout (checked on the
+    CPU for every network of the suites), and pass 2 checks them against pass 1 anyway."""
+    fp = FlatParams(model)
+    fp.flat_grads()
+    return fp
+
+
+def train_epoch(model, opt, sampler: CyclicSampler, data: DeviceData, loss_fn=F.cross_entropy,
+                flat: FlatParams | None = None) -> torch.Tensor:
     """One epoch of plain training, as pass 1 runs it (and every replay of it must): the loss of
-    every step, on the device (no host sync)."""
+    every step, on the device (no host sync). The gradients are zeroed in place (in ``flat``'s
+    buffer when given), never set to None: accumulating onto zeros gives the same bits."""
     batches = sampler.next_epoch(data.device)
     losses = torch.empty(len(batches), device=data.device)
     model.train()
     for i, idx in enumerate(batches):
         x, y = data.batch(idx)
         loss = loss_fn(model(x), y)
-        opt.zero_grad(set_to_none=True)
+        if flat is not None:
+            flat.zero_grad()
+        else:
+            opt.zero_grad(set_to_none=False)
         loss.backward()
         opt.step()
         losses[i] = loss.detach()
@@ -483,6 +519,7 @@ def _pass1(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extra
         return _read_summary(summary_path)
     device = data.device
     model = fresh_model()
+    flat = flat_model(model)
     opt = optimizer_fn(model.parameters())
     sampler = CyclicSampler(len(data), setup["batch_size"], setup["data_seed"])
     env = environment(device)
@@ -507,7 +544,7 @@ def _pass1(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extra
     bar = _bar(range(start, epochs), progress, f"{desc} pass 1", start, epochs)
     for epoch in bar:
         state_before = _copy_state(model)
-        host = train_epoch(model, opt, sampler, data, loss_fn).cpu().numpy().astype(np.float64)  # the epoch's sync
+        host = train_epoch(model, opt, sampler, data, loss_fn, flat).cpu().numpy().astype(np.float64)  # the epoch's sync
         diverged = _divergence(host, model, state_before, epoch, sum(map(len, losses)))
         if diverged:
             # The iterate that starts the diverging epoch may already give an infinite loss, so
@@ -584,13 +621,14 @@ def _extend(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extr
     path = workdir / "pass1b.json"
     if path.exists():
         return _read_summary(path)
-    model, opt, sampler = _from_checkpoint(fresh_model, optimizer_fn, data, setup, _ckpt_path(workdir, setup["epochs"]))
+    model, flat, opt, sampler = _from_checkpoint(fresh_model, optimizer_fn, data, setup,
+                                                 _ckpt_path(workdir, setup["epochs"]))
     model.train()
     t0, done, why = time.perf_counter(), 0, None
     for epoch in _bar(range(setup["epochs"], setup["epochs"] + more), progress, f"{desc} theta* extended",
                       setup["epochs"], setup["epochs"] + more):
         state_before = _copy_state(model)
-        ep = train_epoch(model, opt, sampler, data, loss_fn)
+        ep = train_epoch(model, opt, sampler, data, loss_fn, flat)
         why = _divergence(ep.cpu().numpy().astype(np.float64), model, state_before, epoch, 0)
         if why:
             break
@@ -641,48 +679,70 @@ def _load_partial(workdir: Path, p1: dict, width: int, lr: float, dist0_sq: floa
     return rows, step, epoch, verified, wall
 
 
-def _random_star(theta0: torch.Tensor, star: torch.Tensor, seed: int) -> torch.Tensor:
-    """A point at the distance of ``star`` from ``theta0``, in a direction drawn uniformly on the
-    sphere (a normalized Gaussian from a CPU generator seeded with ``seed``); float32, as a model
-    holds it."""
+#: entries per draw of the random direction (part of its definition: the same seed and chunk
+#: give the same direction)
+_DIRECTION_CHUNK = 1 << 18
+
+
+def _directions(layout: FlatLayout, seed: int):
+    """The random direction's Gaussian entries, drawn in chunks from a CPU generator seeded with
+    ``seed``, slot by slot in the layout's storage order: ``(start, stop, values)`` per chunk."""
     g = torch.Generator().manual_seed(seed)
-    z = torch.randn(theta0.numel(), generator=g, dtype=torch.float64)
-    dist = torch.linalg.vector_norm(theta0.double().cpu() - star.double().cpu())
-    return (theta0.double().cpu() + dist * z / torch.linalg.vector_norm(z)).float().to(theta0.device)
+    for slot in layout.slots:
+        for lo in range(0, slot.numel, _DIRECTION_CHUNK):
+            hi = min(slot.numel, lo + _DIRECTION_CHUNK)
+            yield slot.offset + lo, slot.offset + hi, torch.randn(hi - lo, generator=g, dtype=torch.float64)
+
+
+def _random_star(layout: FlatLayout, theta0: torch.Tensor, star: torch.Tensor, seed: int,
+                 out: torch.Tensor) -> torch.Tensor:
+    """Write into ``out`` a point at the distance of ``star`` from ``theta0`` (all three in
+    ``layout``), in a direction drawn uniformly on the sphere: a normalized Gaussian over the
+    parameters' entries (the gaps of the layout stay zero), from a CPU generator seeded with
+    ``seed`` (:func:`_directions`). Computed on the CPU in float64, a chunk at a time (the
+    direction is drawn twice, for its norm and for the point, rather than held), and rounded to
+    the parameters' dtype, as a model holds it."""
+    dist = math.sqrt(float(sq_dist(theta0, star)))
+    norm = math.sqrt(sum(float(z.square().sum()) for _, _, z in _directions(layout, seed)))
+    scale = dist / norm
+    with torch.no_grad():
+        for lo, hi, z in _directions(layout, seed):
+            t0 = theta0[lo:hi].detach().cpu().double()
+            out[lo:hi].copy_((t0 + scale * z).to(out.dtype))
+    return out
 
 
 def _stars(fresh_model, workdir: Path, setup: dict, extras: Extras, p1: dict, p1b: dict | None, device):
     """Every theta* pass 2 records against, in order of decreasing reach: ``(name, model,
-    description, until)``; the real theta* first."""
-    main = fresh_model()
-    main.load_state_dict(load_state(workdir / "theta_star.pt", device))
-    stars = [("theta*", main, "last iterate" + (" before divergence" if p1["diverged"] else ""), None)]
-    if extras.random_baseline:
-        theta0 = fresh_model()
-        theta0.load_state_dict(load_state(workdir / "theta0.pt", device))
-        seed = extras.baseline_seed + setup["seed"]
-        rand = fresh_model()
-        rand.load_state_dict(main.state_dict())
-        torch.nn.utils.vector_to_parameters(
-            _random_star(flatten_params(list(theta0.parameters())), flatten_params(list(main.parameters())), seed),
-            rand.parameters())
-        del theta0
-        stars.append(("random", rand, f"random: ||theta_0 - theta*|| from theta_0 in a random direction (seed {seed})",
-                      None))
-    if p1b and p1b.get("saved"):
-        ext = fresh_model()
-        ext.load_state_dict(load_state(workdir / "theta_star_extended.pt", device))
-        stars.append(("extended", ext, f"theta* trained {p1b['epochs']} epochs longer", None))
+    description, until)`` with the real theta* first, and the ``(m, size)`` matrix whose rows hold
+    their parameters (each model's parameters are views into its row; :mod:`gamma_theory.flat`)."""
     ends = np.cumsum(p1["epoch_steps"])
+    plan = [("theta*", workdir / "theta_star.pt", "last iterate" + (" before divergence" if p1["diverged"] else ""),
+             None)]
+    if extras.random_baseline:
+        seed = extras.baseline_seed + setup["seed"]
+        plan.append(("random", None, f"random: ||theta_0 - theta*|| from theta_0 in a random direction (seed {seed})",
+                     None))
+    if p1b and p1b.get("saved"):
+        plan.append(("extended", workdir / "theta_star_extended.pt", f"theta* trained {p1b['epochs']} epochs longer",
+                     None))
     for e in sorted(extras.candidate_epochs(setup["epochs"]), reverse=True):
-        if e >= p1["epochs"]:  # the run diverged before this epoch
-            continue
-        m = fresh_model()
-        m.load_state_dict(load_state(_star_path(workdir, e), device))
-        stars.append((f"epoch{e:04d}", m, f"the iterate that starts epoch {e} of {p1['epochs']}", int(ends[e - 1])))
-    for _, m, _, _ in stars:
+        if e < p1["epochs"]:  # else the run diverged before this epoch
+            plan.append((f"epoch{e:04d}", _star_path(workdir, e), f"the iterate that starts epoch {e} of {p1['epochs']}",
+                         int(ends[e - 1])))
+    models = [fresh_model() for _ in plan]
+    flats, rows = FlatParams.like(models)
+    layout = flats[0].layout
+    for j, ((name, path, _, _), m) in enumerate(zip(plan, models)):
+        if path is not None:
+            m.load_state_dict(load_state(path, device))
+        elif name == "random":
+            m.load_state_dict(models[0].state_dict())  # its buffers (BN statistics) are theta*'s
+            theta0 = layout.fill(layout.empty(dtype=rows.dtype, device=rows.device), load_state(workdir / "theta0.pt"))
+            _random_star(layout, theta0, rows[0], extras.baseline_seed + setup["seed"], rows[j])
+            del theta0
         m.train()
-    return stars
+    return [(name, m, what, until) for (name, _, what, until), m in zip(plan, models)], rows
 
 
 def _pass2(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extras: Extras, p1: dict,
@@ -701,22 +761,19 @@ def _pass2(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extra
             f"{workdir}: pass 1 ran elsewhere ({detail}); bitwise replay is only promised on the same "
             "device model, driver and libraries. Rerun on that machine, or delete the folder to start over."
         )
-    stars = _stars(fresh_model, workdir, setup, extras, p1, p1b, device)
+    stars, star_rows = _stars(fresh_model, workdir, setup, extras, p1, p1b, device)
     models = [m for _, m, _, _ in stars]
-    star_flat = torch.stack([flatten_params(list(m.parameters()), torch.float64) for m in models])
-    theta0 = load_state(workdir / "theta0.pt", device)
-    names = [n for n, _ in models[0].named_parameters()]
-    t0_flat = torch.cat([theta0[n].reshape(-1).double() for n in names])
-    dist0_sq = [float(torch.sum((t0_flat - s) ** 2)) for s in star_flat]
-    del theta0, t0_flat
+    layout = FlatLayout(list(models[0].named_parameters()))
+    theta0 = layout.fill(layout.empty(dtype=star_rows.dtype, device=device), load_state(workdir / "theta0.pt"))
+    dist0_sq = [float(v) for v in sq_dist(theta0, star_rows)]
+    del theta0
 
     width = BASE + PER_STAR * len(stars)
     prior, prior_step, prior_epoch, start, wall_before = _load_partial(workdir, p1, width, setup["lr"], dist0_sq[0])
-    model, opt, sampler = _from_checkpoint(fresh_model, optimizer_fn, data, setup, _ckpt_path(workdir, start))
-    rec = PathRecorder(model.parameters(), star_flat, setup["lr"], dist0_sq=dist0_sq,
+    model, flat, opt, sampler = _from_checkpoint(fresh_model, optimizer_fn, data, setup, _ckpt_path(workdir, start))
+    rec = PathRecorder(flat, star_rows, setup["lr"], dist0_sq=dist0_sq,
                        first_step=len(prior) if prior is not None else 0, until=[u for _, _, _, u in stars],
                        record_grad=extras.record_grad)
-    del star_flat
 
     def all_rows():
         rows, step, epoch = rec.rows()
@@ -736,16 +793,17 @@ def _pass2(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extra
                 loss = loss_fn(model(x), y)
                 with torch.no_grad():
                     loss_star = [loss_fn(m(x), y) for m in models[:rec.n_active()]]
-                opt.zero_grad(set_to_none=True)
+                flat.zero_grad()  # as train_epoch: pass 1's step, op for op
                 loss.backward()
                 if extras.record_grad:
                     rec.capture_grad()
                 opt.step()
                 rec.record(loss, loss_star, epoch)
             rec.flush()
+            flat.check()  # nothing moved the parameters out of the buffer the recorder reads
             ck = _ckpt_path(workdir, epoch + 1)
             if ck.exists():
-                ok, dev = _params_equal(model, load_state(ck, device)["model"])
+                ok, dev = _params_equal(model, load_state(ck, "cpu", mmap=True)["model"])
                 if not ok:
                     raise ReplayMismatch(
                         f"{workdir}: pass 2 left pass 1 at epoch {epoch + 1}: largest parameter deviation "
@@ -778,7 +836,7 @@ def _pass2(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extra
         "env": env,
         "pass1": {k: p1[k] for k in ("wall_s", "ms_per_step", "steps")},
         "pass2": {"wall_s": wall, "ms_per_step": 1e3 * wall / len(trace), "theta_stars": len(stars),
-                  "record_grad": extras.record_grad},
+                  "record_grad": extras.record_grad, "flat_params": True, "record_chunk": rec.chunk},
         "num_params": sum(p.numel() for p in models[0].parameters()),
     })
     return traces

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from gamma_theory.files import BadFile, sha256_bytes, write_bytes, write_text
+from gamma_theory.files import BadFile, sha256_bytes, sha256_file, write_stream, write_text
 
 
 class StateDamaged(RuntimeError):
@@ -34,18 +34,20 @@ def _digest_path(path: Path) -> Path:
 
 
 def save_state(obj, path: str | Path) -> str:
-    """``torch.save`` ``obj`` to ``path`` atomically, then its digest beside it; returns the digest."""
+    """``torch.save`` ``obj`` to ``path`` atomically, then its digest beside it; returns the digest.
+    The bytes stream to the file as torch writes them (no copy of the state in memory)."""
     path = Path(path)
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    data = buf.getvalue()
-    digest = write_bytes(path, data)
-    write_text(_digest_path(path), f"{digest} {len(data)}\n")
+    digest, size = write_stream(path, lambda fh: torch.save(obj, fh))
+    write_text(_digest_path(path), f"{digest} {size}\n")
     return digest
 
 
-def load_state(path: str | Path, device: torch.device | str = "cpu"):
-    """Load what :func:`save_state` wrote, after checking its size and digest."""
+def load_state(path: str | Path, device: torch.device | str = "cpu", mmap: bool = False):
+    """Load what :func:`save_state` wrote, after checking its size and digest.
+
+    ``mmap=True``: the file is checked by streaming it and then mapped, not read: a tensor takes
+    memory only when it is used (to compare the model part of a checkpoint, say). Keep
+    ``device`` the CPU then, or every tensor is copied to the device."""
     path = Path(path)
     side = _digest_path(path)
     if not path.is_file():
@@ -57,6 +59,8 @@ def load_state(path: str | Path, device: torch.device | str = "cpu"):
         raise StateDamaged(path, f"has no {side.name} (it was not written to the end)") from None
     except (OSError, ValueError, UnicodeDecodeError):
         raise StateDamaged(side, "is not readable") from None
+    if mmap:
+        return _load_mapped(path, device, want, size)
     data = path.read_bytes()
     if len(data) != size:
         raise StateDamaged(path, f"is truncated or altered ({len(data)} bytes, {size} written)")
@@ -65,6 +69,18 @@ def load_state(path: str | Path, device: torch.device | str = "cpu"):
     try:
         return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - verified bytes that still do not load: say which file
+        raise StateDamaged(path, f"cannot be loaded ({type(exc).__name__}: {exc})") from None
+
+
+def _load_mapped(path: Path, device, want: str, size: int):
+    got = path.stat().st_size
+    if got != size:
+        raise StateDamaged(path, f"is truncated or altered ({got} bytes, {size} written)")
+    if sha256_file(path) != want:
+        raise StateDamaged(path, "is altered (its sha256 differs from the one written with it)")
+    try:  # files are replaced by rename, never rewritten, so the mapping holds the bytes just checked
+        return torch.load(path, map_location=device, weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001
         raise StateDamaged(path, f"cannot be loaded ({type(exc).__name__}: {exc})") from None
 
 

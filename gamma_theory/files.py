@@ -79,6 +79,37 @@ def fsync_dir(folder: str | os.PathLike) -> None:
 def write_bytes(path: str | os.PathLike, data: bytes) -> str:
     """Write ``data`` to ``path`` atomically (write, fsync, rename, fsync the folder); return
     its sha256. Parent folders are created."""
+    return write_stream(path, lambda fh: fh.write(data))[0]
+
+
+class _HashingWriter:
+    """A binary file object over a descriptor that hashes what passes through it."""
+
+    def __init__(self, fd: int):
+        self.fd, self.hash, self.size = fd, hashlib.sha256(), 0
+        self.error: OSError | None = None  # a writer in C (torch.save) may wrap it in its own error
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        n = len(view)
+        self.hash.update(view)
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError as exc:
+            self.error = exc
+            raise
+        self.size += n
+        return n
+
+    def flush(self) -> None:
+        pass
+
+
+def write_stream(path: str | os.PathLike, produce) -> tuple[str, int]:
+    """Write what ``produce(fh)`` writes to the binary file object ``fh`` to ``path``
+    atomically (as :func:`write_bytes`), without holding it in memory; returns its sha256 and
+    size."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,10 +118,14 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> str:
     tmp = tmp_path(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
+        fh = _HashingWriter(fd)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            try:
+                produce(fh)
+            except Exception:
+                if fh.error is not None:  # the disk's error, not the wrapper's
+                    raise fh.error from None
+                raise
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -109,7 +144,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> str:
         raise
     fsync_dir(path.parent)
     fault_point(f"after:{path.name}")
-    return sha256_bytes(data)
+    return fh.hash.hexdigest(), fh.size
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -8,7 +8,9 @@ Two ways to get a :class:`~gamma_theory.trace.Trace`:
   update comes from the parameters alone, ``U_k = (theta_k - theta_{k+1}) / eta``, so any
   optimizer works. Every inner product of a step is one float64 reduction: the Gram matrix of
   ``M = [delta; g; theta_k - theta*_1; ...; theta_k - theta*_m]`` (``delta = eta U_k``, ``g`` the
-  stochastic gradient when it is recorded). Results stay on the device until
+  stochastic gradient when it is recorded), taken over fixed chunks of the entries so that the
+  float64 temporaries stay small. With the parameters in one flat buffer
+  (:class:`~gamma_theory.flat.FlatParams`) nothing is copied per step. Results stay on the device until
   :meth:`PathRecorder.flush` (once per epoch): nothing syncs the host inside an epoch.
 * :func:`trace_from_iterates` is the store-everything path for small problems: all iterates in
   memory, ``theta*`` the last one unless given. It is also the float64 brute force the tests
@@ -26,6 +28,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
+from .flat import FlatParams, default_chunk, gram, sq_dist
 from .trace import Trace
 
 
@@ -55,6 +58,15 @@ class PathRecorder:
             rec.record(loss, loss_star, epoch)                    # reads theta_{k+1}
         trace = rec.trace()
 
+    ``params``: the parameters (concatenated at every step), or a
+    :class:`~gamma_theory.flat.FlatParams`, whose buffer *is* ``theta_k`` (no copy per step; with
+    :meth:`~gamma_theory.flat.FlatParams.flat_grads`, the gradient buffer is read in place too, so
+    the optimizer must not change the gradients in place, as torch's SGD and Adam do not).
+    ``theta_star`` is held, not copied (in the flat layout when ``params`` is flat): do not change
+    it while recording. The recorder keeps one copy of ``theta_k`` in the parameters' dtype (the
+    difference of two float32 numbers is exact in float64) and computes in float64 over chunks of
+    ``chunk`` entries (default by device: :func:`gamma_theory.flat.default_chunk`), so its float64 temporaries stay a chunk's.
+
     Several minimizers: ``theta_star`` of shape ``(m, d)``, with ``until[j]`` the step (exclusive)
     from which ``theta*_j`` is no longer recorded. They must come in order of decreasing
     ``until``, so that the active ones are always the first :meth:`n_active`; ``record`` then takes
@@ -67,21 +79,22 @@ class PathRecorder:
 
     def __init__(
         self,
-        params: Iterable[torch.Tensor],
+        params: Iterable[torch.Tensor] | FlatParams,
         theta_star: torch.Tensor,
         lr: float,
         dist0_sq: float | Sequence[float] | None = None,
-        dtype: torch.dtype = torch.float64,
         first_step: int = 0,
         until: Sequence[int | None] | None = None,
         record_grad: bool = False,
+        chunk: int | None = None,
     ) -> None:
-        self.params = list(params)
+        self.flat = params if isinstance(params, FlatParams) else None
+        self.params = self.flat.params if self.flat is not None else list(params)
         self.lr = float(lr)
-        self.dtype = dtype
-        stars = theta_star.detach().to(dtype=dtype, copy=True)
+        stars = theta_star.detach()
         self.stars = stars.reshape(1, -1) if stars.dim() <= 1 else stars.reshape(stars.shape[0], -1)
-        self.prev = flatten_params(self.params, dtype)
+        self.prev = self._theta().clone()
+        self.chunk = int(chunk or default_chunk(self.prev.device))
         if self.prev.numel() != self.stars.shape[1]:
             raise ValueError(
                 f"theta_star has {self.stars.shape[1]} entries but the parameters have {self.prev.numel()}"
@@ -94,17 +107,23 @@ class PathRecorder:
         if keys != sorted(keys, reverse=True):
             raise ValueError("theta* must come in order of decreasing 'until'")
         if dist0_sq is None:
-            diff = self.prev - self.stars
-            self.dist0_sq = [float(v) for v in (diff * diff).sum(dim=1)]
+            self.dist0_sq = [float(v) for v in sq_dist(self.prev, self.stars, self.chunk)]
         else:
             self.dist0_sq = [float(v) for v in np.broadcast_to(np.asarray(dist0_sq, dtype=np.float64), (m,))]
         self.record_grad = bool(record_grad)
         self._grad: torch.Tensor | None = None
+        rows = 1 + self.record_grad + m
+        self._workspace = torch.empty(rows, min(self.chunk, self.prev.numel()), dtype=torch.float64,
+                                      device=self.prev.device)
         self.first_step = int(first_step)
         self.next_step = self.first_step
         self._pending: list[torch.Tensor] = []  # one row per step, still on the device
         self._epochs: list[int] = []
         self._host: list[np.ndarray] = []
+
+    def _theta(self) -> torch.Tensor:
+        """``theta`` now: the flat buffer itself, or the parameters concatenated."""
+        return self.flat.flat if self.flat is not None else flatten_params(self.params)
 
     @property
     def num_stars(self) -> int:
@@ -118,9 +137,12 @@ class PathRecorder:
     @torch.no_grad()
     def capture_grad(self) -> None:
         """Keep the stochastic gradient ``g_k``: call after backward, before the optimizer step."""
+        if self.flat is not None and self.flat.grad is not None:
+            self._grad = self.flat.grad  # read in place at record()
+            return
         self._grad = torch.cat([
             (p.grad.detach() if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in self.params
-        ]).to(self.dtype)
+        ])
 
     @torch.no_grad()
     def record(self, loss: torch.Tensor | float, loss_star, epoch: int = 0) -> None:
@@ -134,30 +156,32 @@ class PathRecorder:
             raise ValueError(f"step {self.next_step}: {len(ls)} losses at theta* for {active} active theta*")
         if self.record_grad and self._grad is None:
             raise ValueError("record_grad=True: call capture_grad() between backward and the optimizer step")
-        cur = flatten_params(self.params, self.dtype)
-        rows = [self.prev - cur]  # delta = eta U_k, exact in float64
+        cur = self._theta()
+        vecs: list = [(self.prev, cur)]  # delta = eta U_k, exact in float64
         if self.record_grad:
-            rows.append(self._grad)
-        off = len(rows)
-        rows.append(self.prev - self.stars[:active])  # theta_k - theta*_j
-        M = torch.cat([r.reshape(-1, cur.numel()) for r in rows])
-        G = M @ M.T  # every inner product of the step, one reduction
-        dev = cur.device
-        row = torch.full((BASE + PER_STAR * self.num_stars,), float("nan"), dtype=self.dtype, device=dev)
-        row[0] = torch.as_tensor(loss, dtype=self.dtype, device=dev).detach().reshape(())
+            vecs.append(self._grad)
+        off = len(vecs)
+        if active:
+            vecs.append((self.prev, self.stars[:active]))  # theta_k - theta*_j
+        G = gram(vecs, self.chunk, self._workspace)  # every inner product of the step
+        dev = G.device
+        f64 = torch.float64
+        row = torch.full((BASE + PER_STAR * self.num_stars,), float("nan"), dtype=f64, device=dev)
+        row[0] = torch.as_tensor(loss, dtype=f64, device=dev).detach().reshape(())
         row[1] = G[0, 0] / self.lr**2
         if self.record_grad:
             row[2] = G[1, 1]
-        idx = torch.arange(active, device=dev)
-        cols = BASE + PER_STAR * idx
-        row[cols] = torch.stack([torch.as_tensor(x, dtype=self.dtype, device=dev).detach().reshape(()) for x in ls])
-        row[cols + 1] = G[0, off + idx] / self.lr
-        row[cols + 2] = G[off + idx, off + idx]
-        if self.record_grad:
-            row[cols + 3] = G[1, off + idx]
+        if active:
+            idx = torch.arange(active, device=dev)
+            cols = BASE + PER_STAR * idx
+            row[cols] = torch.stack([torch.as_tensor(x, dtype=f64, device=dev).detach().reshape(()) for x in ls])
+            row[cols + 1] = G[0, off + idx] / self.lr
+            row[cols + 2] = G[off + idx, off + idx]
+            if self.record_grad:
+                row[cols + 3] = G[1, off + idx]
         self._pending.append(row)
         self._epochs.append(int(epoch))
-        self.prev = cur
+        self.prev.copy_(cur)
         self._grad = None
         self.next_step += 1
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from deep.data import CyclicSampler
 from deep.measure import Extras, _random_star, measure
 from gamma_theory import PathRecorder, check_trace, flatten_params, trace_from_iterates
+from gamma_theory.flat import FlatLayout
 from gamma_theory.optimizers import make_optimizer
 from test_measure import TinyCNN, tiny_data
 
@@ -88,7 +89,9 @@ def test_random_theta_star_is_exact(measured, brute):
 
     tr = load_companions(measured.workdir, measured.trace.meta)["random"]
     seed = EXTRAS.baseline_seed + 3
-    star = _random_star(brute["thetas"][0].float(), brute["thetas"][-1].float(), seed).double()
+    layout = FlatLayout(list(TinyCNN().named_parameters()))
+    t0, last = (layout.unpack(brute["thetas"][i].float(), layout.empty()) for i in (0, -1))
+    star = layout.pack(_random_star(layout, t0, last, seed, layout.empty())).double()
     # the same distance from theta_0 as the real theta*, to float32 rounding
     assert tr.dist0_sq == pytest.approx(measured.trace.dist0_sq, rel=1e-6)
     ref = reference(brute, star, loss_at(brute["states"][EPOCHS], star, brute["batches"]), len(brute["losses"]))

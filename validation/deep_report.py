@@ -28,7 +28,7 @@ from gamma_theory.files import BadFile, clean_stale_tmp, read_json, write_text
 from gamma_theory.theorem1 import epoch_mean_gap, per_epoch_mean
 from gamma_theory.related import related_conditions
 
-from .claims import CONVERGED_FRACTION, FAIL, NA, PASS, RunNumbers, fmt, suite_claims
+from .claims import CONVERGED_FRACTION, FAIL, NA, PASS, RunNumbers, suite_claims
 from .util import (CONDITIONS_NOTE, conditions_table, feasible_set, fmt3, identity_cell, item1_cell, item2_cell,
                    item3_cell, jsonable, pct)
 
