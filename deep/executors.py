@@ -73,6 +73,15 @@ class _Watch:
         return {out: self.done_at.get(out, end) for out in suite_dirs(self.tasks)}
 
 
+class Interrupted(KeyboardInterrupt):
+    """The executor was interrupted and its workers have stopped; ``walls`` (as :class:`_Watch`
+    gives them, up to the interruption) still count towards each suite's wall time."""
+
+    def __init__(self, walls: dict[Path, float]):
+        super().__init__()
+        self.walls = walls
+
+
 def finish_suites(tasks: list[RunTask], walls: dict[Path, float], command: str | None, executor: dict) -> None:
     """After an executor: add to each ``suite.json`` the wall time from the start of this
     invocation until its last run finished, the command, and which executor ran it."""
@@ -115,7 +124,7 @@ def run_local(tasks: list[RunTask], jobs: int, *, cuda: bool, threads: int | Non
                 p.send_signal(signal.SIGINT)
             for p in procs:
                 p.wait()
-            raise
+            raise Interrupted(watch.close()) from None
         walls = watch.close()
     finally:
         for p in procs:
@@ -141,6 +150,9 @@ def _worker_main(queue_file: str) -> int:
     from .measure import RunMismatch
     from .runner import run_queue
 
+    # started from a shell that ignores SIGINT (a background job), a worker would ignore it too,
+    # and the parent, which forwards SIGINT to stop its workers, would wait for ever
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     tasks = [RunTask(**t) for t in json.loads(Path(queue_file).read_text())]
     if tasks and tasks[0].threads:
         torch.set_num_threads(tasks[0].threads)

@@ -313,15 +313,20 @@ def run_queue(tasks: list[RunTask], *, progress: bool = True, command: str | Non
     opened: dict = {}
     t_start = time.perf_counter()
     bar = _suite_bar(tasks, progress, _queue_desc(tasks))
-    held = [t for t in bar if not measure_task(t, False, progress, command, opened)]
-    for t in held:
-        measure_task(t, True, progress, command, opened)
-    for s in opened.values():
-        s.info["finished_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        # one suite alone: the invocation's wall time; in a queue of many, the time spent on it
-        wall = time.perf_counter() - t_start if len(opened) == 1 else s.busy_s
-        s.info["last_invocation_wall_s"] = wall
-        write_suite_info(s.out, s.info, wall if add_wall else 0.0)
+    finished = False
+    try:
+        held = [t for t in bar if not measure_task(t, False, progress, command, opened)]
+        for t in held:
+            measure_task(t, True, progress, command, opened)
+        finished = True
+    finally:  # an interrupted invocation's time counts too (its checkpoints are what a rerun resumes)
+        for s in opened.values():
+            if finished:
+                s.info["finished_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            # one suite alone: the invocation's wall time; in a queue of many, the time spent on it
+            wall = time.perf_counter() - t_start if len(opened) == 1 else s.busy_s
+            s.info["last_invocation_wall_s"] = wall
+            write_suite_info(s.out, s.info, wall if add_wall else 0.0)
     return suite_dirs(tasks)
 
 

@@ -163,3 +163,33 @@ def test_a_preempted_slurm_task_requeues_itself_unchanged(tmp_path):
     ex = make_executor(tmp_path / ".slurm", "local", time_min=5, partition=None, gpus=0, cpus=1, parallelism=None,
                        extra={})
     assert ex.cluster == "local"
+
+
+@needs_archive
+def test_sigterm_stops_the_workers_and_counts_the_time(tmp_path):
+    """`kill` of a `--jobs 2` command started as a background job (SIGINT ignored, which its
+    workers inherit): the workers are stopped, not orphaned, the command exits 130 with its
+    one-line note, and the time spent counts towards the suite's wall time."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "validation.cli", *SMOKE, *ONE, "--jobs", "2", "--out", str(out)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    deadline = time.monotonic() + 300
+    kids = []
+    while time.monotonic() < deadline and p.poll() is None:
+        if list(out.glob("*/runs/*/checkpoints/*.pt")):
+            kids = _children(p.pid)
+            if len(kids) == 2:
+                p.send_signal(signal.SIGTERM)
+                break
+        time.sleep(0.05)
+    _, err = p.communicate(timeout=120)
+    if len(kids) != 2:
+        pytest.skip("the suite finished before the workers could be caught inside a run")
+    assert p.returncode == 130, err[-2000:]
+    assert "interrupted: finished runs and checkpoints are kept" in err and "Traceback" not in err
+    for pid in kids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    info = json.loads((out / "skip-smoke-cifar10-jpeg" / "suite.json").read_text())
+    assert info["wall_s"] > 0 and info["executor"] == {"executor": "local", "jobs": 2}

@@ -24,6 +24,7 @@ Adding a command later (``deep``, ``report``, ...)::
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -260,7 +261,7 @@ def deep(suite, preset, dataset, data_root, download, device, threads, seeds, la
 
     from deep.data import DataError
     from deep.env import resolve_device
-    from deep.executors import EXECUTORS, ExecutorError, finish_suites, run_queue_with
+    from deep.executors import EXECUTORS, ExecutorError, Interrupted, finish_suites, run_queue_with
     from deep.measure import RunMismatch
     from deep.runner import DATASET_CHOICES, LABELS, resolve_datasets, run_queue, suite_tasks
     from deep.suites import PRESETS, SUITES
@@ -328,6 +329,12 @@ def deep(suite, preset, dataset, data_root, download, device, threads, seeds, la
                         data_root=data_root, download=download, device=device, threads=threads)
     desc = f"{'+'.join(suites)}/{preset}/{'+'.join(resolve_datasets(dataset, preset))}"
     errors = 0
+    # `kill` (SIGTERM) stops the command as Ctrl-C does: workers are stopped, not orphaned, and
+    # the time spent is recorded
+    try:
+        before_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread (an embedding program): leave its handlers alone
+        before_term = _NOT_SET
     try:
         if executor == "local" and jobs == 1:
             dirs = run_queue(tasks, progress=not quiet, command=argv)
@@ -347,12 +354,24 @@ def deep(suite, preset, dataset, data_root, download, device, threads, seeds, la
         fail(str(exc), exc.status)
     except (DataError, RunMismatch) as exc:
         fail(str(exc))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Interrupted):  # its workers have stopped: their time counts
+            finish_suites(tasks, exc.walls, argv, {"executor": executor, "jobs": jobs})
         click.echo("\ninterrupted: finished runs and checkpoints are kept; rerun the same command to resume.",
                    err=True)
         sys.exit(130)
+    finally:
+        if before_term is not _NOT_SET:
+            signal.signal(signal.SIGTERM, before_term)
     if errors:
         sys.exit(1)
+
+
+_NOT_SET = object()
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _write_index(root) -> None:
