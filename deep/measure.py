@@ -462,21 +462,21 @@ def _from_checkpoint(fresh_model, optimizer_fn, data: DeviceData, setup: dict, p
     flat = flat_model(model)
     model.load_state_dict(st["model"])
     opt = optimizer_fn(model.parameters())
-    opt.load_state_dict(_to_device(st["optimizer"], data.device))
+    opt.load_state_dict(_copied(st["optimizer"]))  # the optimizer puts its state where pass 1 had it
     sampler = CyclicSampler(len(data), setup["batch_size"], setup["data_seed"])
     sampler.load_state_dict(st["sampler"])
     del st
     return model, flat, opt, sampler
 
 
-def _to_device(obj, device):
-    """An optimizer state with its tensors copied to ``device`` (as ``map_location`` would put them)."""
-    if isinstance(obj, torch.Tensor):  # a copy, so that nothing keeps the mapped file alive
-        return obj.to(device, copy=True)
+def _copied(obj):
+    """The tensors of ``obj`` (an optimizer state) copied, so that nothing keeps the mapped file alive."""
+    if isinstance(obj, torch.Tensor):
+        return obj.clone()
     if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
+        return {k: _copied(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(v, device) for v in obj)
+        return type(obj)(_copied(v) for v in obj)
     return obj
 
 
