@@ -714,8 +714,9 @@ def _random_star(layout: FlatLayout, theta0: torch.Tensor, star: torch.Tensor, s
 
 def _stars(fresh_model, workdir: Path, setup: dict, extras: Extras, p1: dict, p1b: dict | None, device):
     """Every theta* pass 2 records against, in order of decreasing reach: ``(name, model,
-    description, until)`` with the real theta* first, and the ``(m, size)`` matrix whose rows hold
-    their parameters (each model's parameters are views into its row; :mod:`gamma_theory.flat`)."""
+    description, until)`` with the real theta* first, the ``(m, size)`` matrix whose rows hold
+    their parameters (each model's parameters are views into its row; :mod:`gamma_theory.flat`),
+    and each one's squared distance from theta_0."""
     ends = np.cumsum(p1["epoch_steps"])
     plan = [("theta*", workdir / "theta_star.pt", "last iterate" + (" before divergence" if p1["diverged"] else ""),
              None)]
@@ -733,16 +734,16 @@ def _stars(fresh_model, workdir: Path, setup: dict, extras: Extras, p1: dict, p1
     models = [fresh_model() for _ in plan]
     flats, rows = FlatParams.like(models)
     layout = flats[0].layout
+    theta0 = layout.fill(layout.empty(dtype=rows.dtype, device=rows.device), load_state(workdir / "theta0.pt"))
     for j, ((name, path, _, _), m) in enumerate(zip(plan, models)):
         if path is not None:
             m.load_state_dict(load_state(path, device))
         elif name == "random":
             m.load_state_dict(models[0].state_dict())  # its buffers (BN statistics) are theta*'s
-            theta0 = layout.fill(layout.empty(dtype=rows.dtype, device=rows.device), load_state(workdir / "theta0.pt"))
             _random_star(layout, theta0, rows[0], extras.baseline_seed + setup["seed"], rows[j])
-            del theta0
         m.train()
-    return [(name, m, what, until) for (name, _, what, until), m in zip(plan, models)], rows
+    dist0_sq = [float(v) for v in sq_dist(theta0, rows)]
+    return [(name, m, what, until) for (name, _, what, until), m in zip(plan, models)], rows, dist0_sq
 
 
 def _pass2(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extras: Extras, p1: dict,
@@ -761,12 +762,8 @@ def _pass2(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extra
             f"{workdir}: pass 1 ran elsewhere ({detail}); bitwise replay is only promised on the same "
             "device model, driver and libraries. Rerun on that machine, or delete the folder to start over."
         )
-    stars, star_rows = _stars(fresh_model, workdir, setup, extras, p1, p1b, device)
+    stars, star_rows, dist0_sq = _stars(fresh_model, workdir, setup, extras, p1, p1b, device)
     models = [m for _, m, _, _ in stars]
-    layout = FlatLayout(list(models[0].named_parameters()))
-    theta0 = layout.fill(layout.empty(dtype=star_rows.dtype, device=device), load_state(workdir / "theta0.pt"))
-    dist0_sq = [float(v) for v in sq_dist(theta0, star_rows)]
-    del theta0
 
     width = BASE + PER_STAR * len(stars)
     prior, prior_step, prior_epoch, start, wall_before = _load_partial(workdir, p1, width, setup["lr"], dist0_sq[0])
