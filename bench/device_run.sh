@@ -9,13 +9,16 @@
 # Phases, each under its own time limit so that one slow phase cannot eat the others (9 minutes in
 # all on one H100/H200; the limits are a ceiling, the estimates in the README are the expectation):
 #
-#   checks   (60 s)   a deterministic forward+backward of every network family in CUDA deterministic mode,
-#                     and a measured ResNet-18 run whose replay is compared with pass 1 bit for bit
-#   cost     (130 s)  bench/step_cost.py for ResNet-18, ResNet-34 and VGG-16: typical loop vs the two passes,
-#                     each at strict fp32 and at TF32 (--tf32 both), side by side
+#   checks   (90 s)   a deterministic forward+backward of every network family in CUDA deterministic mode;
+#                     a measured ResNet-18 run (its steps CUDA graph replays) whose replay is compared with
+#                     pass 1 bit for bit; the same run without graphs, whose trace must equal it bit for bit
+#                     (the graph path and its eager fallback); and an Adam run with graphs (capturable mode)
+#   cost     (150 s)  bench/step_cost.py for ResNet-18, ResNet-34 and VGG-16: typical loop vs the two passes,
+#                     each at strict fp32 and at TF32 (--tf32 both), side by side; the runner with and
+#                     without CUDA graphs at strict fp32
 #   concurrency (60 s)  bench/concurrency.py: throughput of the GPU with 1, 2 and 4 ResNet-18 runs at once
 #                     (what --jobs N on one GPU does), and that their traces equal one run's
-#   lite     (135 s each)  the `lite` bn and optimizer suites; a suite cut by its limit keeps its finished
+#   lite     (115 s each)  the `lite` bn and optimizer suites; a suite cut by its limit keeps its finished
 #                     runs, and its report says which runs are missing
 #
 # Everything lands in $OUT, at most 8 files (the device returns no more): device.txt (GPU, driver,
@@ -51,7 +54,7 @@ else
   COST_ARGS=(--networks resnet18 resnet34 vgg16 --tf32 both)
   CONC_ARGS=(--network resnet18 --images 4096 --epochs 2 --concurrency 1 2 4)
 fi
-T_CHECKS=${T_CHECKS:-60} T_COST=${T_COST:-130} T_CONC=${T_CONC:-60} T_LITE=${T_LITE:-135}
+T_CHECKS=${T_CHECKS:-90} T_COST=${T_COST:-150} T_CONC=${T_CONC:-60} T_LITE=${T_LITE:-115}
 
 preflight() {
   {

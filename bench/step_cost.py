@@ -10,7 +10,9 @@ Loops, all on the same network, batch size and data (random CIFAR-shaped uint8 i
 * ``record_only``: deterministic step + the recorder, no forward at theta* (recording overhead);
 * ``replay``: what pass 2 runs per step: deterministic step + forward at theta* + recorder;
 * ``runner``: the real two-pass runner (deep/measure.py: data indexing, the last smaller batch,
-  checkpoints, replay checks) over ``--runner-epochs`` epochs, per step of pass 1 + pass 2.
+  checkpoints, replay checks) over ``--runner-epochs`` epochs, per step of pass 1 + pass 2; on CUDA
+  its steps are CUDA graph replays (deep/graphs.py, the runner's default there), and at strict
+  fp32 it is also run without graphs, so the graphs' speed-up is read side by side.
 
 Precision: every loop of one measurement runs at one stated precision, set explicitly before it
 (``--tf32 off``: strict fp32 matmuls and convolutions; ``on``: TF32 in both, which is deterministic
@@ -156,22 +158,35 @@ def bench_network(name, dev, args, images, labels, tf32: bool = False) -> dict:
     res["record_only"] = _timed(make_step(True, False, True), dev, args.warmup, args.steps)
     res["replay"] = _timed(make_step(True, True, True), dev, args.warmup, args.steps)
 
-    # the real runner, both passes, on the first runner_images images
+    # the real runner, both passes, on the first runner_images images: with CUDA graphs where the
+    # runner uses them (its default on CUDA), and on CUDA at strict fp32 also without, side by side
     n = min(len(data), args.runner_images)
     sub = DeviceData(images[:n], labels[:n], device=dev, channels_last=cl)
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        run = measure(lambda: build_model(name, 10, width=args.width),
-                      lambda p: torch.optim.SGD(p, lr=0.01), sub, lr=0.01, epochs=args.runner_epochs,
-                      batch_size=args.batch_size, workdir=Path(tmp) / "r", channels_last=cl, progress=False,
-                      allow_tf32=tf32)
-        wall = time.perf_counter() - t0
-    steps = len(run.trace)
-    res["runner_two_pass_per_step"] = 1e3 * wall / steps
-    res["runner_pass1"] = run.trace.meta["pass1"]["ms_per_step"]
-    res["runner_pass2"] = run.trace.meta["pass2"]["ms_per_step"]
-    res["runner_replay_verified"] = run.trace.meta["replay_verified"]
-    res["runner_allow_tf32"] = run.trace.meta["env"]["allow_tf32"]
+
+    def runner(graphs: bool) -> dict:
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            run = measure(lambda: build_model(name, 10, width=args.width),
+                          lambda p: torch.optim.SGD(p, lr=0.01), sub, lr=0.01, epochs=args.runner_epochs,
+                          batch_size=args.batch_size, workdir=Path(tmp) / "r", channels_last=cl, progress=False,
+                          allow_tf32=tf32, cuda_graphs=graphs)
+            wall = time.perf_counter() - t0
+        meta = run.trace.meta
+        return {"two_pass_per_step": 1e3 * wall / len(run.trace), "pass1": meta["pass1"]["ms_per_step"],
+                "pass2": meta["pass2"]["ms_per_step"], "replay_verified": meta["replay_verified"],
+                "allow_tf32": meta["env"]["allow_tf32"], "step_path": meta["pass2"]["step_path"]["path"]}
+
+    r = runner(cl)
+    res["runner_two_pass_per_step"] = r["two_pass_per_step"]
+    res["runner_pass1"], res["runner_pass2"] = r["pass1"], r["pass2"]
+    res["runner_replay_verified"] = r["replay_verified"]
+    res["runner_allow_tf32"] = r["allow_tf32"]
+    res["runner_step_path"] = r["step_path"]
+    if cl and not tf32:
+        e = runner(False)
+        res["runner_eager"] = e
+        res["runner_graphs_speedup"] = {"pass1": e["pass1"] / r["pass1"], "pass2": e["pass2"] / r["pass2"],
+                                        "two_pass": e["two_pass_per_step"] / r["two_pass_per_step"]}
     res["ratios"] = {
         "recording_overhead_of_replay_step": (res["record_only"] - res["deterministic"]) / res["replay"],
         "two_pass_over_typical": (res["deterministic"] + res["replay"]) / res["typical"],
@@ -228,7 +243,13 @@ def main(argv=None) -> int:
               f"runner 2-pass {r['runner_two_pass_per_step']:.2f} ms/step")
         print(f"  recording overhead {100 * rt['recording_overhead_of_replay_step']:.1f}% of a replay step; "
               f"two-pass / typical {rt['two_pass_over_typical']:.2f}x; runner two-pass / typical "
-              f"{rt['runner_two_pass_over_typical']:.2f}x; replay verified: {r['runner_replay_verified']}")
+              f"{rt['runner_two_pass_over_typical']:.2f}x ({r['runner_step_path']}); replay verified: "
+              f"{r['runner_replay_verified']}")
+        if "runner_graphs_speedup" in r:
+            sp = r["runner_graphs_speedup"]
+            print(f"  runner without graphs: pass 1 {r['runner_eager']['pass1']:.2f}, pass 2 "
+                  f"{r['runner_eager']['pass2']:.2f} ms/step; graphs speed them up {sp['pass1']:.2f}x and "
+                  f"{sp['pass2']:.2f}x")
     e = result["env"]
     print(f"device: {e['device_name']} ({e['device']}), torch {e['torch']}, CUDA {e['cuda']}, cuDNN {e['cudnn']}, "
           f"driver {e['driver']}")

@@ -49,6 +49,10 @@ recorder reads) and one of ``theta_k``; its float64 work is done a chunk at a ti
 the model states at the start of this and of the previous epoch (to fall back on when a run
 diverges). Checkpoints stream to disk and are mapped, not read, when pass 2 compares with them.
 ``bench/memory.py`` measures it (README, "Performance").
+
+Steps: on a CUDA device both passes run their steps as CUDA graph replays where they can
+(:mod:`deep.graphs`: one graph per batch size, and in pass 2 per number of theta* still judged;
+eagerly where a capture fails, which the metadata says), with the bits of the eager step.
 """
 
 from __future__ import annotations
@@ -77,10 +81,14 @@ from gamma_theory.recorder import BASE, PER_STAR, trace_from_rows
 
 from .data import CyclicSampler, DeviceData
 from .env import deterministic, environment, same_environment
+from .graphs import StepGraphs
 from .state import StateDamaged, load_state, remove_state, save_state
 
 ModelFn = Callable[[], torch.nn.Module]
 OptimizerFn = Callable[[Iterable[torch.Tensor]], torch.optim.Optimizer]
+
+#: devices whose steps can be captured in graphs (tests add the CPU, with a backend that emulates them)
+_CAPTURE_DEVICES = ("cuda",)
 
 #: relative tolerance of the recording identity a finished trace must meet (as gpcheck check)
 IDENTITY_RTOL = 1e-9
@@ -247,6 +255,7 @@ def measure(
     progress: bool = True,
     desc: str = "run",
     extras: Extras = Extras(),
+    cuda_graphs: bool | None = None,
 ) -> MeasuredRun:
     """Train with ``optimizer_fn(model_fn().parameters())`` and measure the path exactly.
 
@@ -255,13 +264,22 @@ def measure(
     written under ``workdir``; the finished trace is ``workdir/trace.npz`` (+ ``trace.json``).
     Calling again with the same arguments resumes or, when finished, just loads the result.
     The caller's determinism settings are restored on return.
+
+    ``cuda_graphs``: run the steps of both passes as CUDA graph replays (:mod:`deep.graphs`;
+    default: on a CUDA device, yes). It is part of the run's settings, since with it an optimizer
+    that has a ``capturable`` mode (Adam) uses that mode, whose bits differ.
     """
+    graphs = data.device.type in _CAPTURE_DEVICES if cuda_graphs is None else bool(cuda_graphs)
+    if graphs and data.device.type not in _CAPTURE_DEVICES:
+        raise ValueError(f"CUDA graphs need a CUDA device; the data is on {data.device} (use cuda_graphs=False)")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     checkpoint_every = checkpoint_every or max(1, epochs // 10)
     setup = dict(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, data_seed=data_seed,
                  channels_last=channels_last, allow_tf32=allow_tf32, checkpoint_every=checkpoint_every,
                  n_train=len(data), extras=extras.to_dict())
+    if graphs:  # only then: the folders of eager runs keep the settings they were measured with
+        setup["cuda_graphs"] = True
     if meta and "run" in meta:  # the suite runner's run spec (network, knobs, width, ...)
         setup["run"] = meta["run"]
     _claim(workdir, setup)
@@ -300,7 +318,8 @@ def _claim(workdir: Path, setup: dict) -> None:
             warnings.warn(f"{exc}; measuring {workdir} again from the start", RemeasureWarning, stacklevel=3)
             _wipe(workdir)
         else:
-            differ = {k: (before.get(k), v) for k, v in setup.items() if before.get(k) != v}
+            differ = {k: (before.get(k), setup.get(k)) for k in dict.fromkeys([*before, *setup])
+                      if before.get(k) != setup.get(k)}  # a key only one of them has differs too
             if differ:
                 detail = ", ".join(f"{k}: {a} there vs {b} now" for k, (a, b) in differ.items())
                 raise RunMismatch(f"{workdir} holds a run with other settings ({detail}); "
@@ -461,8 +480,9 @@ def _from_checkpoint(fresh_model, optimizer_fn, data: DeviceData, setup: dict, p
     model = fresh_model()
     flat = flat_model(model)
     model.load_state_dict(st["model"])
-    opt = optimizer_fn(model.parameters())
+    opt = _optimizer(optimizer_fn, model, setup)
     opt.load_state_dict(_copied(st["optimizer"]))  # the optimizer puts its state where pass 1 had it
+    _capturable(opt, setup)
     sampler = CyclicSampler(len(data), setup["batch_size"], setup["data_seed"])
     sampler.load_state_dict(st["sampler"])
     del st
@@ -480,6 +500,21 @@ def _copied(obj):
     return obj
 
 
+def _optimizer(optimizer_fn, model: torch.nn.Module, setup: dict) -> torch.optim.Optimizer:
+    opt = optimizer_fn(model.parameters())
+    _capturable(opt, setup)
+    return opt
+
+
+def _capturable(opt: torch.optim.Optimizer, setup: dict) -> None:
+    """With CUDA graphs, an optimizer with a ``capturable`` mode (Adam) uses it (its step count
+    lives on the device, so a replayed step counts too), in both passes and after every resume."""
+    if setup.get("cuda_graphs"):
+        for group in opt.param_groups:
+            if "capturable" in group:
+                group["capturable"] = True
+
+
 def flat_model(model: torch.nn.Module) -> FlatParams:
     """Put ``model``'s parameters and their gradients into flat buffers (see
     :mod:`gamma_theory.flat`); both passes train so, and pass 2 reads ``theta_k`` and ``g_k``
@@ -491,14 +526,16 @@ def flat_model(model: torch.nn.Module) -> FlatParams:
 
 
 def train_epoch(model, opt, sampler: CyclicSampler, data: DeviceData, loss_fn=F.cross_entropy,
-                flat: FlatParams | None = None) -> torch.Tensor:
+                flat: FlatParams | None = None, graphs: StepGraphs | None = None) -> torch.Tensor:
     """One epoch of plain training, as pass 1 runs it (and every replay of it must): the loss of
     every step, on the device (no host sync). The gradients are zeroed in place (in ``flat``'s
-    buffer when given), never set to None: accumulating onto zeros gives the same bits."""
+    buffer when given), never set to None: accumulating onto zeros gives the same bits. With
+    ``graphs``, the steps are CUDA graph replays where they can be (:mod:`deep.graphs`)."""
     batches = sampler.next_epoch(data.device)
     losses = torch.empty(len(batches), device=data.device)
     model.train()
-    for i, idx in enumerate(batches):
+
+    def step(idx):
         x, y = data.batch(idx)
         loss = loss_fn(model(x), y)
         if flat is not None:
@@ -507,7 +544,10 @@ def train_epoch(model, opt, sampler: CyclicSampler, data: DeviceData, loss_fn=F.
             opt.zero_grad(set_to_none=False)
         loss.backward()
         opt.step()
-        losses[i] = loss.detach()
+        return (loss.detach(),)
+
+    for i, idx in enumerate(batches):
+        (losses[i],) = step(idx) if graphs is None else graphs.run(("train", len(idx)), step, idx)
     return losses
 
 
@@ -520,15 +560,17 @@ def _pass1(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extra
     device = data.device
     model = fresh_model()
     flat = flat_model(model)
-    opt = optimizer_fn(model.parameters())
+    opt = _optimizer(optimizer_fn, model, setup)
     sampler = CyclicSampler(len(data), setup["batch_size"], setup["data_seed"])
     env = environment(device)
+    graphs = StepGraphs(device, bool(setup.get("cuda_graphs")))
     epochs, every = setup["epochs"], setup["checkpoint_every"]
     candidates = set(extras.candidate_epochs(epochs))
     st = _newest_checkpoint(workdir, device, env)
     if st is not None:  # resume
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
+        _capturable(opt, setup)
         sampler.load_state_dict(st["sampler"])
         losses = [t.numpy() for t in st["losses"]]
         start, wall_before, state_prev = int(st["epoch"]), float(st["wall_s"]), st["model_prev"]
@@ -544,7 +586,7 @@ def _pass1(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extra
     bar = _bar(range(start, epochs), progress, f"{desc} pass 1", start, epochs)
     for epoch in bar:
         state_before = _copy_state(model)
-        host = train_epoch(model, opt, sampler, data, loss_fn, flat).cpu().numpy().astype(np.float64)  # the epoch's sync
+        host = train_epoch(model, opt, sampler, data, loss_fn, flat, graphs).cpu().numpy().astype(np.float64)  # the epoch's sync
         diverged = _divergence(host, model, state_before, epoch, sum(map(len, losses)))
         if diverged:
             # The iterate that starts the diverging epoch may already give an infinite loss, so
@@ -577,6 +619,7 @@ def _pass1(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extra
         "wall_s": wall,
         "ms_per_step": 1e3 * wall / steps if steps else None,
         "env": env,
+        "step_path": graphs.info(),  # of this invocation's steps
         "diverged": diverged,
         "epoch_mean_loss": [float(x.mean()) for x in losses],
         "theta_star_eval": evaluate(model, data, loss_fn, setup["batch_size"]) if steps else None,
@@ -624,11 +667,12 @@ def _extend(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extr
     model, flat, opt, sampler = _from_checkpoint(fresh_model, optimizer_fn, data, setup,
                                                  _ckpt_path(workdir, setup["epochs"]))
     model.train()
+    graphs = StepGraphs(data.device, bool(setup.get("cuda_graphs")))
     t0, done, why = time.perf_counter(), 0, None
     for epoch in _bar(range(setup["epochs"], setup["epochs"] + more), progress, f"{desc} theta* extended",
                       setup["epochs"], setup["epochs"] + more):
         state_before = _copy_state(model)
-        ep = train_epoch(model, opt, sampler, data, loss_fn, flat)
+        ep = train_epoch(model, opt, sampler, data, loss_fn, flat, graphs)
         why = _divergence(ep.cpu().numpy().astype(np.float64), model, state_before, epoch, 0)
         if why:
             break
@@ -778,6 +822,27 @@ def _pass2(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extra
             return rows, step, epoch
         return np.concatenate([prior, rows]), np.concatenate([prior_step, step]), np.concatenate([prior_epoch, epoch])
 
+    graphs = StepGraphs(device, bool(setup.get("cuda_graphs")))
+
+    def replay_step(active: int):
+        """Pass 1's step, op for op (as train_epoch), with the forwards at the ``active`` theta*
+        on the same batch and the recorder's device half: one function, so one CUDA graph."""
+        stars_on = models[:active]
+
+        def step(idx):
+            x, y = data.batch(idx)
+            loss = loss_fn(model(x), y)
+            with torch.no_grad():
+                loss_star = [loss_fn(m(x), y) for m in stars_on]
+            flat.zero_grad()
+            loss.backward()
+            if extras.record_grad:
+                rec.capture_grad()
+            opt.step()
+            return (rec.row(loss, loss_star),)
+        return step
+
+    step_fns: dict[int, Callable] = {}
     t0 = time.perf_counter()
     last_verified = start
     with contextlib.ExitStack() as stack:
@@ -786,16 +851,11 @@ def _pass2(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extra
         for epoch in _bar(range(start, epochs), progress, f"{desc} pass 2", start, epochs):
             model.train()
             for idx in sampler.next_epoch(device):
-                x, y = data.batch(idx)
-                loss = loss_fn(model(x), y)
-                with torch.no_grad():
-                    loss_star = [loss_fn(m(x), y) for m in models[:rec.n_active()]]
-                flat.zero_grad()  # as train_epoch: pass 1's step, op for op
-                loss.backward()
-                if extras.record_grad:
-                    rec.capture_grad()
-                opt.step()
-                rec.record(loss, loss_star, epoch)
+                active = rec.n_active()
+                if active not in step_fns:
+                    step_fns[active] = replay_step(active)
+                (row,) = graphs.run(("replay", len(idx), active), step_fns[active], idx)
+                rec.push(row.clone() if graphs.requested else row, epoch)  # a graph's row is overwritten
             rec.flush()
             flat.check()  # nothing moved the parameters out of the buffer the recorder reads
             ck = _ckpt_path(workdir, epoch + 1)
@@ -805,7 +865,10 @@ def _pass2(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extra
                     raise ReplayMismatch(
                         f"{workdir}: pass 2 left pass 1 at epoch {epoch + 1}: largest parameter deviation "
                         f"{dev:.3e}. The training is not deterministic here (an op without a deterministic "
-                        "kernel, or a different device/library); delete the folder to start over."
+                        "kernel, or a different device/library"
+                        + (", or a CUDA graph replay that differs from the eager step: measure with "
+                           "--no-cuda-graphs" if graphs.requested else "")
+                        + "); delete the folder to start over."
                     )
                 _save_partial(workdir, *all_rows(), epoch + 1, wall_before + time.perf_counter() - t0)
                 if not keep and last_verified != epoch + 1:
@@ -831,9 +894,10 @@ def _pass2(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extra
         "theta_star_extended": p1b,
         "replay_verified": {"checkpoints": "bitwise equal", "final": "bitwise equal to theta*"},
         "env": env,
-        "pass1": {k: p1[k] for k in ("wall_s", "ms_per_step", "steps")},
+        "pass1": {k: p1.get(k) for k in ("wall_s", "ms_per_step", "steps", "step_path")},
         "pass2": {"wall_s": wall, "ms_per_step": 1e3 * wall / len(trace), "theta_stars": len(stars),
-                  "record_grad": extras.record_grad, "flat_params": True, "record_chunk": rec.chunk},
+                  "record_grad": extras.record_grad, "flat_params": True, "record_chunk": rec.chunk,
+                  "step_path": graphs.info()},
         "num_params": sum(p.numel() for p in models[0].parameters()),
     })
     return traces

@@ -39,7 +39,7 @@ from gamma_theory.files import BadFile, read_json
 
 from .data import CyclicSampler, DeviceData
 from .env import deterministic, environment, same_environment
-from .measure import train_epoch
+from .measure import _capturable, train_epoch
 from .models import model_for_run
 from gamma_theory.optimizers import make_optimizer
 
@@ -126,6 +126,7 @@ def path_picture(run_dir: str | Path, data: DeviceData, num_classes: int, grid: 
     with deterministic(bool(setup.get("allow_tf32"))):
         model = fresh()
         opt = make_optimizer(spec["optimizer"], model.parameters(), spec["lr"])
+        _capturable(opt, setup)  # as the run made it
         sampler = CyclicSampler(len(data), setup["batch_size"], setup["data_seed"])
         iterates.append(flatten_params(list(model.parameters())).float().cpu().clone())
         rng = range(epochs)

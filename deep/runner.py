@@ -98,7 +98,7 @@ def load_train_data(dataset: str, n_sub: int | None, device: torch.device, data_
 
 
 def run_one(spec: RunSpec, data: DeviceData, num_classes: int, workdir: Path, meta: dict, progress: bool,
-            extras: Extras = Extras()) -> MeasuredRun:
+            extras: Extras = Extras(), cuda_graphs: bool | None = None) -> MeasuredRun:
     def model_fn():
         return model_for_run(spec, num_classes)
 
@@ -109,7 +109,7 @@ def run_one(spec: RunSpec, data: DeviceData, num_classes: int, workdir: Path, me
         model_fn, optimizer_fn, data, lr=spec.lr, epochs=spec.epochs, batch_size=spec.batch_size,
         workdir=workdir, seed=spec.seed, data_seed=spec.data_seed,
         channels_last=data.channels_last, meta={**meta, "run": spec.to_dict()},
-        progress=progress, desc=spec.name, extras=extras,
+        progress=progress, desc=spec.name, extras=extras, cuda_graphs=cuda_graphs,
     )
 
 
@@ -201,6 +201,7 @@ class RunTask:
     download: bool = False
     device: str | None = None
     threads: int | None = None
+    cuda_graphs: bool | None = None  #: None: on a CUDA device, yes
 
     @property
     def out(self) -> Path:
@@ -217,12 +218,13 @@ class RunTask:
 
 def suite_tasks(suites, preset: str, dataset: str | None, out_root, *, seeds: int | None = None,
                 labels: str = "true", star_extend: float = 0.0, data_root=None, download: bool = False,
-                device: str | None = None, threads: int | None = None) -> list[RunTask]:
+                device: str | None = None, threads: int | None = None,
+                cuda_graphs: bool | None = None) -> list[RunTask]:
     """Every run of ``suites`` (a name or a list) on each data set of ``dataset``, in one queue:
     suite by suite, data set by data set, run by run."""
     suites = [suites] if isinstance(suites, str) else list(suites)
     return [RunTask(s, preset, ds, spec.name, str(out_root), seeds, labels, star_extend,
-                    None if data_root is None else str(data_root), download, device, threads)
+                    None if data_root is None else str(data_root), download, device, threads, cuda_graphs)
             for s in suites for ds in resolve_datasets(dataset, preset) for spec in get_suite(s, preset, seeds).runs]
 
 
@@ -240,6 +242,7 @@ class _OpenSuite:
     meta: dict
     extras: Extras
     info: dict
+    cuda_graphs: bool | None = None
     busy_s: float = 0.0
 
 
@@ -267,17 +270,18 @@ def open_suite(task: RunTask, command: str | None = None) -> _OpenSuite:
         "question": suite.question, "assumptions": ASSUMPTIONS, "device": str(dev),
         "threads": torch.get_num_threads(), "seeds": len({r.seed for r in suite.runs}), "labels": task.labels,
         "random_labels_seed": RANDOM_LABELS_SEED if task.labels == "random" else None, "extras": extras.to_dict(),
+        "cuda_graphs": dev.type == "cuda" if task.cuda_graphs is None else task.cuda_graphs,
         "command": command or f"gpcheck deep --suite {task.suite} --preset {task.preset} --dataset {task.dataset}",
         "runs": [r.to_dict() for r in suite.runs],
         "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     write_suite_info(out, info)
     meta = {"suite": task.suite, "preset": task.preset, "dataset": task.dataset, "data": data_desc}
-    return _OpenSuite(out, {r.name: r for r in suite.runs}, data, num_classes, meta, extras, info)
+    return _OpenSuite(out, {r.name: r for r in suite.runs}, data, num_classes, meta, extras, info, task.cuda_graphs)
 
 
 def _suite_of(task: RunTask, opened: dict, command: str | None) -> _OpenSuite:
-    key = (task.out, task.seeds, task.star_extend, task.device, task.data_root)
+    key = (task.out, task.seeds, task.star_extend, task.device, task.data_root, task.cuda_graphs)
     if key not in opened:
         t0 = time.perf_counter()
         opened[key] = open_suite(task, command)
@@ -294,7 +298,8 @@ def measure_task(task: RunTask, blocking: bool = True, progress: bool = False, c
         raise ValueError(f"{task.suite}/{task.preset} has no run {task.name!r}")
     t0 = time.perf_counter()
     try:
-        return _measure_if_free(s.specs[task.name], s.out, s.data, s.num_classes, s.meta, progress, s.extras, blocking)
+        return _measure_if_free(s.specs[task.name], s.out, s.data, s.num_classes, s.meta, progress, s.extras, blocking,
+                                s.cuda_graphs)
     finally:
         s.busy_s += time.perf_counter() - t0
 
@@ -333,11 +338,11 @@ def run_queue(tasks: list[RunTask], *, progress: bool = True, command: str | Non
 def run_suite(suite_name: str, preset: str = "smoke", dataset: str | None = None, *, data_root=None,
               download: bool = False, device: str | None = None, out_root: str | os.PathLike = "reports",
               progress: bool = True, command: str | None = None, seeds: int | None = None, labels: str = "true",
-              star_extend: float = 0.0, add_wall: bool = True) -> list[Path]:
+              star_extend: float = 0.0, add_wall: bool = True, cuda_graphs: bool | None = None) -> list[Path]:
     """Measure every run of the suite on each data set; returns the suite folders (see
     :func:`run_queue`)."""
     tasks = suite_tasks(suite_name, preset, dataset, out_root, seeds=seeds, labels=labels, star_extend=star_extend,
-                        data_root=data_root, download=download, device=device)
+                        data_root=data_root, download=download, device=device, cuda_graphs=cuda_graphs)
     return run_queue(tasks, progress=progress, command=command, add_wall=add_wall)
 
 
@@ -367,7 +372,7 @@ def read_suite_runs(suite_name: str, preset: str, seeds: int | None = None) -> l
 
 
 def _measure_if_free(spec: RunSpec, out: Path, data, num_classes: int, meta: dict, progress: bool, extras: Extras,
-                     blocking: bool) -> bool:
+                     blocking: bool, cuda_graphs: bool | None = None) -> bool:
     """Measure one run under its lock; False when another process holds it (and not ``blocking``).
     A run that fails (a replay mismatch, a damaged run folder that could not be remeasured, an op
     without a deterministic kernel, out of memory) is written to its ``error.json``."""
@@ -378,7 +383,7 @@ def _measure_if_free(spec: RunSpec, out: Path, data, num_classes: int, meta: dic
             return False
         err.unlink(missing_ok=True)
         try:
-            run = run_one(spec, data, num_classes, workdir, meta, progress, extras)
+            run = run_one(spec, data, num_classes, workdir, meta, progress, extras, cuda_graphs)
         except (ReplayMismatch, EnvironmentMismatch, RecordingError, StateDamaged, RuntimeError) as exc:
             workdir.mkdir(parents=True, exist_ok=True)
             write_json(err, {"error": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()})

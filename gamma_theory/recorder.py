@@ -149,7 +149,17 @@ class PathRecorder:
         """Record step k; call it right after the optimizer produced ``theta_{k+1}``.
 
         ``loss_star``: the loss at each active ``theta*`` on this step's batch (a scalar when
-        there is one)."""
+        there is one). The same as ``push(row(loss, loss_star), epoch)``."""
+        self.push(self.row(loss, loss_star), epoch)
+
+    @torch.no_grad()
+    def row(self, loss: torch.Tensor | float, loss_star) -> torch.Tensor:
+        """The device half of :meth:`record`: step k's row of the trace (a float64 tensor on the
+        parameters' device, see ``BASE``/``PER_STAR``), and ``theta_{k+1}`` kept for the next
+        step. It runs only device work with fixed shapes, no host sync and no indexed
+        assignment, so it can be captured in a CUDA graph with the training step
+        (:mod:`deep.graphs`); every replay then computes the row of its own step, which
+        :meth:`push` (the host half, not captured) appends."""
         active = self.n_active()
         ls = [loss_star] if not isinstance(loss_star, (list, tuple)) else list(loss_star)
         if len(ls) != active:
@@ -164,24 +174,31 @@ class PathRecorder:
         if active:
             vecs.append((self.prev, self.stars[:active]))  # theta_k - theta*_j
         G = gram(vecs, self.chunk, self._workspace)  # every inner product of the step
-        dev = G.device
-        f64 = torch.float64
-        row = torch.full((BASE + PER_STAR * self.num_stars,), float("nan"), dtype=f64, device=dev)
-        row[0] = torch.as_tensor(loss, dtype=f64, device=dev).detach().reshape(())
-        row[1] = G[0, 0] / self.lr**2
-        if self.record_grad:
-            row[2] = G[1, 1]
+        dev, f64 = G.device, torch.float64
+
+        def scalar(x):
+            return torch.as_tensor(x, dtype=f64, device=dev).detach().reshape(())
+
+        def nan(*shape):
+            return torch.full(shape, float("nan"), dtype=f64, device=dev)
+
+        # [loss, update_sq, grad_sq] + per theta*: [loss_star, inner, dist_sq, grad_inner]
+        parts = [torch.stack([scalar(loss), G[0, 0] / self.lr**2, G[1, 1] if self.record_grad else nan()])]
         if active:
-            idx = torch.arange(active, device=dev)
-            cols = BASE + PER_STAR * idx
-            row[cols] = torch.stack([torch.as_tensor(x, dtype=f64, device=dev).detach().reshape(()) for x in ls])
-            row[cols + 1] = G[0, off + idx] / self.lr
-            row[cols + 2] = G[off + idx, off + idx]
-            if self.record_grad:
-                row[cols + 3] = G[1, off + idx]
+            on = slice(off, off + active)
+            per_star = [torch.stack([scalar(x) for x in ls]), G[0, on] / self.lr, torch.diagonal(G)[on],
+                        G[1, on] if self.record_grad else nan(active)]
+            parts.append(torch.stack(per_star, dim=1).reshape(-1))
+        if active < self.num_stars:
+            parts.append(nan(PER_STAR * (self.num_stars - active)))
+        self.prev.copy_(cur)
+        return torch.cat(parts)
+
+    def push(self, row: torch.Tensor, epoch: int = 0) -> None:
+        """The host half of :meth:`record`: append step k's ``row`` (kept as given: pass a copy of
+        a tensor that will be overwritten, such as a CUDA graph's output) and move on to step k+1."""
         self._pending.append(row)
         self._epochs.append(int(epoch))
-        self.prev.copy_(cur)
         self._grad = None
         self.next_step += 1
 

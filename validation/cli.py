@@ -218,6 +218,9 @@ def _choice_error(kind: str, value: str, choices) -> NoReturn:
 @click.option("--threads", default=None, type=click.IntRange(1, 1024),
               help="CPU threads of torch (default: torch's, one per core); a run resumes only with the "
                    "thread count it started with")
+@click.option("--cuda-graphs/--no-cuda-graphs", default=None,
+              help="run the steps of both passes as CUDA graph replays (default: on a GPU, yes; the same bits, "
+                   "fewer kernel launches); a run resumes only the way it began")
 @click.option("--seeds", default=None, type=click.IntRange(1, 1000),
               help="initializations (with their samplers) per configuration; default: the preset's "
                    "(1 for paper and smoke, 3 for lite and cpu)")
@@ -248,7 +251,7 @@ def _choice_error(kind: str, value: str, choices) -> NoReturn:
               help="slurm: any other submitit slurm_ parameter, e.g. account=abc or mem_gb=32 (repeatable)")
 @click.option("--slurm-cluster", default="slurm", show_default=True,
               help="slurm, or local: submitit's local executor (the same job array as processes on this machine)")
-def deep(suite, preset, dataset, data_root, download, device, threads, seeds, labels, star_extend, out_root,
+def deep(suite, preset, dataset, data_root, download, device, threads, cuda_graphs, seeds, labels, star_extend, out_root,
          quiet, plan, executor, jobs, ray_address, slurm_partition, slurm_time, slurm_args, slurm_cluster) -> None:
     """Measure a suite of the paper's CIFAR experiments exactly and write its report.
 
@@ -293,6 +296,9 @@ def deep(suite, preset, dataset, data_root, download, device, threads, seeds, la
         fail(str(exc))
     if Path(out_root).exists() and not Path(out_root).is_dir():
         fail(f"--out {out_root}: is a file, not a folder")
+    if cuda_graphs and dev.type != "cuda" and executor == "local":
+        fail(f"--cuda-graphs: CUDA graphs need a GPU, and the runs would go to {dev}; drop the flag, or pass "
+             "--device cuda on a machine with one")
     if plan:
         from deep.env import cpu_name
         from deep.plan import plan_suite, render_plan
@@ -326,7 +332,8 @@ def deep(suite, preset, dataset, data_root, download, device, threads, seeds, la
     on_cluster = (executor == "slurm" and slurm_cluster == "slurm") or (executor == "ray" and ray_address)
     cuda = device != "cpu" if on_cluster else dev.type == "cuda"
     tasks = suite_tasks(suites, preset, dataset, out_root, seeds=seeds, labels=labels, star_extend=star_extend,
-                        data_root=data_root, download=download, device=device, threads=threads)
+                        data_root=data_root, download=download, device=device, threads=threads,
+                        cuda_graphs=cuda_graphs)
     desc = f"{'+'.join(suites)}/{preset}/{'+'.join(resolve_datasets(dataset, preset))}"
     errors = 0
     # `kill` (SIGTERM) stops the command as Ctrl-C does: workers are stopped, not orphaned, and

@@ -1,0 +1,201 @@
+"""CUDA-graph steps (deep/graphs.py) on the CPU, with a backend that behaves as CUDA graphs do.
+
+A capture runs nothing; a replay runs the captured step on the graph's static input (the batch
+indices copied into it) and writes into the same static output tensors every time, so a caller
+that kept an output without copying it would see it overwritten. With it, a measured run with
+graphs must give the eager run's trace bit for bit, through changes of batch size (the last
+batch of an epoch) and of the number of theta* still judged, a failed capture and a resume.
+The real backend is exercised on a GPU by bench/replay_check.py (bench/device_run.sh).
+"""
+
+import importlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from deep.graphs import GraphFallbackWarning, StepGraphs
+from deep.measure import RunMismatch, load_companions
+from gamma_theory.optimizers import make_optimizer
+from test_measure import TinyCNN, run
+
+measure_mod = importlib.import_module("deep.measure")  # the module (deep.measure is also the function's name)
+
+
+class FakeGraph:
+    def __init__(self, fn, static_idx):
+        self.fn, self.static_idx, self.outputs = fn, static_idx, None
+
+    def replay(self, idx):
+        self.static_idx.copy_(idx)
+        out = self.fn(self.static_idx)
+        if self.outputs is None:
+            self.outputs = tuple(o.detach().clone() for o in out)
+        else:
+            for static, o in zip(self.outputs, out):
+                static.copy_(o)
+        return self.outputs
+
+
+class FakeBackend:
+    """CUDA graphs' contract on the CPU."""
+
+    def warmup(self, fn, idx):
+        return fn(idx)
+
+    def capture(self, fn, idx):
+        return FakeGraph(fn, idx.clone())
+
+
+class FailingBackend(FakeBackend):
+    """Every capture raises, as one of a step with an op that cannot be captured does."""
+
+    def capture(self, fn, idx):
+        raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+
+@pytest.fixture
+def fake_graphs(monkeypatch):
+    """measure() with cuda_graphs=True runs on the CPU with the fake backend; returns the backends made."""
+    made = []
+
+    def factory(backend_cls):
+        def make(device, enabled):
+            b = backend_cls() if enabled else None
+            if b is not None:
+                made.append(b)
+            return StepGraphs(device, enabled, backend=b)
+        monkeypatch.setattr(measure_mod, "StepGraphs", make)
+        monkeypatch.setattr(measure_mod, "_CAPTURE_DEVICES", ("cuda", "cpu"))
+        return made
+    return factory
+
+
+def test_steps_are_warmed_up_then_captured_then_replayed_per_key():
+    calls = []
+
+    def fn(idx):
+        calls.append(int(idx[0]))
+        return (idx.double() * 2,)
+
+    g = StepGraphs("cpu", True, backend=FakeBackend())
+    outs = [g.run(("s", len(i)), fn, i)[0].clone() for i in
+            [torch.tensor([1, 2]), torch.tensor([3, 4]), torch.tensor([5]), torch.tensor([6, 7]), torch.tensor([8])]]
+    assert [o.tolist() for o in outs] == [[2, 4], [6, 8], [10], [12, 14], [16]]
+    # key (s, 2): warm-up, then captured and replayed; key (s, 1): warm-up, then replayed
+    assert g.info() == {"path": "cuda-graphs", "graphs": 2, "replayed_steps": 3, "eager_steps": 2, "fallback": None}
+    assert calls == [1, 3, 5, 6, 8]  # every step ran once: a capture runs nothing
+
+
+def test_eager_when_not_asked_and_refused_without_a_gpu():
+    g = StepGraphs("cpu", False)
+    assert g.run("k", lambda i: (i + 1,), torch.tensor([1]))[0].item() == 2
+    assert g.info()["path"] == "eager" and g.info()["eager_steps"] == 1
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        StepGraphs("cpu", True)
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        run(None, cuda_graphs=True)
+
+
+def _columns(r):
+    t = r.trace
+    cols = {k: getattr(t, k) for k in ("loss", "loss_star", "inner", "update_sq", "dist_sq", "grad_inner",
+                                       "grad_sq", "step", "epoch")}
+    for name, c in load_companions(r.workdir, t.meta).items():
+        cols.update({f"{name}.{k}": getattr(c, k) for k in ("loss_star", "inner", "dist_sq", "grad_inner")})
+    return cols
+
+
+def _assert_same_trace(a, b):
+    ca, cb = _columns(a), _columns(b)
+    assert ca.keys() == cb.keys() and len(ca) > 9  # the companions are there
+    for k in ca:
+        assert np.array_equal(ca[k], cb[k], equal_nan=True), k
+
+
+@pytest.mark.parametrize("opt", ["sgd", "momentum"])
+def test_a_run_with_graphs_gives_the_eager_trace_bit_for_bit(tmp_path, fake_graphs, opt):
+    eager = run(tmp_path / "eager", opt=opt, epochs=4)
+    made = fake_graphs(FakeBackend)
+    graphed = run(tmp_path / "graphs", opt=opt, epochs=4, cuda_graphs=True)
+    _assert_same_trace(eager, graphed)
+    p1, p2 = graphed.trace.meta["pass1"]["step_path"], graphed.trace.meta["pass2"]["step_path"]
+    # 40 images in batches of 16: keys (16) and (8) in pass 1; in pass 2 also the number of theta*
+    # still judged (4 epochs: epoch 2 and 3 as earlier theta*, so 4, 3 and 2 of them)
+    assert p1["path"] == "cuda-graphs" and p1["graphs"] == 2 and p1["replayed_steps"] == 12 - 2
+    assert p2["path"] == "cuda-graphs" and p2["replayed_steps"] > 0 and p2["graphs"] >= 4
+    assert p1["eager_steps"] + p1["replayed_steps"] == 12
+    assert len(made) == 2  # one per pass
+    assert json.loads((graphed.workdir / "setup.json").read_text())["cuda_graphs"] is True
+    assert "cuda_graphs" not in json.loads((eager.workdir / "setup.json").read_text())
+    assert eager.trace.meta["pass2"]["step_path"]["path"] == "eager"
+
+
+def test_a_failed_capture_falls_back_to_eager_and_says_so(tmp_path, fake_graphs):
+    eager = run(tmp_path / "eager", epochs=3)
+    fake_graphs(FailingBackend)
+    with pytest.warns(GraphFallbackWarning, match="operation not permitted"):
+        graphed = run(tmp_path / "graphs", epochs=3, cuda_graphs=True)
+    _assert_same_trace(eager, graphed)
+    sp = graphed.trace.meta["pass2"]["step_path"]
+    assert sp["path"] == "eager (capture failed)" and sp["replayed_steps"] == 0
+    assert "RuntimeError: operation not permitted when stream is capturing" in sp["fallback"]
+
+
+def test_an_interrupted_run_with_graphs_resumes_to_the_same_trace(tmp_path, fake_graphs):
+    eager = run(tmp_path / "eager", epochs=3)
+    fake_graphs(FakeBackend)
+    TinyCNN.calls, TinyCNN.interrupt_at = 0, 14  # in pass 2, after a graph was captured
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "graphs", epochs=3, checkpoint_every=1, cuda_graphs=True)
+    TinyCNN.interrupt_at = None
+    graphed = run(tmp_path / "graphs", epochs=3, checkpoint_every=1, cuda_graphs=True)
+    _assert_same_trace(eager, graphed)
+
+
+def test_a_run_is_resumed_only_the_way_it_began(tmp_path, fake_graphs):
+    fake_graphs(FakeBackend)
+    TinyCNN.calls, TinyCNN.interrupt_at = 0, 4
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "r", epochs=3, cuda_graphs=True)
+    TinyCNN.interrupt_at = None
+    with pytest.raises(RunMismatch, match="cuda_graphs"):
+        run(tmp_path / "r", epochs=3, cuda_graphs=False)
+
+
+def test_with_graphs_an_optimizer_with_a_capturable_mode_uses_it():
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    for name, has in [("adam", True), ("sgd", False), ("momentum", False)]:
+        for graphs in (False, True):
+            opt = make_optimizer(name, p, 0.1)
+            measure_mod._capturable(opt, {"cuda_graphs": True} if graphs else {})
+            assert opt.param_groups[0].get("capturable", False) is (graphs and has)
+
+
+def test_the_cli_refuses_cuda_graphs_without_a_gpu(tmp_path):
+    from click.testing import CliRunner
+
+    from validation import cli
+
+    r = CliRunner().invoke(cli.main, ["deep", "--suite", "bn", "--device", "cpu", "--cuda-graphs",
+                                      "--out", str(tmp_path / "out")])
+    assert r.exit_code == 2 and "CUDA graphs need a GPU" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_device_check_compares_graph_and_eager_traces_column_by_column(tmp_path):
+    """bench/replay_check.py's comparison (run on a GPU): equal runs pass, one changed column fails."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "replay_check.py"
+    spec = importlib.util.spec_from_file_location("replay_check", path)
+    rc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rc)
+    a, b = run(tmp_path / "a", epochs=2), run(tmp_path / "b", epochs=2)
+    same = rc.compare(a, b)
+    assert same["bitwise_equal"] is True and same["columns_compared"] == 7 * 3  # theta*, random, epoch 1
+    b.trace.inner[3] = np.nextafter(b.trace.inner[3], np.inf)
+    assert rc.compare(a, b) == {**same, "bitwise_equal": False, "differ": ["theta*.inner"]}
+    assert rc.compare(a, None)["bitwise_equal"] is None
