@@ -75,6 +75,50 @@ def _bench_runs(results: Path) -> list[dict]:
     return out
 
 
+@dataclass
+class Concurrency:
+    """How many runs at once one device measured fastest (``bench/concurrency.py``)."""
+
+    runs: int  #: runs at once with the highest throughput, all traces equal to one run's
+    speedup: float  #: its throughput over one run's
+    where: str
+
+
+def best_concurrency(device_name: str, bench_results: str | Path = BENCH_RESULTS) -> Concurrency | None:
+    """The measured best number of runs at once on ``device_name`` (the median speed-up where
+    several results agree on it), or None when nothing was measured there. A level whose traces
+    differed from the single run's does not count: it would not be the same measurement."""
+    found = []
+    for p in sorted(Path(bench_results).glob("*.json")):
+        try:
+            d = json.loads(p.read_text())
+            if d["env"].get("device_name") != device_name:
+                continue
+            levels = [v for v in d["levels"].values() if v.get("bitwise_equal_to_1", False)]
+            best = max(levels, key=lambda v: v["steps_per_s"])
+            found.append((int(best["runs"]), float(best["speedup_over_1"]), str(p)))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+    if not found:
+        return None
+    runs = statistics.mode(k for k, _, _ in found)
+    agree = [f for f in found if f[0] == runs]
+    return Concurrency(runs, statistics.median(x for _, x, _ in agree), ", ".join(w for _, _, w in agree))
+
+
+def concurrency_advice(device_name: str, gpus: int, bench_results: str | Path = BENCH_RESULTS) -> str:
+    """One line for ``--plan`` on a GPU: the ``--jobs`` that won on this device, or how to find it."""
+    c = best_concurrency(device_name, bench_results)
+    if c is None:
+        return (f"Runs at once per GPU: not measured on {device_name}; `python bench/concurrency.py --out "
+                "bench/results/concurrency_<device>.json` measures 1, 2 and 4.")
+    if c.runs == 1:
+        return f"Runs at once per GPU: 1 was fastest on {device_name} ({c.where}): `--jobs {gpus}`."
+    return (f"Runs at once per GPU: {c.runs} gave the most throughput on {device_name}, {c.speedup:.2f}x one run "
+            f"({c.where}): `--jobs {c.runs * gpus}` on {gpus} GPU(s); the GPU-hours above are per run, so the "
+            f"queue's wall time is about 1/{c.speedup * gpus:.2f} of them.")
+
+
 def plan_suite(suite_name: str, preset: str, dataset: str, device_name: str, out_root: str | Path = "reports",
                seeds: int | None = None, labels: str = "true", star_extend: float = 0.0,
                bench_results: str | Path = BENCH_RESULTS) -> list[PlannedRun]:

@@ -74,3 +74,28 @@ def test_plan_of_the_whole_protocol_lists_every_suite_and_data_set_and_totals_th
     last = res.output.splitlines()[-1]
     assert last.startswith("All of the queue: ") and f" of {len(runs)} runs ({steps:,} steps per pass)" in last
     assert not any(tmp_path.iterdir())
+
+
+def _concurrency(path, device, levels):
+    path.write_text(json.dumps({"env": {"device_name": device}, "levels": {
+        str(k): {"runs": k, "steps_per_s": sps, "speedup_over_1": sps / levels[0][1], "bitwise_equal_to_1": eq}
+        for k, sps, eq in levels}}))
+
+
+def test_the_plan_advises_the_jobs_that_won_on_this_gpu(tmp_path):
+    from deep.plan import best_concurrency, concurrency_advice
+
+    res = tmp_path / "results"
+    res.mkdir()
+    assert best_concurrency("NVIDIA H200", res) is None
+    assert "not measured on NVIDIA H200" in concurrency_advice("NVIDIA H200", 1, res)
+    # 4 at once is fastest but its traces differed: it does not count; 2 wins
+    _concurrency(res / "concurrency_h200.json", "NVIDIA H200", [(1, 100.0, True), (2, 180.0, True), (4, 250.0, False)])
+    _concurrency(res / "concurrency_other.json", "NVIDIA H100", [(1, 100.0, True), (4, 300.0, True)])
+    c = best_concurrency("NVIDIA H200", res)
+    assert (c.runs, c.speedup) == (2, 1.8) and c.where.endswith("concurrency_h200.json")
+    text = concurrency_advice("NVIDIA H200", 8, res)
+    assert "`--jobs 16` on 8 GPU(s)" in text and "1.80x one run" in text
+    _concurrency(res / "concurrency_h200.json", "NVIDIA H200", [(1, 100.0, True), (2, 90.0, True)])
+    assert "1 was fastest" in concurrency_advice("NVIDIA H200", 2, res) and "`--jobs 2`" in concurrency_advice(
+        "NVIDIA H200", 2, res)

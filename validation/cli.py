@@ -311,6 +311,10 @@ def deep(suite, preset, dataset, data_root, download, device, threads, cuda_grap
                 everything += planned
                 click.echo(render_plan(planned, f"Plan: `{s}` suite, `{preset}` preset, {ds}, on {name} ({dev})",
                                        name, dev.type == "cuda") + "\n")
+        if dev.type == "cuda":
+            from deep.plan import concurrency_advice
+
+            click.echo(concurrency_advice(name, max(1, torch.cuda.device_count())) + "\n")
         if len(everything) > len(planned):
             known = [r.hours for r in everything if r.hours is not None]
             unit = "GPU-hours" if dev.type == "cuda" else "hours"
