@@ -59,29 +59,25 @@ def load_state(path: str | Path, device: torch.device | str = "cpu", mmap: bool 
         raise StateDamaged(path, f"has no {side.name} (it was not written to the end)") from None
     except (OSError, ValueError, UnicodeDecodeError):
         raise StateDamaged(side, "is not readable") from None
-    if mmap:
-        return _load_mapped(path, device, want, size)
-    data = path.read_bytes()
-    if len(data) != size:
-        raise StateDamaged(path, f"is truncated or altered ({len(data)} bytes, {size} written)")
-    if sha256_bytes(data) != want:
-        raise StateDamaged(path, "is altered (its sha256 differs from the one written with it)")
+    if mmap:  # files are replaced by rename, never rewritten: the mapping holds the bytes checked here
+        _verify(path, path.stat().st_size, lambda: sha256_file(path), want, size)
+        source, how = path, {"mmap": True}
+    else:
+        data = path.read_bytes()
+        _verify(path, len(data), lambda: sha256_bytes(data), want, size)
+        source, how = io.BytesIO(data), {}
     try:
-        return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+        return torch.load(source, map_location=device, weights_only=True, **how)
     except Exception as exc:  # noqa: BLE001 - verified bytes that still do not load: say which file
         raise StateDamaged(path, f"cannot be loaded ({type(exc).__name__}: {exc})") from None
 
 
-def _load_mapped(path: Path, device, want: str, size: int):
-    got = path.stat().st_size
-    if got != size:
-        raise StateDamaged(path, f"is truncated or altered ({got} bytes, {size} written)")
-    if sha256_file(path) != want:
+def _verify(path: Path, got_size: int, digest, want: str, size: int) -> None:
+    """The file's size, then its sha256 (``digest()``, computed only when the size is right), as written."""
+    if got_size != size:
+        raise StateDamaged(path, f"is truncated or altered ({got_size} bytes, {size} written)")
+    if digest() != want:
         raise StateDamaged(path, "is altered (its sha256 differs from the one written with it)")
-    try:  # files are replaced by rename, never rewritten, so the mapping holds the bytes just checked
-        return torch.load(path, map_location=device, weights_only=True, mmap=True)
-    except Exception as exc:  # noqa: BLE001
-        raise StateDamaged(path, f"cannot be loaded ({type(exc).__name__}: {exc})") from None
 
 
 def remove_state(path: str | Path) -> None:
