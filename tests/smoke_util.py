@@ -22,10 +22,12 @@ def gpcheck(args, cwd=None, env=None, timeout=600):
 
 
 def stable(obj):
-    """report.json without what must differ between two runs: clocks and timestamps."""
+    """report.json without what must differ between two runs: clocks and timestamps, and how many
+    steps this invocation ran eagerly or as graph replays (a resumed pass counts only its own)."""
     volatile = ("wall_s", "ms_per_step", "utc", "command")
     if isinstance(obj, dict):
-        return {k: stable(v) for k, v in obj.items() if not any(w in k for w in volatile)}
+        return {k: ({"path": v.get("path"), "fallback": v.get("fallback")} if k == "step_path" and isinstance(v, dict)
+                    else stable(v)) for k, v in obj.items() if not any(w in k for w in volatile)}
     if isinstance(obj, list):
         return [stable(v) for v in obj]
     return obj

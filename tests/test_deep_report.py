@@ -192,3 +192,18 @@ def test_claims_table_cells_never_split_on_a_pipe(tmp_path):
     md = (d / "report.md").read_text()
     rows = [line for line in md.split("| claim | kind | verdict |")[1].split("\n\n")[0].splitlines()[2:]]
     assert rows and all(len(line.replace("\\|", "").split("|")) == 8 for line in rows), rows
+
+
+def test_the_wall_time_table_says_how_the_steps_ran_only_where_graphs_ran():
+    from validation.deep_report import _timing_rows
+
+    def run(name, p1, p2):
+        return {"name": name, "run": {"epochs": 2}, "steps": 8, "num_params": 10,
+                "pass1": {"wall_s": 1.0, "ms_per_step": 2.0, **({"step_path": {"path": p1}} if p1 else {})},
+                "pass2": {"wall_s": 1.0, "ms_per_step": 2.0, **({"step_path": {"path": p2}} if p2 else {})}}
+
+    plain = _timing_rows([run("a", "eager", "eager"), run("b", None, None)])
+    assert len(plain) == 4 and "steps ran as" not in plain[0] and plain[0].count("|") == 9
+    rows = _timing_rows([run("a", "cuda-graphs", "cuda-graphs, then eager"), run("b", None, None)])
+    assert "steps ran as (pass 1 / pass 2)" in rows[0] and rows[1].count("|") == rows[0].count("|") == 10
+    assert rows[2].endswith("| cuda-graphs / cuda-graphs, then eager |") and rows[3].endswith("| ? / ? |")

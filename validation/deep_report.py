@@ -609,12 +609,25 @@ def _seeds_section(rep: dict) -> list[str]:
     return out
 
 
-def _timing_row(s: dict) -> str:
-    r = s.get("run") or {}
-    p1, p2 = s.get("pass1") or {}, s.get("pass2") or {}
-    return (f"| {s['name']} | {r.get('epochs', '')} | {s.get('steps', '')} | {s.get('num_params') or ''} | "
-            f"{fmt3(p1.get('wall_s'))} | {fmt3(p2.get('wall_s'))} | {fmt3(p1.get('ms_per_step'))} | "
-            f"{fmt3(p2.get('ms_per_step'))} |")
+def _step_path(p: dict) -> str:
+    return (p.get("step_path") or {}).get("path") or ""
+
+
+def _timing_rows(runs: list[dict]) -> list[str]:
+    """The wall-time table; with a column saying how the steps ran where any run used CUDA graphs."""
+    runs = [s for s in runs if s.get("pass1")]
+    graphs = any(_step_path(s.get(k) or {}) not in ("", "eager") for s in runs for k in ("pass1", "pass2"))
+    head = ["run", "epochs", "steps", "parameters", "pass 1 s", "pass 2 s", "pass 1 ms/step", "pass 2 ms/step"]
+    head += ["steps ran as (pass 1 / pass 2)"] if graphs else []
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in runs:
+        r = s.get("run") or {}
+        p1, p2 = s.get("pass1") or {}, s.get("pass2") or {}
+        cells = [s["name"], r.get("epochs", ""), s.get("steps", ""), s.get("num_params") or "", fmt3(p1.get("wall_s")),
+                 fmt3(p2.get("wall_s")), fmt3(p1.get("ms_per_step")), fmt3(p2.get("ms_per_step"))]
+        cells += [f"{_step_path(p1) or '?'} / {_step_path(p2) or '?'}"] if graphs else []
+        out.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return out
 
 
 SMOKE_BANNER = ("> **Not evidence.** The `{preset}` preset tests the machinery end to end: its networks are tiny "
@@ -755,9 +768,7 @@ def render_markdown(rep: dict) -> str:
         "",
         "## Wall time",
         "",
-        "| run | epochs | steps | parameters | pass 1 s | pass 2 s | pass 1 ms/step | pass 2 ms/step |",
-        "|---|---|---|---|---|---|---|---|",
-        *[_timing_row(s) for s in rep["runs"] if s.get("pass1")],
+        *_timing_rows(rep["runs"]),
     ]
     if rep.get("figure"):
         lines += ["", "## Figure", "",
