@@ -9,6 +9,9 @@ Loops, all on the same network, batch size and data (random CIFAR-shaped uint8 i
 * ``deterministic``: the same with deterministic algorithms (what pass 1 runs);
 * ``record_only``: deterministic step + the recorder, no forward at theta* (recording overhead);
 * ``replay``: what pass 2 runs per step: deterministic step + forward at theta* + recorder;
+* on CUDA, ``graph_deterministic``, ``graph_record_only``, ``graph_replay``: the same three
+  deterministic loops with each step replayed as one CUDA graph (deep/graphs.py), as the runner
+  runs them there;
 * ``runner``: the real two-pass runner (deep/measure.py: data indexing, the last smaller batch,
   checkpoints, replay checks) over ``--runner-epochs`` epochs, per step of pass 1 + pass 2; on CUDA
   its steps are CUDA graph replays (deep/graphs.py, the runner's default there), and at strict
@@ -46,6 +49,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from deep.data import CyclicSampler, DeviceData  # noqa: E402
 from deep.env import environment, resolve_device, set_deterministic  # noqa: E402
+from deep.graphs import StepGraphs  # noqa: E402
 from deep.measure import batch_stats_only, flat_model, measure  # noqa: E402
 from deep.models import build_model  # noqa: E402
 from gamma_theory import PathRecorder  # noqa: E402
@@ -115,12 +119,14 @@ def bench_network(name, dev, args, images, labels, tf32: bool = False) -> dict:
     sampler = CyclicSampler(len(data), args.batch_size, 0)
     batches: list = []
 
-    def next_batch():
+    def next_idx():
         if not batches:
             batches.extend(b for b in sampler.next_epoch(dev) if len(b) == args.batch_size)
-        return data.batch(batches.pop())
+        return batches.pop()
 
-    def make_step(det: bool, star: bool, record: bool):
+    def make_step(det: bool, star: bool, record: bool, graphs: bool = False):
+        """One loop's step. ``graphs``: as the runner on CUDA, the whole step (with the forward at
+        theta* and the recorder's device half) replayed as one CUDA graph (deep/graphs.py)."""
         if det:
             set_deterministic(allow_tf32=tf32)
         else:
@@ -128,16 +134,18 @@ def bench_network(name, dev, args, images, labels, tf32: bool = False) -> dict:
             torch.backends.cudnn.benchmark = True
             set_precision(tf32)
         mm = model()
-        fp = flat_model(mm) if record else None  # the runner's layout: theta_k is the flat buffer
+        fp = flat_model(mm) if record or graphs else None  # the runner's layout: theta_k is the flat buffer
         o = torch.optim.SGD(mm.parameters(), lr=0.01)
         ms = model()
         stars = FlatParams(ms).flat if record else None
         rec = PathRecorder(fp, stars, 0.01) if record else None
+        zero = torch.zeros((), device=dev)  # loss_star when there is no forward at theta*
+        g = StepGraphs(dev, True) if graphs else None
 
-        def step():
-            xb, yb = next_batch()
+        def body(idx):
+            xb, yb = data.batch(idx)
             loss = F.cross_entropy(mm(xb), yb)
-            ls = 0.0
+            ls = zero
             if star:
                 with torch.no_grad(), batch_stats_only(ms):
                     ls = F.cross_entropy(ms(xb), yb)
@@ -147,8 +155,13 @@ def bench_network(name, dev, args, images, labels, tf32: bool = False) -> dict:
                 o.zero_grad(set_to_none=True)
             loss.backward()
             o.step()
+            return (rec.row(loss, ls),) if rec is not None else (loss.detach(),)
+
+        def step():
+            idx = next_idx()
+            out = body(idx) if g is None else g.run(len(idx), body, idx)
             if rec is not None:
-                rec.record(loss, ls, 0)
+                rec.push(out[0].clone() if g is not None else out[0])
                 if len(rec) >= 64:  # the runner flushes once per epoch
                     rec.flush()
         return step
@@ -157,6 +170,11 @@ def bench_network(name, dev, args, images, labels, tf32: bool = False) -> dict:
     res["deterministic"] = _timed(make_step(True, False, False), dev, args.warmup, args.steps)
     res["record_only"] = _timed(make_step(True, False, True), dev, args.warmup, args.steps)
     res["replay"] = _timed(make_step(True, True, True), dev, args.warmup, args.steps)
+    if cl:  # the same three deterministic loops as CUDA graph replays (what the runner does there)
+        warm = max(args.warmup, 3)  # a warm-up step and a capture before the timed replays
+        res["graph_deterministic"] = _timed(make_step(True, False, False, True), dev, warm, args.steps)
+        res["graph_record_only"] = _timed(make_step(True, False, True, True), dev, warm, args.steps)
+        res["graph_replay"] = _timed(make_step(True, True, True, True), dev, warm, args.steps)
 
     # the real runner, both passes, on the first runner_images images: with CUDA graphs where the
     # runner uses them (its default on CUDA), and on CUDA at strict fp32 also without, side by side
@@ -193,6 +211,12 @@ def bench_network(name, dev, args, images, labels, tf32: bool = False) -> dict:
         "runner_two_pass_over_typical": res["runner_two_pass_per_step"] / res["typical"],
         "deterministic_over_resident": res["deterministic"] / res["resident"],
     }
+    if "graph_replay" in res:
+        res["ratios"].update({
+            "graph_recording_overhead_of_replay_step": (res["graph_record_only"] - res["graph_deterministic"])
+            / res["graph_replay"],
+            "graph_two_pass_over_typical": (res["graph_deterministic"] + res["graph_replay"]) / res["typical"],
+        })
     return res
 
 
@@ -245,6 +269,11 @@ def main(argv=None) -> int:
               f"two-pass / typical {rt['two_pass_over_typical']:.2f}x; runner two-pass / typical "
               f"{rt['runner_two_pass_over_typical']:.2f}x ({r['runner_step_path']}); replay verified: "
               f"{r['runner_replay_verified']}")
+        if "graph_replay" in r:
+            print(f"  as CUDA graphs: deterministic {r['graph_deterministic']:.2f} | record_only "
+                  f"{r['graph_record_only']:.2f} | replay {r['graph_replay']:.2f} ms/step; recording overhead "
+                  f"{100 * rt['graph_recording_overhead_of_replay_step']:.1f}%; two-pass / typical "
+                  f"{rt['graph_two_pass_over_typical']:.2f}x")
         if "runner_graphs_speedup" in r:
             sp = r["runner_graphs_speedup"]
             print(f"  runner without graphs: pass 1 {r['runner_eager']['pass1']:.2f}, pass 2 "
