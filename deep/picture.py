@@ -115,8 +115,9 @@ def path_picture(run_dir: str | Path, data: DeviceData, num_classes: int, grid: 
         raise PictureError(f"{run_dir}: the run trained on {setup.get('n_train')} images, the data given has "
                            f"{len(data)}")
 
-    def fresh():
-        return model_for_run(spec, num_classes).to(data.device)
+    def fresh():  # as the run built it (deep/measure.py): on its device, in its memory format
+        m = model_for_run(spec, num_classes).to(data.device)
+        return m.to(memory_format=torch.channels_last) if setup.get("channels_last") else m
 
     epochs = int(info["epochs_measured"])
     g = torch.Generator().manual_seed(12_345)

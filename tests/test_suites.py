@@ -304,3 +304,10 @@ def test_random_labels_and_seeds_end_to_end(tmp_path):
         path_picture(out / "runs" / "resnet18-all", true, 10, grid=3, subset=16)
     res = CliRunner().invoke(main, ["picture", str(tmp_path)])
     assert res.exit_code == 2 and "not a finished run folder" in res.output
+    if not torch.cuda.is_available():  # a run measured on a GPU is replayed on one, or refused in a line
+        tj = out / "runs" / "resnet18-all" / "trace.json"
+        info = json.loads(tj.read_text())
+        info["env"] = {**info["env"], "device": "cuda:0", "device_name": "NVIDIA H200"}
+        tj.write_text(json.dumps(info))
+        res = CliRunner().invoke(main, ["picture", str(tj.parent), "--quiet"])
+        assert res.exit_code == 2 and "measured on a GPU (NVIDIA H200)" in res.output and "Traceback" not in res.output

@@ -474,11 +474,16 @@ def picture(runs, grid, subset, data_root, out_path, quiet) -> None:
         threads = (run_info.get("env") or {}).get("num_threads")
         if threads and (run_info.get("env") or {}).get("device") == "cpu":
             torch.set_num_threads(int(threads))  # the replay is bitwise only with the run's thread count
-        key = (info.get("dataset"), info.get("preset"), info.get("labels") or "true")
+        env = run_info.get("env") or {}
+        where = torch.device(str(env.get("device") or "cpu"))
+        if where.type == "cuda" and not torch.cuda.is_available():
+            fail(f"{run}: measured on a GPU ({env.get('device_name')}); its picture replays it bit for bit, "
+                 "so draw it on a machine with that GPU")
+        key = (info.get("dataset"), info.get("preset"), info.get("labels") or "true", str(where))
         if key != data_key:
-            try:
+            try:  # on the device the run trained on, as the suite loaded it (channels-last on CUDA)
                 data, num_classes, _ = load_train_data(key[0], PRESET_TABLE[key[1]].train_subset,
-                                                       torch.device("cpu"), data_root, False, key[2])
+                                                       where, data_root, False, key[2])
             except DataError as exc:
                 fail(str(exc))
             data_key = key
