@@ -60,6 +60,8 @@ def test_report_with_diverged_and_failed_runs(tmp_path):
     assert "DIVERGED at step 3 (epoch 0): loss is not finite" in md
     assert "ERROR: ReplayMismatch: pass 2 left pass 1 at epoch 2" in md
     assert (tmp_path / rep["figure"]).exists()
+    # two measured runs of 1 s + 2 s each: the runs' own time, beside the suite's wall time
+    assert "the runs' own pass 1 + pass 2 time adds up to 6 s (spread" in md
 
 
 def _suite_folder(tmp_path):

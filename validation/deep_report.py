@@ -684,6 +684,7 @@ def render_markdown(rep: dict) -> str:
     if not evidence:
         lines += [SMOKE_BANNER.format(preset=rep["preset"]), ""]
     wall = rep.get("suite_wall_s")
+    busy = sum(float((s.get(k) or {}).get("wall_s") or 0.0) for s in rep["runs"] for k in ("pass1", "pass2"))
     lines += [
         f"**Question.** {rep.get('question') or ''}",
         "",
@@ -697,7 +698,11 @@ def render_markdown(rep: dict) -> str:
         f"cuDNN {env.get('cudnn')}, driver {env.get('driver')}, Python {env.get('python')}, deterministic algorithms "
         f"{env.get('deterministic')}, TF32 {env.get('allow_tf32')}",
         f"- Started {rep.get('started_utc')}, finished {rep.get('finished_utc')}"
-        + (f", suite wall time {wall:.0f} s ({wall / 60:.1f} min, every invocation of the command)" if wall else "")
+        + (f", suite wall time {wall:.0f} s ({wall / 60:.1f} min, every invocation of the command that recorded "
+           "its time: an interrupted one does since 2026-11-29)" if wall else "")
+        + (f"; the runs' own pass 1 + pass 2 time adds up to "
+           f"{f'{busy / 3600:.2f} h' if busy >= 360 else f'{busy:.0f} s'} (spread over the workers of "
+           "`--jobs`)" if busy else "")
         + f"; report built {rep['report_built_utc']}",
         "- Every trace comes from the exact two-pass measurement (deep/measure.py): pass 2 reproduced pass 1 bit for "
         "bit at every checkpoint and ended on theta*, and the trace meets the recording identity, or the run says "
