@@ -619,14 +619,14 @@ def _timing_rows(runs: list[dict]) -> list[str]:
     graphs = any(_step_path(s.get(k) or {}) not in ("", "eager") for s in runs for k in ("pass1", "pass2"))
     head = ["run", "epochs", "steps", "parameters", "pass 1 s", "pass 2 s", "pass 1 ms/step", "pass 2 ms/step"]
     head += ["steps ran as (pass 1 / pass 2)"] if graphs else []
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out = [_row(head), "|" + "---|" * len(head)]
     for s in runs:
         r = s.get("run") or {}
         p1, p2 = s.get("pass1") or {}, s.get("pass2") or {}
         cells = [s["name"], r.get("epochs", ""), s.get("steps", ""), s.get("num_params") or "", fmt3(p1.get("wall_s")),
                  fmt3(p2.get("wall_s")), fmt3(p1.get("ms_per_step")), fmt3(p2.get("ms_per_step"))]
         cells += [f"{_step_path(p1) or '?'} / {_step_path(p2) or '?'}"] if graphs else []
-        out.append("| " + " | ".join(str(c) for c in cells) + " |")
+        out.append(_row([str(c) for c in cells]))
     return out
 
 
