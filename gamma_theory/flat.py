@@ -11,8 +11,8 @@ float32 entries), in its own memory format (a channels-last weight stays channel
 kernels that train it are the ones they were), in the order of ``module.parameters()``. The
 entries between slices are zero in every buffer of the layout, so they add exactly nothing to
 an inner product or a distance. :meth:`FlatLayout.pack` / :meth:`FlatLayout.unpack` convert
-between the layout and the plain concatenation (``flatten_params`` order) where an order must
-not depend on the layout, as for the direction of a random theta*.
+between the layout and the plain concatenation (``flatten_params`` order), as a brute-force
+reference that knows nothing of the layout needs (the tests' float64 references).
 
 :func:`gram` and :func:`sq_dist` compute in float64 over chunks of a fixed number of entries: the
 difference of two float32 numbers is exact in float64, and the chunks bound the float64
