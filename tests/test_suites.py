@@ -39,13 +39,13 @@ def test_suites_match_the_paper():
 def test_unknown_names_list_the_choices():
     with pytest.raises(ValueError, match="activation, bn, skip, optimizer"):
         get_suite("dropout")
-    with pytest.raises(ValueError, match="paper, lite, cpu, smoke"):
+    with pytest.raises(ValueError, match="paper, lite, cpu, long, smoke"):
         get_suite("bn", "huge")
 
 
 @pytest.mark.parametrize("args, match", [
     (["--suite", "dropout"], "unknown suite 'dropout'; choose one of: activation, bn, skip, optimizer"),
-    (["--suite", "bn", "--preset", "huge"], "unknown preset 'huge'; choose one of: paper, lite, cpu, smoke"),
+    (["--suite", "bn", "--preset", "huge"], "unknown preset 'huge'; choose one of: paper, lite, cpu, long, smoke"),
     (["--suite", "bn", "--dataset", "mnist"], "unknown data set 'mnist'"),
     (["--suite", "bn", "--device", "quantum"], "unknown device 'quantum'"),
     (["--suite", "bn", "--preset", "paper"], "needs a GPU"),

@@ -207,7 +207,7 @@ def _choice_error(kind: str, value: str, choices) -> NoReturn:
 
 @main.command()
 @click.option("--suite", required=True, help="activation, bn, skip, optimizer, or all (every suite, in one queue)")
-@click.option("--preset", default="smoke", show_default=True, help="paper, lite, cpu or smoke")
+@click.option("--preset", default="smoke", show_default=True, help="paper, lite, cpu, long or smoke")
 @click.option("--dataset", default=None,
               help="cifar10, cifar100, both (one queue), or cifar10-jpeg (the offline JPEG copy); default: the "
                    "preset's (cifar10-jpeg for cpu and smoke, cifar10 otherwise)")
