@@ -83,6 +83,7 @@ class Definition1Result:
     per_step_gamma: np.ndarray  #: ``bound`` for every step (NaN where gap == 0)
     undecidable_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  #: (module doc)
     holds_without_undecidable: bool | None = None  #: the verdict on the decidable steps alone
+    upper_mask: np.ndarray | None = None  #: the steps whose bound is an upper bound (gap > 0)
 
     @property
     def violating_steps(self) -> np.ndarray:
@@ -92,7 +93,11 @@ class Definition1Result:
     def to_dict(self, max_steps: int = 50) -> dict:
         """A JSON-ready summary; step lists are cut to ``max_steps`` entries (counts are exact)."""
         viol = self.violating_steps
-        pos = self.per_step_gamma[np.isfinite(self.per_step_gamma) & (self.per_step_gamma > 0)]
+        # the median of the positive *upper* bounds (the paper's curves); a negative-gap step's bound
+        # is a lower bound, and is left out even when it is positive
+        g = self.per_step_gamma
+        upper = self.upper_mask if self.upper_mask is not None else np.ones(g.shape, dtype=bool)
+        pos = g[upper & np.isfinite(g) & (g > 0)]
         return {
             "holds": bool(self.holds),
             "feasible_set": None if not self.holds else [_num(self.gamma_low), _num(self.gamma_high)],
@@ -172,6 +177,7 @@ def definition_1(trace: Trace) -> Definition1Result:
         per_step_gamma=b.bound,
         undecidable_steps=steps[undecidable],
         holds_without_undecidable=bool(holds_decided),
+        upper_mask=b.is_upper,
     )
 
 

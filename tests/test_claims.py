@@ -68,12 +68,20 @@ def test_agreement_is_kendall_tau_within_a_network():
 def test_principle_claims_and_their_kinds():
     runs = [rn("a"), rn("b", d1=False, share=0.9, dist=False, min_gap=-0.1, acc=0.8)]
     verdicts = {c["claim"]: c for c in principle_claims(runs)}
-    assert {c["kind"] for c in verdicts.values()} == {"primary", "consequence", "premise"}
-    assert verdicts["principle holds (Definition 1)"]["kind"] == "primary"
+    assert {c["kind"] for c in verdicts.values()} == {"primary", "pooled", "consequence", "premise"}
+    assert verdicts["principle holds on converged paths (Definition 1)"]["kind"] == "primary"
     assert verdicts["distance never grows (Theorem 1 item 1)"]["kind"] == "consequence"
     assert all(c["verdict"] == FAIL for c in verdicts.values())
-    assert "net/b" in verdicts["principle holds (Definition 1)"]["why"]
+    assert "net/b" in verdicts["principle holds on converged paths (Definition 1)"]["why"]
     assert all(c["verdict"] == PASS for c in principle_claims(runs[:1]))
+
+
+def test_the_primary_claim_is_decided_on_converged_runs_and_the_pooled_one_on_all():
+    runs = [rn("a"), rn("b", d1=False, converged=False)]
+    v = {c["claim"]: c for c in principle_claims(runs)}
+    assert v["principle holds on converged paths (Definition 1)"]["verdict"] == PASS
+    assert v["principle holds on converged paths (Definition 1)"]["why"] == "all 1 runs"
+    assert v["principle holds on every path (pooled)"]["verdict"] == FAIL
 
 
 def test_suite_claims_never_pool_networks():
@@ -129,7 +137,7 @@ def test_a_seed_where_the_claim_is_not_decidable_is_left_out_and_said():
     assert c["per_seed"]["s1"]["verdict"] == NA and c["numbers"]["holds in"] == "0 of 1 seeds"
     assert "not decidable in 1" in c["why"]
     # the principle claims pool every run of every seed
-    p = {c["claim"]: c for c in suite_claims({"net": GROUPS}, runs)}["principle holds (Definition 1)"]
+    p = {c["claim"]: c for c in suite_claims({"net": GROUPS}, runs)}["principle holds on every path (pooled)"]
     assert "per_seed" not in p and p["verdict"] == PASS
 
 

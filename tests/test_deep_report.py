@@ -188,16 +188,28 @@ def test_a_claim_that_flips_with_theta_star_is_fragile():
 
 
 def test_claims_table_cells_never_split_on_a_pipe(tmp_path):
-    """'||theta_k - theta*||' in a statement and ' | FRAGILE' in a why must not end a table cell."""
+    """' | FRAGILE' in a why must not end a table cell (the first-screen table: claim, kind, verdict, why)."""
     d = _suite_folder(tmp_path)
     build_report(d)
     md = (d / "report.md").read_text()
     rows = [line for line in md.split("| claim | kind | verdict |")[1].split("\n\n")[0].splitlines()[2:]]
-    assert rows and all(len(line.replace("\\|", "").split("|")) == 8 for line in rows), rows
+    assert rows and all(len(line.replace("\\|", "").split("|")) == 6 for line in rows), rows
+
+
+def test_the_first_screen_answers_what_held(tmp_path):
+    """Question, answer, one row per network and variant, and the claims with their tally come before
+    the facts of the run; the statements and numbers are folded below."""
+    d = _suite_folder(tmp_path)
+    build_report(d)
+    md = (d / "report.md").read_text()
+    order = [md.index(x) for x in ("**Question.**", "**Answer.**", "| network | variant | converged |",
+                                   "## Claims", "claims:", "<details><summary>Every claim", "## What ran")]
+    assert order == sorted(order)
+    assert "Definition 1 on converged paths" in md.split("## Claims")[0]
 
 
 def test_the_wall_time_table_says_how_the_steps_ran_only_where_graphs_ran():
-    from validation.deep_report import _timing_rows
+    from validation.report_md import _timing_rows
 
     def run(name, p1, p2):
         return {"name": name, "run": {"epochs": 2}, "steps": 8, "num_params": 10,

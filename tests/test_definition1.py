@@ -44,3 +44,9 @@ def test_violations_at_a_given_gamma():
     assert violations_at(t, 0.4).size == 0
     assert violations_at(t, 0.6).tolist() == [1]
     assert violations_at(t, 2.5).tolist() == [0, 1]
+
+
+def test_median_positive_gamma_is_a_median_of_upper_bounds_only():
+    # upper bounds 1 and 3; a negative-gap step with num < 0 gives a positive *lower* bound 100
+    r = definition_1(tr(num=[1.0, 3.0, -100.0], gap=[1.0, 1.0, -1.0]))
+    assert r.to_dict()["median_positive_gamma"] == 2.0  # was 3.0 with the lower bound mixed in

@@ -66,6 +66,16 @@ class RunNumbers:
     seed: int = 0
     d1_undecidable: int = 0  #: steps whose sign float64 cannot decide (Definition 1's round-off bound)
     d1_rests_on_undecidable: bool = False  #: the Definition 1 verdict flips without those steps
+    n_steps: int = 0
+    n_violating: int = 0  #: steps that break Definition 1
+    identity_residual: float | None = None  #: the gamma-speed identity's relative residual (identity.py)
+    ends_at_star: bool = False  #: theta* is the path's last iterate
+    gamma_max_over_bar: float | None = None  #: gamma_max / the gap-weighted mean gamma
+    prefix: dict | None = None  #: both gammas over the first E epochs, for every E (identity.prefix_gammas)
+    update_sq_by_epoch: list | None = None  #: epoch means of ||U_k||^2
+    directions: dict | None = None  #: per-step angles to theta_k - theta* (identity.directions)
+    star_batch_loss: float | None = None  #: mean loss_star over the last epoch (batch statistics)
+    first_loss: float | None = None  #: the first epoch's mean training loss
 
     @property
     def label(self) -> str:
@@ -227,11 +237,16 @@ def agreement_claim(network: str, runs: dict[str, RunNumbers], reading: str) -> 
 
 
 def principle_claims(runs: list[RunNumbers]) -> list[dict]:
-    """Definition 1 on every run, its consequences, and Fact 1's premise at theta*."""
+    """Definition 1 on the converged runs (the primary claim: theta* must be a minimizer) and on
+    every run (pooled), its consequences, and Fact 1's premise at theta*."""
     judged = [r for r in runs if r.judged]
     specs = [
-        ("principle holds (Definition 1)", "primary",
-         "every run's path satisfies inequality (2) with one gamma > 0 for all its steps",
+        ("principle holds on converged paths (Definition 1)", "primary",
+         "every converged run's path satisfies inequality (2) with one gamma > 0 for all its steps (the principle "
+         "is stated for theta* a global minimizer: a run that did not converge has no minimizer to point at)",
+         lambda r: r.d1_holds if r.converged else None, lambda x: bool(x)),
+        ("principle holds on every path (pooled)", "pooled",
+         "every run's path, converged or not, satisfies inequality (2) with one gamma > 0 for all its steps",
          lambda r: r.d1_holds, lambda x: bool(x)),
         ("distance never grows (Theorem 1 item 1)", "consequence",
          "||theta_k - theta*|| never increases. A consequence of Definition 1 when every loss gap is >= 0 "
@@ -259,7 +274,7 @@ def principle_claims(runs: list[RunNumbers]) -> list[dict]:
         failing = [r.label for r in rows if not ok(get(r))]
         numbers = {r.label: fmt(get(r)) for r in rows}
         edge = ""
-        if kind == "primary":  # Definition 1: say where float64 round-off decided a verdict
+        if kind in ("primary", "pooled"):  # Definition 1: say where float64 round-off decided a verdict
             shaky = [r.label for r in rows if r.d1_rests_on_undecidable]
             if shaky:
                 edge = (f"; the verdict of {', '.join(shaky)} rests only on steps undecidable at float64 "
@@ -274,20 +289,71 @@ def principle_claims(runs: list[RunNumbers]) -> list[dict]:
     return out
 
 
-def _network_claims(expected_order: dict[str, list[list[str]]], runs: list[RunNumbers]) -> list[dict]:
-    """Per network: its speed and gamma orders (where the paper states one) and the gamma-speed
-    agreement, in both readings, from the runs of one seed."""
+def _by_network(runs: list[RunNumbers]) -> dict[str, dict[str, RunNumbers]]:
     by_net: dict[str, dict[str, RunNumbers]] = {}
     for r in runs:
         by_net.setdefault(r.network, {})[r.variant] = r
+    return by_net
+
+
+def _network_claims(expected_order: dict[str, list[list[str]]], runs: list[RunNumbers],
+                    checks: dict | None = None) -> list[dict]:
+    """Per network: its speed and gamma orders (where the paper states one; gamma both among
+    converged runs and at matched loss), the gamma-speed agreement in both readings, and the
+    suite's further sentences (``checks``: equivalences, depth, vanishing gradient, directions),
+    from the runs of one seed."""
+    from .more_claims import (FORMS, deeper_claim, directions_claim, equivalence_claim, matched_gamma_order_claim,
+                              vanishing_claim)
+
+    checks = checks or {}
+    by_net = _by_network(runs)
     claims = []
     for net, variants in by_net.items():
         groups = expected_order.get(net)
         if groups:
             claims.append(speed_order_claim(net, groups, variants))
             claims += [gamma_order_claim(net, groups, variants, reading) for reading in READINGS]
+            claims += [matched_gamma_order_claim(net, groups, variants, reading, form)
+                       for reading in READINGS for form in FORMS]
         claims += [agreement_claim(net, variants, reading) for reading in READINGS]
+    for net, a, b in checks.get("equivalences", []):
+        if net in by_net:
+            claims.append(equivalence_claim(net, a, b, by_net[net]))
+    if checks.get("deeper") and all(n in by_net for n in checks["deeper"][:2]):
+        claims.append(deeper_claim(*checks["deeper"], by_net))
+    for net, variant in checks.get("vanishing", []):
+        if net in by_net:
+            claims.append(vanishing_claim(net, variant, by_net[net]))
+    for net, variants in checks.get("directions", {}).items():
+        if net in by_net:
+            claims += [directions_claim(net, v, by_net[net]) for v in variants]
     return claims
+
+
+def link_claims(runs: list[RunNumbers], label: str) -> list[dict]:
+    """"Gamma tracks speed" per network and reading, judged against a theta* that does not end the
+    path (``runs`` built against that theta*; ``label`` names it), decided per seed."""
+    seeds = sorted({r.seed for r in runs})
+    per_seed = {}
+    for s in seeds:
+        per_seed[s] = []
+        for net, variants in _by_network([r for r in runs if r.seed == s]).items():
+            for reading in READINGS:
+                c = agreement_claim(net, variants, reading)
+                c["claim"] = f"{c['claim']} vs theta* {label}"
+                c["statement"] += (f"; judged against theta* {label}, which does not end the path, so the gamma-speed "
+                                   "identity does not force it")
+                per_seed[s].append(c)
+    return _over_all_seeds(per_seed)
+
+
+def _over_all_seeds(per_seed: dict[int, list[dict]]) -> list[dict]:
+    seeds = sorted(per_seed)
+    if len(seeds) == 1:
+        return per_seed[seeds[0]]
+    names = list(dict.fromkeys(c["claim"] for s in seeds for c in per_seed[s]))
+    return [over_seeds({s: next(c for c in per_seed[s] if c["claim"] == name) for s in seeds
+                        if any(c["claim"] == name for c in per_seed[s])}) for name in names]
 
 
 def over_seeds(per_seed: dict[int, dict]) -> dict:
@@ -326,16 +392,17 @@ def over_seeds(per_seed: dict[int, dict]) -> dict:
 ALPHA = 0.05
 
 
-def suite_claims(expected_order: dict[str, list[list[str]]], runs: list[RunNumbers]) -> list[dict]:
-    """Every claim of a suite: the principle over every run, then per network its orders and
-    gamma-speed agreement, decided per seed and, with several seeds, summarized over them."""
+def suite_claims(expected_order: dict[str, list[list[str]]], runs: list[RunNumbers],
+                 checks: dict | None = None) -> list[dict]:
+    """Every claim of a suite: the principle over the converged runs and over every run, its
+    consequences (the gamma-speed identity among them) and premises, then per network its orders,
+    gamma-speed agreement and the suite's further sentences, decided per seed and, with several
+    seeds, summarized over them."""
+    from .more_claims import identity_claim, premise_batch_claim
+
     claims = principle_claims(runs)
+    claims.insert(2, identity_claim(runs))
+    claims.insert(next(i for i, c in enumerate(claims) if c["kind"] == "premise") + 1, premise_batch_claim(runs))
     seeds = sorted({r.seed for r in runs})
-    per_seed = {s: _network_claims(expected_order, [r for r in runs if r.seed == s]) for s in seeds}
-    if len(seeds) == 1:
-        return claims + per_seed[seeds[0]]
-    names = [c["claim"] for c in per_seed[seeds[0]]]
-    for name in names:
-        claims.append(over_seeds({s: next(c for c in per_seed[s] if c["claim"] == name) for s in seeds
-                                  if any(c["claim"] == name for c in per_seed[s])}))
-    return claims
+    per_seed = {s: _network_claims(expected_order, [r for r in runs if r.seed == s], checks) for s in seeds}
+    return claims + _over_all_seeds(per_seed)

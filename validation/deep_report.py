@@ -25,12 +25,14 @@ from deep.suites import ASSUMPTIONS, PRESET_TABLE, SUITES, get_suite
 from gamma_theory import Trace, TraceError, check_trace, load_trace
 from gamma_theory.definition1 import step_bounds
 from gamma_theory.files import BadFile, clean_stale_tmp, read_json, write_text
+from gamma_theory.identity import bound_quantiles, directions, prefix_gammas, speed_identity
 from gamma_theory.theorem1 import epoch_mean_gap, per_epoch_mean
 from gamma_theory.related import related_conditions
 
-from .claims import CONVERGED_FRACTION, FAIL, NA, PASS, RunNumbers, suite_claims
-from .util import (CONDITIONS_NOTE, conditions_table, feasible_set, fmt3, identity_cell, item1_cell, item2_cell,
-                   item3_cell, jsonable, pct)
+from .claims import CONVERGED_FRACTION, FAIL, NA, PASS, RunNumbers, link_claims, suite_claims
+from .more_claims import reading_reversals, violation_rate
+from .report_md import candidate_label, render_markdown
+from .util import jsonable
 
 
 class ReportError(ValueError):
@@ -142,8 +144,15 @@ def path_numbers(trace: Trace, num_classes: int | None, result=None) -> dict:
     d1 = result.definition_1
     gaps = trace.gap
     paper_gamma = gamma_summary(trace)
+    last = trace.epoch == trace.epoch[-1]
     return {
         "dist0": math.sqrt(trace.dist0_sq),
+        "identity": speed_identity(trace, d1.gamma_max).to_dict(),
+        "bound_quantiles_x_dist0_sq": bound_quantiles(trace),
+        "prefix": prefix_gammas(trace).to_dict(),
+        "update_sq_by_epoch": per_epoch_mean(trace.update_sq, trace.epoch)[1].tolist(),
+        "directions": directions(trace).to_dict(),
+        "star_batch_loss": float(np.mean(trace.loss_star[last])),
         "theory": {
             "holds": d1.holds,
             "gamma_max": d1.gamma_max,
@@ -186,6 +195,12 @@ def _numbers(s: dict, companion: str | None = None) -> RunNumbers:
         star_accuracy=(ev.get("eval") or {}).get("accuracy") if companion is None else None, seed=seed,
         d1_undecidable=src["theory"].get("n_undecidable", 0),
         d1_rests_on_undecidable=bool(src["theory"].get("rests_on_undecidable")),
+        n_steps=int(src.get("steps") or s.get("steps") or 0), n_violating=int(src["theory"]["n_violating"]),
+        identity_residual=(src.get("identity") or {}).get("rel_residual"),
+        ends_at_star=bool((src.get("identity") or {}).get("ends_at_star")),
+        gamma_max_over_bar=(src.get("identity") or {}).get("gamma_max_over_bar"),
+        prefix=src.get("prefix"), update_sq_by_epoch=src.get("update_sq_by_epoch"), directions=src.get("directions"),
+        star_batch_loss=src.get("star_batch_loss"), first_loss=conv.get("first_epoch_loss"),
     )
 
 
@@ -252,22 +267,34 @@ def build_report(out_dir: str | Path) -> dict:
         raise ReportError(f"{out}: runs/ is empty; nothing to report")
     preset = PRESET_TABLE.get(preset_name)
     orders = suite.orders_for(suite_info.get("dataset")) if suite else {}
-    claims = suite_claims(orders, [_numbers(s) for s in summaries])
-    claims.insert(1, baseline_claim(summaries))
-    sensitivity = theta_star_sensitivity(summaries, orders, claims)
+    checks = suite.checks_for(suite_info.get("dataset")) if suite else {}
+    numbers = [_numbers(s) for s in summaries]
+    claims = suite_claims(orders, numbers, checks)
+    claims.insert(next(i for i, c in enumerate(claims) if c["kind"] == "premise"), baseline_claim(summaries))
+    claims += _link_claims(summaries)
+    sensitivity = theta_star_sensitivity(summaries, orders, claims, checks)
 
     fig_rel = None
     if traces:
         from .figures import plot_paths
 
         columns: dict[str, dict[str, Trace]] = {}
-        for s in summaries:
-            if s["name"] in traces:
-                r = s["run"] or {}
-                columns.setdefault(r.get("network", s["name"]), {})[r.get("variant", s["name"])] = traces[s["name"]]
+        marks: dict[str, dict[str, str]] = {}
+        shown = [s for s in summaries if s["name"] in traces]
+        fig_seed = min((s["run"] or {}).get("seed", 0) for s in shown)
+        for s in shown:
+            r = s["run"] or {}
+            if r.get("seed", 0) != fig_seed:
+                continue
+            net, var = r.get("network", s["name"]), r.get("variant", s["name"])
+            columns.setdefault(net, {})[var] = traces[s["name"]]
+            if not s["convergence"]["converged"]:
+                marks.setdefault(net, {})[var] = "not converged: its gamma is not comparable"
         fig_rel = f"figures/{suite_name or 'suite'}.png"
-        title = f"{suite_name} suite, {preset_name} preset, {suite_info.get('dataset')}"
-        plot_paths(columns, out / fig_rel, title=title)
+        n_seeds = len({(s["run"] or {}).get("seed", 0) for s in shown})
+        title = (f"{suite_name} suite, {preset_name} preset, {suite_info.get('dataset')}"
+                 + (f": seed {fig_seed} of {n_seeds} (every seed's numbers are in the report)" if n_seeds > 1 else ""))
+        plot_paths(columns, out / fig_rel, title=title, marks=marks)
 
     report = {
         "suite": suite_name,
@@ -293,6 +320,9 @@ def build_report(out_dir: str | Path) -> dict:
         "runs": summaries,
         "claims": claims,
         "sensitivity": sensitivity,
+        "violation_rate": violation_rate(numbers),
+        "readings": reading_reversals(orders, numbers),
+        "figure_seed": fig_seed if traces else None,
         "over_seeds": seed_table(summaries),
         "figure": fig_rel,
         "pictures": _pictures(out),
@@ -300,17 +330,6 @@ def build_report(out_dir: str | Path) -> dict:
     write_text(out / "report.json", json.dumps(jsonable(report), indent=2))
     write_text(out / "report.md", render_markdown(report))
     return report
-
-
-def _candidate_label(s: dict, name: str) -> str:
-    """A companion theta* named for how far into the run it lies: "50%" for the iterate half-way,
-    "last + 50%" for one trained half the epochs longer."""
-    epochs = (s.get("run") or {}).get("epochs") or 1
-    if name.startswith("epoch"):
-        return f"{round(100 * int(name[5:]) / epochs)}%"
-    if name == "extended":
-        return "trained longer"
-    return name
 
 
 def baseline_claim(summaries: list[dict]) -> dict:
@@ -342,18 +361,32 @@ def baseline_claim(summaries: list[dict]) -> dict:
             "why": f"rejected in all {len(rows)} runs"}
 
 
-def theta_star_sensitivity(summaries: list[dict], orders: dict, claims: list[dict]) -> dict:
+def _link_claims(summaries: list[dict]) -> list[dict]:
+    """"Gamma tracks speed" against the theta* trained longer, where the runs recorded one; else one
+    NOT APPLICABLE row that says how to get it."""
+    if not any("extended" in (s.get("companions") or {}) for s in summaries):
+        return [{"claim": "gamma tracks speed vs a theta* that does not end the path", "kind": "agreement",
+                 "statement": "among a network's converged variants, ranking by gamma gives the order of speed when "
+                              "gamma is judged against a theta* that does not end the path (there the gamma-speed "
+                              "identity does not force it)",
+                 "verdict": NA, "numbers": {},
+                 "why": "no run recorded a theta* trained longer: measure with --star-extend F (the long preset's "
+                        "report has it)"}]
+    return link_claims([_numbers(s, "extended") for s in summaries], "trained longer")
+
+
+def theta_star_sensitivity(summaries: list[dict], orders: dict, claims: list[dict], checks: dict | None = None) -> dict:
     """The suite's claims decided again with each earlier (or later) theta*, on the steps before it.
     A claim that PASSes with one theta* and FAILs with another is marked fragile in ``claims``."""
     labels: dict[str, dict[str, str]] = {}  # label -> run name -> companion name
     for s in summaries:
         for c in s.get("companions") or {}:
             if c != "random":
-                labels.setdefault(_candidate_label(s, c), {})[s["name"]] = c
+                labels.setdefault(candidate_label(s, c), {})[s["name"]] = c
     verdicts: dict[str, dict[str, str]] = {c["claim"]: {"last iterate": c["verdict"]} for c in claims}
     for label, names in sorted(labels.items()):
         runs = [_numbers(s, names.get(s["name"], "-")) for s in summaries]
-        for c in suite_claims(orders, runs):
+        for c in suite_claims(orders, runs, checks):
             verdicts.setdefault(c["claim"], {})[label] = c["verdict"]
     for c in claims:
         v = verdicts.get(c["claim"], {})
@@ -378,7 +411,7 @@ def seed_table(summaries: list[dict]) -> list[dict]:
         if not vals:
             return None
         return {"mean": float(np.mean(vals)), "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
-                "n": len(vals)}
+                "median": float(np.median(vals)), "n": len(vals)}
 
     return [{
         "network": net, "variant": var, "seeds": len(rows),
@@ -406,146 +439,6 @@ MEASURES = {
 }
 
 
-# -- Markdown ------------------------------------------------------------------------------------
-def _verdict_cell(v: str, evidence: bool) -> str:
-    return f"**{v}**" if evidence and v in (PASS, FAIL) else v
-
-
-def _label(s: dict) -> str:
-    """``network | variant``, the variant with its seed when it is not 0: "all (seed 2)"."""
-    r = s.get("run") or {}
-    if r:
-        seed = r.get("seed") or 0
-        return f"{r.get('network')} | {r.get('variant')}" + (f" (seed {seed})" if seed else "")
-    net, _, var = s["name"].partition("-")
-    var, _, sd = var.partition("-s")
-    return f"{net} | {var}" + (f" (seed {sd})" if sd.isdigit() and sd != "0" else "")
-
-
-def _status_cell(s: dict) -> str | None:
-    """The one cell that stands for a run without a trace (None when it has one)."""
-    if s["status"] == "error":
-        return f"ERROR: {s.get('error')}"
-    if s["status"] == "missing":
-        return "not measured yet (run the suite's command)"
-    if "check" not in s:
-        dv = s.get("diverged") or {}
-        return f"DIVERGED at step {dv.get('step')} (epoch {dv.get('epoch')}): {dv.get('reason')}"
-    return None
-
-
-def _cell(text) -> str:
-    """Text for a Markdown table cell: a literal | (as in ||theta||) would end the cell."""
-    return str(text).replace("|", "\\|")
-
-
-def _row(cells: list[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
-def _table(header: list[str], runs: list[dict], cells) -> list[str]:
-    lines = [_row(header), "|" + "---|" * len(header)]
-    for s in runs:
-        bad = _status_cell(s)
-        if bad is not None:
-            lines.append(_row([_label(s), bad] + [""] * (len(header) - 3)))
-        else:
-            lines.append(_row([_label(s)] + cells(s)))
-    return lines
-
-
-def _status(s: dict) -> str:
-    if s["status"] == "ok":
-        return "ok"
-    return f"diverged at step {s['diverged']['step']}; {s['epochs_measured']} epochs measured"
-
-
-def _convergence_cells(s: dict) -> list[str]:
-    c, ev = s["convergence"], s.get("theta_star_eval") or {}
-    e, t = ev.get("eval") or {}, ev.get("train") or {}
-    return [
-        _status(s), f"{fmt3(c['first_epoch_loss'])} → {fmt3(c['final_loss'])}", fmt3(c["loss_ratio"]),
-        "yes" if c["converged"] else "**no**", fmt3(c["mean_loss"]),
-        str(c["epochs_to_threshold"] or "not reached"),
-        fmt3(e.get("loss")), pct(e.get("accuracy")) if e else "n/a", fmt3(e.get("max_sample_cross_entropy")),
-        fmt3(t.get("loss")),
-    ]
-
-
-def _gamma_cells(s: dict) -> list[str]:
-    d1 = s["check"]["definition_1"]
-    th, pa = s["theory"], s["paper"]
-    viol = f"{d1['n_violating']}/{d1['n_steps']}"
-    if d1["n_violating"]:
-        viol += f" ({d1['n_own_infeasible']} alone, {d1['n_conflicting']} in conflict)"
-    if d1.get("n_undecidable"):
-        viol += f"; {d1['n_undecidable']} undecidable at float64"
-        if d1.get("rests_on_undecidable"):
-            viol += " (the verdict rests on them alone)"
-    return [
-        fmt3(s["dist0"]), "yes" if th["holds"] else "no", feasible_set(d1), fmt3(th["gamma_max"]),
-        fmt3(th["gamma_max_x_dist0_sq"]), viol, f"{s['negative_gap_steps']} (min gap {fmt3(s['min_gap'])})",
-        pct(pa["share_positive"]), fmt3(pa["gamma_median"]), fmt3(pa["gamma_median_x_dist0_sq"]),
-    ]
-
-
-def _theorem_cells(s: dict, evidence: bool) -> list[str]:
-    c = s["check"]
-    t1 = c["theorem_1"]
-    return [item1_cell(t1["distance_monotone"]), item2_cell(t1["loss_convergence"]), item3_cell(t1["rate_bound"]),
-            identity_cell(c["recording_identity"]), _verdict_cell(s["verdict"], evidence)]
-
-
-def _d1_cell(x: dict) -> str:
-    th = x["theory"]
-    if th["holds"]:
-        return f"yes, γ_max·‖θ0−θ*‖² {fmt3(th['gamma_max_x_dist0_sq'])}"
-    return f"no ({th['n_violating']} steps)"
-
-
-def _baseline_section(rep: dict) -> list[str]:
-    runs = [s for s in rep["runs"] if "random" in (s.get("companions") or {})]
-    if not runs:
-        return ["", "## A random theta* (baseline)", "", "Not recorded in this report's runs.", ""]
-    out = ["", "## A random theta* (baseline)", "",
-           "The same path judged against a meaningless theta*: a point at the real theta*'s distance from theta_0, "
-           "in a random direction (seeded; the seed is in each run's companions/random.json). If the principle "
-           "held there too, \"the principle holds\" would say nothing about minimizers.", "",
-           "| run | real theta*: Definition 1 | share positive | random theta*: Definition 1 | share positive | "
-           "negative-gap steps | median γ·‖θ0−θ*‖² (paper) |",
-           "|---|---|---|---|---|---|---|"]
-    for s in runs:
-        r = s["companions"]["random"]
-        out.append(f"| {s['name']} | {_d1_cell(s)} | {pct(s['paper']['share_positive'])} | {_d1_cell(r)} | "
-                   f"{pct(r['paper']['share_positive'])} | {r['negative_gap_steps']}/{s['steps']} | "
-                   f"{fmt3(r['paper']['gamma_median_x_dist0_sq'])} |")
-    return out
-
-
-def _sensitivity_section(rep: dict) -> list[str]:
-    sens = rep.get("sensitivity") or {}
-    stars = sens.get("theta_stars") or []
-    if len(stars) < 2:
-        return ["", "## Sensitivity to theta*", "", "No earlier or later theta* was recorded in this report's runs.", ""]
-    out = ["", "## Sensitivity to theta*", "",
-           "Every claim decided again with theta* = the iterate at 50%, 75% and 90% of the epochs (each judged on "
-           "the steps before it) and, where recorded, a theta* trained longer. A claim that PASSes with one theta* "
-           "and FAILs with another is marked fragile in the claims table (NOT APPLICABLE does not count: early "
-           "iterates are rarely converged).", "",
-           "| claim | " + " | ".join(stars) + " |", "|---|" + "---|" * len(stars)]
-    for claim, v in sens["verdicts"].items():
-        out.append(f"| {claim} | " + " | ".join(v.get(t, "") for t in stars) + " |")
-    out += ["", "Per run, Definition 1 against each theta*:", "",
-            "| run | last iterate | " + " | ".join(stars[1:]) + " |", "|---|---|" + "---|" * (len(stars) - 1)]
-    for s in rep["runs"]:
-        if "check" not in s:
-            continue
-        by_label = {_candidate_label(s, c): x for c, x in (s.get("companions") or {}).items() if c != "random"}
-        out.append(f"| {s['name']} | {_d1_cell(s)} | "
-                   + " | ".join(_d1_cell(by_label[t]) if t in by_label else "n/a" for t in stars[1:]) + " |")
-    return out
-
-
 def _pictures(out: Path) -> list[dict]:
     """The Fig. 12 pictures `gpcheck picture` drew for runs of this suite (figures/picture-*.json)."""
     found = []
@@ -561,230 +454,3 @@ def _pictures(out: Path) -> list[dict]:
     return found
 
 
-def _pictures_section(rep: dict) -> list[str]:
-    pics = rep.get("pictures") or []
-    if not pics:
-        return []
-    out = ["", "## Paths in the plane of their principal components (the paper's Fig. 12)", "",
-           "Drawn by `gpcheck picture`, which replays each run bit for bit: per run, the epoch iterates projected on "
-           "the first two principal components of the path, theta* at the origin, the loss over that plane (a "
-           "seeded subset of the training images, batch statistics), and the SGD direction -grad f at every "
-           "epoch's iterate. cos: between that SGD direction and the run's own step over the next epoch, in the "
-           "full parameter space.", "",
-           "| run | PC1 | PC2 | mean cos(SGD direction, the run's step) | replay vs trace |", "|---|---|---|---|---|"]
-    for p in pics:
-        for r in p["runs"]:
-            ev = r["explained_variance"]
-            out.append(f"| {r['name']} | {pct(ev[0])} | {pct(ev[1])} | {fmt3(r['mean_sgd_cos_to_step'])} | "
-                       f"{r['replay_max_rel_err']:.1e} |")
-    out.append("")
-    out += [f"![{', '.join(r['name'] for r in p['runs'])}]({p['figure']})" for p in pics]
-    return out
-
-
-def _related_section(rep: dict) -> list[str]:
-    rows = [(s["name"], s["related"]) for s in rep["runs"] if s.get("related")]
-    if not rows:
-        return []
-    return ["", "## Related path conditions", "", CONDITIONS_NOTE, "", *conditions_table(rows)]
-
-
-def _seeds_section(rep: dict) -> list[str]:
-    rows = rep.get("over_seeds") or []
-    if (rep.get("seeds") or 1) < 2 or not rows:
-        return []
-
-    def ms(x):
-        return "n/a" if x is None else f"{fmt3(x['mean'])} ± {fmt3(x['sd'])}"
-
-    out = ["", "## Over seeds", "",
-           f"Each configuration from {rep['seeds']} initializations (seed s also seeds the sampler). Mean ± standard "
-           "deviation over the seeds where the number exists.", "",
-           "| network | variant | seeds | converged | Definition 1 holds | γ_max·‖θ0−θ*‖² | paper median γ·‖θ0−θ*‖² | "
-           "speed (mean loss) | random theta* rejected |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        out.append(f"| {r['network']} | {r['variant']} | {r['seeds']} | {r['converged']} | {r['d1_holds']} | "
-                   f"{ms(r['gamma_max_x_dist0_sq'])} | {ms(r['paper_median_x_dist0_sq'])} | {ms(r['speed'])} | "
-                   f"{r['random_rejected']} |")
-    return out
-
-
-def _step_path(p: dict) -> str:
-    return (p.get("step_path") or {}).get("path") or ""
-
-
-def _timing_rows(runs: list[dict]) -> list[str]:
-    """The wall-time table; with a column saying how the steps ran where any run used CUDA graphs."""
-    runs = [s for s in runs if s.get("pass1")]
-    graphs = any(_step_path(s.get(k) or {}) not in ("", "eager") for s in runs for k in ("pass1", "pass2"))
-    head = ["run", "epochs", "steps", "parameters", "pass 1 s", "pass 2 s", "pass 1 ms/step", "pass 2 ms/step"]
-    head += ["steps ran as (pass 1 / pass 2)"] if graphs else []
-    out = [_row(head), "|" + "---|" * len(head)]
-    for s in runs:
-        r = s.get("run") or {}
-        p1, p2 = s.get("pass1") or {}, s.get("pass2") or {}
-        cells = [s["name"], r.get("epochs", ""), s.get("steps", ""), s.get("num_params") or "", fmt3(p1.get("wall_s")),
-                 fmt3(p2.get("wall_s")), fmt3(p1.get("ms_per_step")), fmt3(p2.get("ms_per_step"))]
-        cells += [f"{_step_path(p1) or '?'} / {_step_path(p2) or '?'}"] if graphs else []
-        out.append(_row([str(c) for c in cells]))
-    return out
-
-
-SMOKE_BANNER = ("> **Not evidence.** The `{preset}` preset tests the machinery end to end: its networks are tiny "
-                "and train for a few steps, so their verdicts say nothing for or against the paper. They are listed "
-                "without emphasis and are not tallied in the index of the reports.")
-
-
-def _findings(rep: dict) -> list[str]:
-    """Plain sentences from the numbers: the counts a reader wants first."""
-    runs = [s for s in rep["runs"] if "check" in s]
-    if not runs:
-        return ["No run has a trace to judge."]
-    conv = [s for s in runs if s["convergence"]["converged"] and s["status"] == "ok"]
-    holds = [s for s in runs if s["theory"]["holds"]]
-    fits = [s for s in runs if ((s.get("theta_star_eval") or {}).get("eval") or {}).get("accuracy") == 1.0]
-    out = [
-        f"{len(conv)} of {len(runs)} measured runs converged (last/first epoch loss <= {CONVERGED_FRACTION:g}); "
-        f"not converged: {', '.join(s['name'] for s in runs if s not in conv) or 'none'}.",
-        f"Definition 1 holds on {len(holds)} of {len(runs)} paths "
-        f"({len([s for s in holds if s in conv])} of the {len(conv)} converged ones).",
-        f"theta* fits every training image in {len(fits)} of {len(runs)} runs.",
-    ]
-
-    def span(rows, get):
-        vals = [get(s) for s in rows if get(s) is not None]
-        return f"{fmt3(min(vals))} to {fmt3(max(vals))}" if vals else "n/a"
-
-    if conv:
-        out.append("Among the converged runs, the paper's median gamma x ||theta_0 - theta*||^2 ranges from "
-                   f"{span(conv, lambda s: s['paper']['gamma_median_x_dist0_sq'])} (1 for a star-convex path), and "
-                   f"Definition 1's largest gamma x ||theta_0 - theta*||^2 from "
-                   f"{span(conv, lambda s: s['theory']['gamma_max_x_dist0_sq'])}.")
-    if conv and len(conv) < len(runs):
-        out.append(f"||theta_0 - theta*|| is {span(conv, lambda s: s['dist0'])} for the converged runs and "
-                   f"{span([s for s in runs if s not in conv], lambda s: s['dist0'])} for the others. Raw gammas scale "
-                   "as 1/||theta_0 - theta*||^2 (a run that barely moves gets a large one), so they are compared "
-                   "only between converged runs.")
-    disagree = [c for c in rep["claims"] if c["claim"].endswith("(theory)")]
-    for c in disagree:
-        twin = next((d for d in rep["claims"] if d["claim"] == c["claim"].replace("(theory)", "(paper)")), None)
-        if twin and twin["verdict"] != c["verdict"]:
-            out.append(f"The two readings disagree on '{c['claim'][:-9]}': theory {c['verdict']}, paper "
-                       f"{twin['verdict']}.")
-    others = [s for s in rep["runs"] if "check" not in s]
-    if others:
-        out.append("Without a trace: " + ", ".join(f"{s['name']} ({s['status']})" for s in others) + ".")
-    return out
-
-
-def render_markdown(rep: dict) -> str:
-    env = rep.get("env") or {}
-    evidence = rep.get("evidence", True)
-    lines = [f"# gpcheck: `{rep['suite']}` suite, `{rep['preset']}` preset, `{rep['dataset']}`", ""]
-    if not evidence:
-        lines += [SMOKE_BANNER.format(preset=rep["preset"]), ""]
-    wall = rep.get("suite_wall_s")
-    busy = sum(float((s.get(k) or {}).get("wall_s") or 0.0) for s in rep["runs"] for k in ("pass1", "pass2"))
-    lines += [
-        f"**Question.** {rep.get('question') or ''}",
-        "",
-        "## What ran, and where",
-        "",
-        f"- Command: `{rep.get('command')}` (report rebuilt by `gpcheck report DIR` from the traces in `runs/`)",
-        f"- Preset: {rep.get('preset_description')}",
-        f"- Data: {rep.get('data')}",
-        f"- Device: {env.get('device_name', rep.get('device'))} ({env.get('device', rep.get('device'))}), "
-        f"{rep.get('threads') or env.get('num_threads')} torch threads; torch {env.get('torch')}, CUDA {env.get('cuda')}, "
-        f"cuDNN {env.get('cudnn')}, driver {env.get('driver')}, Python {env.get('python')}, deterministic algorithms "
-        f"{env.get('deterministic')}, TF32 {env.get('allow_tf32')}",
-        f"- Started {rep.get('started_utc')}, finished {rep.get('finished_utc')}"
-        + (f", suite wall time {wall:.0f} s ({wall / 60:.1f} min, every invocation of the command that recorded "
-           "its time: an interrupted one does since 2026-11-29)" if wall else "")
-        + (f"; the runs' own pass 1 + pass 2 time adds up to "
-           f"{f'{busy / 3600:.2f} h' if busy >= 360 else f'{busy:.0f} s'} (spread over the workers of "
-           "`--jobs`)" if busy else "")
-        + f"; report built {rep['report_built_utc']}",
-        "- Every trace comes from the exact two-pass measurement (deep/measure.py): pass 2 reproduced pass 1 bit for "
-        "bit at every checkpoint and ended on theta*, and the trace meets the recording identity, or the run says "
-        "otherwise below.",
-        "",
-        "Assumptions where the paper is silent:",
-        "",
-        *[f"- {a}" for a in rep.get("assumptions") or []],
-        "",
-        "## Findings",
-        "",
-        *[f"- {x}" for x in _findings(rep)],
-        "",
-        "## Claims",
-        "",
-        "What is compared: " + "; ".join(f"**{k}** = {v}" for k, v in rep["measures"].items()) + ".",
-        "",
-        "Kinds: *primary*, the paper's claim itself; *consequence*, implied by Definition 1 and shown as such; "
-        "*premise*, what the principle assumes (Fact 1); *order*, the paper's stated order for one network; "
-        "*agreement*, whether gamma ranks a network's variants as their speed does.",
-        "",
-        "| claim | kind | verdict | statement | numbers | why |",
-        "|---|---|---|---|---|---|",
-    ]
-    for c in rep["claims"]:
-        nums = ", ".join(f"{k}: {v}" for k, v in c["numbers"].items())
-        verdict = _verdict_cell(c["verdict"], evidence) + (" (fragile)" if c.get("fragile") else "")
-        lines.append(_row([_cell(c["claim"]), c.get("kind", ""), verdict, _cell(c["statement"]), _cell(nums),
-                           _cell(c["why"])]))
-    lines += _baseline_section(rep) + _sensitivity_section(rep) + _seeds_section(rep) + _related_section(rep)
-    lines += _pictures_section(rep)
-    threshold = next((s["convergence"]["loss_threshold"] for s in rep["runs"] if "convergence" in s), None)
-    lines += [
-        "",
-        "## Per run",
-        "",
-        "### Convergence, and theta* on the whole training set",
-        "",
-        f"Converged: last/first epoch mean loss <= {CONVERGED_FRACTION:g}. Speed: mean training loss over the run "
-        f"(lower is faster). Epochs to loss: the first epoch whose mean loss is <= {fmt3(threshold)} (a tenth of "
-        "ln(classes), the loss of a uniform guess). theta*: the last iterate, evaluated on every training image in "
-        "evaluation mode (BN running statistics) and in training mode (batch statistics, as loss_star is taken).",
-        "",
-        *_table(["network", "variant", "status", "epoch loss first → last", "last/first", "converged",
-                 "speed (mean loss)", "epochs to loss", "theta* loss (eval)", "theta* accuracy",
-                 "theta* max sample loss", "theta* loss (batch stats)"], rep["runs"], _convergence_cells),
-        "",
-        "### Two readings of gamma",
-        "",
-        "*Theory*: Definition 1, one gamma > 0 for every step: does it exist, the feasible set, its largest element, "
-        "that times ||theta_0 - theta*||^2, and the steps that break it (on their own, or by bounds in conflict). "
-        "Steps with a negative loss gap bound gamma from below. *Paper*: the per-step upper bounds it plots: the "
-        "share that is positive, their median, and that times ||theta_0 - theta*||^2.",
-        "",
-        *_table(["network", "variant", "‖θ0−θ*‖", "D1 holds", "feasible set", "γ_max", "γ_max·‖θ0−θ*‖²",
-                 "violating steps", "negative-gap steps", "paper: share positive", "paper: median γ",
-                 "paper: median·‖θ0−θ*‖²"], rep["runs"], _gamma_cells),
-        "",
-        "### Theorem 1 and the recording",
-        "",
-        "Item 1 (distance never grows) follows from Definition 1 where every gap is >= 0. Item 2: last/first epoch "
-        "mean loss gap <= 5% (gaps are relative to theta*, so a run that stopped far from a minimizer can meet it; "
-        "see *converged* above). Item 3: the rate bound at the largest feasible gamma. Identity: the recording "
-        "identity's largest relative residual. Verdict PASS = Definition 1 and items 1-3 hold.",
-        "",
-        *_table(["network", "variant", "item 1", "item 2", "item 3", "identity", "verdict"], rep["runs"],
-                lambda s: _theorem_cells(s, evidence)),
-        "",
-        "## Wall time",
-        "",
-        *_timing_rows(rep["runs"]),
-    ]
-    if rep.get("figure"):
-        lines += ["", "## Figure", "",
-                  "Rows: normalized distance to theta*, training loss, per-step gamma bound; a column per network, "
-                  "a curve per variant. In the gamma row, lines are the upper bounds the paper plots; a step with a "
-                  "negative gap (a lower bound) is a triangle, a step that breaks inequality (2) on its own a red x, "
-                  "a step whose bound conflicts with another's an open diamond (triangles and diamonds in the "
-                  "variant's color).", "",
-                  f"![{rep['suite']}]({rep['figure']})"]
-    n_na = sum(c["verdict"] == NA for c in rep["claims"])
-    n_fail = sum(c["verdict"] == FAIL for c in rep["claims"])
-    lines += ["", f"_{len(rep['claims'])} claims: {len(rep['claims']) - n_na - n_fail} PASS, {n_fail} FAIL, "
-              f"{n_na} not applicable._", ""]
-    return "\n".join(lines)

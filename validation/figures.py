@@ -42,7 +42,7 @@ DPI = 110
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
 ROW_LABELS = ("distance to $\\theta^*$\n$\\|\\theta_k-\\theta^*\\| / \\|\\theta_0-\\theta^*\\|$",
               "training loss",
-              "$\\gamma$ upper bound per step\n(Definition 1)")
+              "per-step bound on $\\gamma$ (Definition 1)\nlines: upper bounds; triangles: lower")
 
 
 def decimate(x: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS) -> tuple[np.ndarray, np.ndarray]:
@@ -166,13 +166,16 @@ def _gamma_axis(ax, values: list[np.ndarray]) -> None:
 
 
 def plot_paths(columns: dict[str, dict[str, Trace]], path: str | os.PathLike,
-               title: str | None = None) -> Path:
+               title: str | None = None, marks: dict[str, dict[str, str]] | None = None) -> Path:
     """Draw the paper's three rows for every column and save a PNG atomically; return its path.
 
     ``columns`` maps a column title (a network or problem) to ``{legend label: trace}`` (one
     curve per variant, e.g. per optimizer). A trace may be short or diverged: non-finite values
-    are left out of the curves and the legend says from which step they start.
+    are left out of the curves and the legend says from which step they start. ``marks`` maps a
+    column and label to a note (e.g. "not converged: not comparable"): that variant is drawn
+    dashed and its legend entry carries the note instead of its gamma.
     """
+    marks = marks or {}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n_cols = max(len(columns), 1)
@@ -188,6 +191,8 @@ def plot_paths(columns: dict[str, dict[str, Trace]], path: str | os.PathLike,
         any_loss = False
         for v, (label, trace) in enumerate((variants or {}).items()):
             color = COLORS[v % len(COLORS)]
+            mark = marks.get(col_title, {}).get(label)
+            ls = "--" if mark else "-"
             if trace is None or len(trace) == 0:
                 notes.append(f"{label}: no steps")
                 continue
@@ -198,7 +203,7 @@ def plot_paths(columns: dict[str, dict[str, Trace]], path: str | os.PathLike,
             with np.errstate(invalid="ignore", divide="ignore"):
                 dist = np.sqrt(np.maximum(trace.dist_sq, 0.0) / trace.dist0_sq)
             mk = "o" if len(trace) < 3 else None  # a one-step run is a point, not a line
-            ax_d.plot(*decimate(x, dist), color=color, lw=1.4, marker=mk, ms=4)
+            ax_d.plot(*decimate(x, dist), color=color, lw=1.4, marker=mk, ms=4, ls=ls)
 
             # row 2: per-step loss (thin) and per-epoch mean (thick)
             fin = trace.loss[np.isfinite(trace.loss)]
@@ -207,7 +212,7 @@ def plot_paths(columns: dict[str, dict[str, Trace]], path: str | os.PathLike,
                 loss_positive &= bool((fin > 0).all())
             ax_l.plot(*decimate(x, trace.loss), color=color, lw=0.5, alpha=0.35)
             ex, ey = epoch_means(trace)
-            ax_l.plot(ex, ey, color=color, lw=2.0, marker=mk, ms=4)
+            ax_l.plot(ex, ey, color=color, lw=2.0, marker=mk, ms=4, ls=ls)
 
             # row 3: per-step upper bounds on gamma, violations as red x
             with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
@@ -215,7 +220,8 @@ def plot_paths(columns: dict[str, dict[str, Trace]], path: str | os.PathLike,
                 d1 = definition_1(trace)
             up = b.is_upper & np.isfinite(b.bound)
             gamma_values.append(b.bound[up])
-            ax_g.plot(*decimate(x[up], b.bound[up]), color=color, lw=0.7, alpha=0.9, marker=mk, ms=4)
+            ax_g.plot(*decimate(x[up], b.bound[up]), color=color, lw=0.7, alpha=0.5 if mark else 0.9, marker=mk,
+                      ms=4, ls=ls)
             # steps that are not upper bounds, each drawn so it cannot pass for one
             for mask, style in _special_steps(trace, b, d1, color):
                 if mask.any():
@@ -225,6 +231,8 @@ def plot_paths(columns: dict[str, dict[str, Trace]], path: str | os.PathLike,
                     ax_g.plot(xv, yv, linestyle="none", zorder=5, **style)
             if bad_from is not None:
                 dlabel = f"{label}: diverged at step {int(trace.step[bad_from])}"
+            elif mark:
+                dlabel = f"{label}: {mark}"
             elif d1.holds and d1.gamma_max is not None and np.isfinite(d1.gamma_max):
                 ax_g.axhline(d1.gamma_max, color=color, lw=0.8, ls=":", alpha=0.9, zorder=1.5)
                 dlabel = f"{label}: $\\gamma_{{max}}$ = {fmt3(d1.gamma_max)}"
@@ -232,7 +240,7 @@ def plot_paths(columns: dict[str, dict[str, Trace]], path: str | os.PathLike,
                 dlabel = f"{label}: every $\\gamma>0$ fits"
             else:
                 dlabel = f"{label}: no $\\gamma>0$ ({d1.violating_steps.size} steps break (2))"
-            ax_d.plot([], [], color=color, lw=1.4, label=dlabel)
+            ax_d.plot([], [], color=color, lw=1.4, ls=ls, label=dlabel)
 
         # axes cosmetics
         ax_d.set_ylim(bottom=0)

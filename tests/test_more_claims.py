@@ -1,0 +1,123 @@
+"""The claims beside the paper's headline ones: each verdict follows from its numbers, each can
+fail, and what cannot be decided says why."""
+
+from dataclasses import replace
+
+from validation.claims import FAIL, NA, PASS, RunNumbers, suite_claims
+from validation.more_claims import (deeper_claim, directions_claim, equivalence_claim, identity_claim,
+                                    matched_gamma_order_claim, premise_batch_claim, reading_reversals,
+                                    vanishing_claim, violation_rate)
+
+
+def run(variant, network="net", speed=1.0, losses=(2.0, 1.0, 0.5), gmax=(1.0, 1.0, 1.0), med=(2.0, 2.0, 2.0),
+        dist0=2.0, converged=True, **kw):
+    prefix = {"epochs": list(range(1, len(losses) + 1)), "steps": [], "epoch_loss": list(losses),
+              "gamma_max_x_d0": list(gmax), "median_x_d0": list(med)}
+    base = dict(converged=converged, d1_holds=True, gamma_theory=1.0, gamma_paper=1.0, dist0=dist0, speed=speed,
+                share_positive=1.0, distance_holds=True, min_gap=0.0, star_accuracy=1.0, prefix=prefix,
+                identity_residual=1e-13, ends_at_star=True, n_steps=100)
+    return RunNumbers(network, variant, "ok", **{**base, **kw})
+
+
+def test_identity_row_passes_on_consistent_traces_and_fails_on_a_broken_one():
+    runs = [run("a"), run("b", identity_residual=3e-12, gamma_max_over_bar=0.4)]
+    c = identity_claim(runs)
+    assert c["verdict"] == PASS and c["kind"] == "consequence" and "3.0e-12" in c["why"]
+    assert identity_claim(runs + [run("c", identity_residual=1e-6)])["verdict"] == FAIL
+    # a theta* that does not end its path is not what the identity is about
+    assert identity_claim([run("a", ends_at_star=False)])["verdict"] == NA
+
+
+def test_matched_loss_order_takes_each_variant_at_the_common_level():
+    groups = [["slow"], ["fast"]]
+    # slow reaches 0.9 only in epoch 3, fast in epoch 1; the common level is slow's best, 0.9
+    runs = {"slow": run("slow", losses=(2.0, 1.5, 0.9), gmax=(5.0, 4.0, 0.5)),
+            "fast": run("fast", losses=(0.9, 0.4, 0.1), gmax=(3.0, 2.0, 1.0))}
+    c = matched_gamma_order_claim("net", groups, runs, "theory", "x dist0^2")
+    assert c["verdict"] == PASS and c["numbers"]["slow"] == "0.5 (epoch 3)" and c["numbers"]["fast"] == "3 (epoch 1)"
+    runs["fast"] = replace(runs["fast"], prefix={**runs["fast"].prefix, "gamma_max_x_d0": [0.1, 2.0, 1.0]})
+    c = matched_gamma_order_claim("net", groups, runs, "theory", "x dist0^2")
+    assert c["verdict"] == FAIL and c["why"].startswith("REVERSED")
+    raw = matched_gamma_order_claim("net", groups, runs, "theory", "raw")
+    assert raw["numbers"]["slow"] == "0.125 (epoch 3)"  # 0.5 / dist0^2
+
+
+def test_matched_loss_is_not_decidable_without_shared_progress():
+    groups = [["slow"], ["fast"]]
+    runs = {"slow": run("slow", losses=(2.0, 1.95, 1.9)), "fast": run("fast", losses=(2.0, 0.4, 0.1))}
+    c = matched_gamma_order_claim("net", groups, runs, "paper", "raw")
+    assert c["verdict"] == NA and "share no stretch of progress" in c["why"]
+    runs["slow"] = run("slow", losses=(2.0, 1.0, 0.5), gmax=(None, None, None))
+    assert "no gamma fits" in matched_gamma_order_claim("net", groups, runs, "theory", "raw")["why"]
+
+
+def test_equivalence_within_the_stated_factor():
+    runs = {"first": run("first", speed=0.6), "all": run("all", speed=0.55)}
+    assert equivalence_claim("net", "first", "all", runs)["verdict"] == PASS
+    runs["first"] = run("first", speed=1.1)
+    c = equivalence_claim("net", "first", "all", runs)
+    assert c["verdict"] == FAIL and "first is slower" in c["why"]
+
+
+def test_skip_connections_matter_more_in_the_deeper_network():
+    by_net = {"r18": {"first": run("first", speed=1.0), "all": run("all", speed=0.6)},
+              "r34": {"first": run("first", speed=1.5), "all": run("all", speed=0.5)}}
+    assert deeper_claim("r18", "r34", "first", "all", by_net)["verdict"] == PASS
+    by_net["r34"]["first"] = run("first", speed=0.6)
+    assert deeper_claim("r18", "r34", "first", "all", by_net)["verdict"] == FAIL
+
+
+def test_vanishing_gradient_needs_a_small_update_before_convergence():
+    stuck = run("none", losses=(2.3, 2.3, 2.3), update_sq_by_epoch=[1.0, 1e-3, 1e-5])
+    c = vanishing_claim("net", "none", {"none": stuck})
+    assert c["verdict"] == PASS and "epoch 3" in c["why"]
+    converging = run("none", losses=(2.3, 0.5, 0.01), update_sq_by_epoch=[1.0, 1e-3, 1e-5])  # small because done
+    assert vanishing_claim("net", "none", {"none": converging})["verdict"] == FAIL
+    alive = run("none", losses=(2.3, 2.3, 2.3), update_sq_by_epoch=[1.0, 1.2, 0.9])
+    assert vanishing_claim("net", "none", {"none": alive})["verdict"] == FAIL
+
+
+def test_directions_decided_only_where_the_bounds_decide():
+    def d(u, g, lb):
+        return {"update_angle_median": u, "grad_angle_median": g, "angle_lower_bound_median": lb,
+                "share_lower_bound_over_45": 0.5}
+
+    assert directions_claim("net", "adam", {"adam": run("adam", directions=d(20, 80, 60))})["verdict"] == PASS
+    assert directions_claim("net", "adam", {"adam": run("adam", directions=d(10, 20, 10))})["verdict"] == FAIL
+    assert directions_claim("net", "adam", {"adam": run("adam", directions=d(30, 50, 20))})["verdict"] == NA
+    no_grad = {"update_angle_median": 20, "grad_angle_median": None, "angle_lower_bound_median": None}
+    assert directions_claim("net", "adam", {"adam": run("adam", directions=no_grad)})["verdict"] == NA
+
+
+def test_premise_in_the_measurement_mode():
+    ok = run("a", star_batch_loss=0.02, first_loss=2.3)
+    assert premise_batch_claim([ok])["verdict"] == PASS
+    c = premise_batch_claim([ok, run("b", star_batch_loss=0.9, first_loss=2.3)])
+    assert c["verdict"] == FAIL and "net/b" in c["why"]
+
+
+def test_violation_rate_over_converged_runs():
+    v = violation_rate([run("a", n_violating=1, n_steps=1000), run("b", n_steps=1000),
+                        run("c", converged=False, n_violating=50, n_steps=1000)])
+    assert v["violating_steps"] == 1 and v["steps"] == 2000 and v["rate"] == 5e-4
+    assert v["ci95"][0] < 5e-4 < v["ci95"][1]
+    assert v["p_violation_at_paper_length"] == 1 - (1 - 5e-4) ** 58_650
+
+
+def test_every_reading_shows_reversals():
+    runs = [run("none", gamma_theory=5.0, gamma_paper=5.0, dist0=0.1, converged=False),
+            run("all", gamma_theory=1.0, gamma_paper=1.0, dist0=2.0)]
+    rows = {(r["reading"], r["form"]): r for r in reading_reversals({"net": [["none"], ["all"]]}, runs)}
+    assert rows[("theory", "raw")]["reversed_in"] == 1  # raw: none (5) above all (1): the paper reversed
+    assert rows[("theory", "x dist0^2")]["holds_in"] == 1  # 0.05 < 4
+    assert rows[("theory", "raw")]["all_converged"] is False
+
+
+def test_suite_claims_carry_the_further_checks():
+    runs = [run("first", network="r18", speed=1.0), run("all", network="r18", speed=0.6),
+            run("first", network="r34", speed=1.5), run("all", network="r34", speed=0.5)]
+    checks = {"equivalences": [("r18", "first", "all")], "deeper": ("r18", "r34", "first", "all")}
+    names = {c["claim"]: c["verdict"] for c in suite_claims({}, runs, checks)}
+    assert names["r18 first as fast as all"] == FAIL
+    assert names["skip connections more effective in r34 than r18"] == PASS
+    assert names["gamma-speed identity (theta* = last iterate)"] == PASS
