@@ -27,7 +27,7 @@ width 1/4 for 40 epochs: 0.1 GB). Cost: one pass 1, plus ``grid^2`` forward pass
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,9 @@ class PathPicture:
     replay_max_rel_err: float  #: largest relative difference of the replayed distances from the trace's
     subset: int
     meta: dict
+    #: (E,) ||projection of -grad f_S(theta_e) on the plane|| / ||-grad f_S(theta_e)||: how much of each arrow is drawn
+    sgd_inplane: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    star_loss: float | None = None  #: the subset loss at theta* (the origin of the plane)
 
     def to_dict(self) -> dict:
         return {
@@ -69,6 +72,9 @@ class PathPicture:
             "mean_sgd_cos_to_step": float(np.mean(self.sgd_cos_to_step)) if self.sgd_cos_to_step.size else None,
             "grid_a": self.grid_a.tolist(), "grid_b": self.grid_b.tolist(), "grid_loss": self.grid_loss.tolist(),
             "replay_max_rel_err": self.replay_max_rel_err, "subset": self.subset, "meta": self.meta,
+            "sgd_inplane": self.sgd_inplane.tolist(),
+            "mean_sgd_inplane": float(np.mean(self.sgd_inplane)) if self.sgd_inplane.size else None,
+            "star_loss": self.star_loss,
         }
 
 
@@ -164,7 +170,7 @@ def path_picture(run_dir: str | Path, data: DeviceData, num_classes: int, grid: 
 
     # SGD directions along the path (full gradient over the subset), and their cosine to the run's step
     scratch = fresh()
-    sgd_dirs, cos = [], []
+    sgd_dirs, cos, inplane = [], [], []
     for e in range(epochs):
         _set_flat(scratch, iterates[e].to(data.device))
         scratch.zero_grad(set_to_none=True)
@@ -172,6 +178,8 @@ def path_picture(run_dir: str | Path, data: DeviceData, num_classes: int, grid: 
         gvec = -torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
                            for p in scratch.parameters()]).double().cpu()
         sgd_dirs.append((dirs @ gvec).numpy())
+        gnorm = float(torch.linalg.vector_norm(gvec))
+        inplane.append(float(torch.linalg.vector_norm(dirs @ gvec)) / gnorm if gnorm > 0 else float("nan"))
         step = (iterates[e + 1] - iterates[e]).double()
         denom = float(torch.linalg.vector_norm(gvec) * torch.linalg.vector_norm(step))
         cos.append(float(gvec @ step) / denom if denom > 0 else float("nan"))
@@ -187,6 +195,8 @@ def path_picture(run_dir: str | Path, data: DeviceData, num_classes: int, grid: 
         from tqdm import tqdm
         cells = tqdm(cells, desc=f"{run_dir.name} contours", unit="point")
     with torch.no_grad():
+        _set_flat(scratch, star.to(data.device))
+        star_loss = _subset_loss(scratch, data, idx, chunk, grad=False)
         for i, j in cells:
             _set_flat(scratch, (star + ga[j] * dirs[0] + gb[i] * dirs[1]).to(data.device))
             loss[i, j] = _subset_loss(scratch, data, idx, chunk, grad=False)
@@ -195,4 +205,5 @@ def path_picture(run_dir: str | Path, data: DeviceData, num_classes: int, grid: 
         sgd_cos_to_step=np.array(cos), grid_a=ga, grid_b=gb, grid_loss=loss, replay_max_rel_err=err,
         subset=len(idx), meta={"run": spec, "epochs": epochs, "grid": grid, "margin": margin,
                                "subset_seed": 12_345, "env": here},
+        sgd_inplane=np.array(inplane), star_loss=float(star_loss),
     )

@@ -295,6 +295,10 @@ def test_random_labels_and_seeds_end_to_end(tmp_path):
         tr = json.loads((out / "runs" / p["name"] / "trace.json").read_text())
         assert len(p["coords"]) == tr["epochs_measured"] + 1 and p["coords"][-1] == [0.0, 0.0]
         assert sum(p["explained_variance"]) == pytest.approx(1.0, abs=1e-9)
+        # how much of each drawn SGD direction lies in the plane, and theta*'s loss at the origin
+        assert len(p["sgd_inplane"]) == len(p["sgd_dirs"]) and all(0 <= x <= 1 + 1e-9 for x in p["sgd_inplane"])
+        norms = [math.hypot(*d) for d in p["sgd_dirs"]]  # the projection's length; the share needs ||g|| too
+        assert all(n > 0 for n in norms) and p["star_loss"] > 0
         from gamma_theory import load_trace
 
         t = load_trace(out / "runs" / p["name"] / "trace.npz")

@@ -299,7 +299,8 @@ def plot_picture(pictures: list, path: str | Path, title: str = "") -> Path:
         c = p.coords
         ax.plot(c[:, 0], c[:, 1], "-o", color="white", markersize=2.5, linewidth=1.2, label="path (per epoch)")
         ax.plot(c[0, 0], c[0, 1], "s", color="white", markeredgecolor="k", markersize=7, label="theta_0")
-        ax.plot(0, 0, "*", color="red", markeredgecolor="k", markersize=13, label="theta*")
+        star = "theta*" + ("" if p.star_loss is None else f" (loss {fmt3(p.star_loss)})")
+        ax.plot(0, 0, "*", color="red", markeredgecolor="k", markersize=13, label=star)
         d = p.sgd_dirs
         if d.size:
             span = max(np.ptp(c[:, 0]), np.ptp(c[:, 1]), 1e-12)
@@ -308,9 +309,12 @@ def plot_picture(pictures: list, path: str | Path, title: str = "") -> Path:
             ax.quiver(c[:-1, 0], c[:-1, 1], u[:, 0], u[:, 1], angles="xy", scale_units="xy", scale=1,
                       color="orange", width=0.004, label="SGD direction (projected)")
         r = p.meta.get("run") or {}
+        inplane = (f"; in-plane share of the SGD direction {fmt3(float(np.nanmean(p.sgd_inplane)))}"
+                   if p.sgd_inplane.size else "")
         ax.set_title(f"{p.name}\n{r.get('optimizer')} lr {fmt3(r.get('lr'))}; mean cos(SGD, step) "
-                     f"{fmt3(float(np.nanmean(p.sgd_cos_to_step)) if p.sgd_cos_to_step.size else None)}",
-                     fontsize=9)
+                     f"{fmt3(float(np.nanmean(p.sgd_cos_to_step)) if p.sgd_cos_to_step.size else None)}{inplane}\n"
+                     "axes to scale (equal aspect): arrow angles are the plane's", fontsize=8)
+        ax.set_aspect("equal", adjustable="box")
         ax.set_xlabel(f"PC1 ({100 * p.explained[0]:.1f}% of variance)")
         ax.set_ylabel(f"PC2 ({100 * p.explained[1]:.1f}% of variance)")
         if k == 0:
