@@ -200,33 +200,63 @@ def test_step_cost_refuses_tf32_on_the_cpu():
     assert exc.value.code == 2
 
 
-@pytest.mark.skipif(not default_jpeg_archive().exists(), reason="no shared CIFAR-10 JPEG archive")
-def test_device_script_dry_run(tmp_path):
-    """`bench/device_run.sh all` on the CPU at tiny sizes: every phase runs and what comes back from a
-    device fits its limits (at most 8 files of at most 16 MiB, no checkpoints)."""
+def _device_run(tmp_path, *args, **env_extra):
     import os
     import subprocess
-    import tarfile
 
     out = tmp_path / "out"
     env = {**os.environ, "GPCHECK_DRY_RUN": "1", "OUT": str(out), "GPCHECK_CACHE": str(tmp_path / "cache"),
-           "PYTHON": sys.executable}
-    res = subprocess.run(["bash", str(ROOT / "bench" / "device_run.sh"), "all"], env=env, capture_output=True,
-                         text=True, timeout=600)
+           "GPCHECK_REPORTS": str(tmp_path / "reports"), "PYTHON": sys.executable, **env_extra}
+    res = subprocess.run(["bash", str(ROOT / "bench" / "device_run.sh"), *args], env=env, capture_output=True,
+                         text=True, timeout=2400)
+    lines = [json.loads(line) for line in (out / "phases.jsonl").read_text().splitlines()]
+    return res, out, lines[0], {r["phase"]: r for r in lines[1:]}
+
+
+@pytest.mark.skipif(not default_jpeg_archive().exists(), reason="no shared CIFAR-10 JPEG archive")
+def test_device_script_dry_run(tmp_path):
+    """`bench/device_run.sh all` on the CPU at tiny sizes: the phases' limits fit the 5-minute budget,
+    every phase ran to its end inside its limit and left its file, and what comes back from a
+    device fits its limits (one flat folder of at most 8 files of at most 16 MiB, no checkpoints)."""
+    import tarfile
+
+    res, out, head, phases = _device_run(tmp_path, "all")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert head["budget_s"] == 300 and sum(head["limits"].values()) <= head["budget_s"]
+    assert list(phases) == ["preflight", "data", "checks", "cost", "concurrency", "lite-bn", "lite-optimizer", "pack"]
+    want = {"preflight": "device.txt", "checks": "replay_check.json", "cost": "step_cost.json",
+            "concurrency": "concurrency.json", "pack": "reports.tar.gz"}
+    for name, r in phases.items():
+        assert r["rc"] == 0 and not r["cut"] and not r["skipped"], r
+        assert r["limit_s"] == head["limits"][name] and r["limit_here_s"] == r["limit_s"] * head["scale"]
+        assert r["ran_s"] <= r["limit_here_s"], r
+        if name in want:
+            assert r["files"].get(want[name], 0) > 0, r
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["concurrency.json", "device.log", "device.txt", "lite-reports.tar.gz", "replay_check.json",
-                     "step_cost.json"]
-    assert all((out / f).stat().st_size < 16 * 2**20 for f in files)
-    with tarfile.open(out / "lite-reports.tar.gz") as tf:
+    assert files == ["concurrency.json", "device.log", "device.txt", "phases.jsonl", "replay_check.json",
+                     "reports.tar.gz", "step_cost.json"]
+    assert all((out / f).is_file() and (out / f).stat().st_size < 16 * 2**20 for f in files)
+    with tarfile.open(out / "reports.tar.gz") as tf:
         names = tf.getnames()
     for suite in ("bn", "optimizer"):
         assert f"./{suite}-smoke-cifar10-jpeg/report.json" in names
     assert not any(n.endswith(".pt") or "checkpoints" in n for n in names)
-    assert json.loads((out / "replay_check.json").read_text())["replay"]["ok"]
+    for f in ("replay_check.json", "step_cost.json", "concurrency.json"):
+        assert json.loads((out / f).read_text())["complete"] is True, f
+    assert json.loads((out / "replay_check.json").read_text())["ok"]
     conc = json.loads((out / "concurrency.json").read_text())["levels"]
     assert sorted(conc) == ["1", "2"] and all(v["bitwise_equal_to_1"] for v in conc.values())
-    assert "== done, exit 0" in (out / "device.log").read_text()
+    assert "== done in" in (out / "device.log").read_text() and "exit 0" in (out / "device.log").read_text()
+
+
+def test_device_script_cuts_a_phase_at_its_limit_and_goes_on(tmp_path):
+    """A phase that outruns its limit is stopped (SIGINT, then SIGKILL), recorded as cut, and the
+    script goes on to its end with exit 1."""
+    res, out, head, phases = _device_run(tmp_path, "concurrency", T_CONC="3", GPCHECK_DRY_SCALE="1")
+    assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]
+    c = phases["concurrency"]
+    assert c["cut"] is True and c["rc"] in (124, 130, 137) and c["limit_here_s"] == 3 and c["ran_s"] <= 3 + 1
+    assert "== concurrency was cut at its limit" in (out / "device.log").read_text()
 
 
 @pytest.mark.skipif(not default_jpeg_archive().exists(), reason="no shared CIFAR-10 JPEG archive")
