@@ -122,8 +122,8 @@ def _bench_costs(results: Path) -> list[dict]:
             for net, r in d["ms_per_step"].items():
                 g = "graph_" if "graph_replay" in r and not r.get("fell_back") else ""
                 train, rec_only, replay = r[f"{g}deterministic"], r[f"{g}record_only"], r[f"{g}replay"]
-                rows = 3 + 2  # step_cost's recorder: one theta*, the update and the gradient, + its theta* forward
-                c = StepCosts(train, max(replay - rec_only, 0.0), max(rec_only - train, 0.0) / (rows - 2),
+                # step_cost's recorder: one theta* and the update, no gradient columns: 2 rows of the Gram
+                c = StepCosts(train, max(replay - rec_only, 0.0), max(rec_only - train, 0.0) / 2,
                               f"bench/results/{p.name} ({'CUDA graphs' if g else 'eager'} loops)", True)
                 out.append({"device_name": env.get("device_name"), "network": net, "width": args.get("width"),
                             "batch_size": args.get("batch_size"), "costs": c})

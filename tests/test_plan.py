@@ -68,10 +68,11 @@ def test_plan_uses_the_step_costs_measured_on_this_device_in_bench_results(tmp_p
     planned = plan_suite("bn", "paper", "cifar10", "NVIDIA H200", tmp_path, bench_results=res, device="cuda",
                          committed=None)
     r18 = [r for r in planned if r.network == "resnet18"]
-    # graph loops: train 4.5, forward 7 - 5 = 2, the Gram row (5 - 4.5) / 3; paper extras: 4.15 forwards
+    # graph loops: train 4.5, forward 7 - 5 = 2, the Gram row (5 - 4.5) / 2 (theta* and the update); paper
+    # extras: 4.15 forwards
     f = theta_star_forwards(150, extras_for("paper").to_dict())
     assert f == pytest.approx(2 + (75 + 112 + 135) / 150)
-    want = 4.5 + 4.5 + f * 2.0 + (f + 2) * 0.5 / 3
+    want = 4.5 + 4.5 + f * 2.0 + (f + 2) * 0.5 / 2
     assert r18 and all(r.ms_per_step == pytest.approx(want) and r.steps == 150 * 391 and r.measured for r in r18)
     assert all("CUDA graphs loops" in r.source for r in r18)
     # the others: the model's estimate, labelled so, with a range
@@ -83,7 +84,7 @@ def test_plan_uses_the_step_costs_measured_on_this_device_in_bench_results(tmp_p
     _step_cost_json(res / "step_cost_h200.json", "NVIDIA H200", fell_back=["graph_replay"])
     r = next(r for r in plan_suite("bn", "paper", "cifar10", "NVIDIA H200", tmp_path, bench_results=res,
                                    device="cuda", committed=None) if r.network == "resnet18")
-    assert "eager loops" in r.source and r.ms_per_step == pytest.approx(9 + 9 + f * 4.0 + (f + 2) * 1.0 / 3)
+    assert "eager loops" in r.source and r.ms_per_step == pytest.approx(9 + 9 + f * 4.0 + (f + 2) * 1.0 / 2)
 
 
 def test_the_estimate_model_for_a_fresh_gpu_folder(tmp_path):
