@@ -357,7 +357,7 @@ def summary_line(planned: list[PlannedRun], device_name: str, unit: str) -> str:
     todo = [r for r in planned if not r.done]
     done = len(planned) - len(todo)
     if not todo:
-        return (f"All {len(planned)} runs are finished in this folder: nothing is left to measure "
+        return (f"All {len(planned)} runs are finished under the output folder: nothing is left to measure "
                 "(`gpcheck deep` with these options rebuilds the report from their traces).")
     known = [r for r in todo if r.hours is not None]
     unknown = [r.name for r in todo if r.hours is None]

@@ -144,7 +144,7 @@ def test_a_folder_whose_runs_are_all_finished_says_so(tmp_path):
                          committed=None)
     assert all(r.done for r in planned)
     text = render_plan(planned, "Plan", "Dev X", gpu=False)
-    assert text.splitlines()[-1].startswith(f"All {len(planned)} runs are finished in this folder: nothing is left")
+    assert text.splitlines()[-1].startswith(f"All {len(planned)} runs are finished under the output folder: nothing")
     assert "Total: 0.00" not in text
 
 
