@@ -132,14 +132,14 @@ class CudaBackend:
             graph.capture_begin(pool=pool)
             try:
                 out = tuple(fn(static_idx))
-            except BaseException as exc:  # noqa: BLE001 - ended and released below, then re-raised
+            except BaseException as exc:  # ended and released below, then re-raised
                 follow = self._end_failed(graph, pool)
                 if isinstance(exc, KeyboardInterrupt):
                     raise
                 raise CaptureFailed(exc, follow) from exc
             try:
                 graph.capture_end()
-            except Exception as exc:  # noqa: BLE001 - an op broke the capture without raising itself
+            except Exception as exc:  # an op broke the capture without raising itself
                 self._release(pool)
                 raise CaptureFailed(exc) from exc
         main.wait_stream(self.stream)
@@ -161,12 +161,12 @@ class CudaBackend:
         try:
             torch._C._cuda_releasePool(self.device.index if self.device.index is not None
                                        else torch.cuda.current_device(), pool)
-        except Exception:  # noqa: BLE001 - released already, or an API this torch lacks: nothing to free
+        except Exception:  # noqa: BLE001, S110 - released already, or an API this torch lacks: nothing to free
             pass
         try:
             torch.cuda.synchronize(self.device)
             torch.cuda.empty_cache()
-        except Exception:  # noqa: BLE001 - the eager step that follows says what is wrong, if anything
+        except Exception:  # noqa: BLE001, S110 - the eager step that follows says what is wrong, if anything
             pass
 
 

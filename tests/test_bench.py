@@ -252,7 +252,7 @@ def test_device_script_dry_run(tmp_path):
 def test_device_script_cuts_a_phase_at_its_limit_and_goes_on(tmp_path):
     """A phase that outruns its limit is stopped (SIGINT, then SIGKILL), recorded as cut, and the
     script goes on to its end with exit 1."""
-    res, out, head, phases = _device_run(tmp_path, "concurrency", T_CONC="3", T_PREFLIGHT="200",
+    res, out, _, phases = _device_run(tmp_path, "concurrency", T_CONC="3", T_PREFLIGHT="200",
                                          GPCHECK_DRY_SCALE="1")
     assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]
     c = phases["concurrency"]

@@ -30,6 +30,8 @@ def test_slices_start_on_256_bytes_on_cuda_and_the_cpu_layout_is_unchanged():
 
 def test_tf32_is_set_and_read_through_the_current_precision_api():
     state = env.precision_state()
+    det = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+           torch.backends.cudnn.deterministic)
     try:
         env.set_tf32(True)
         assert env.tf32_enabled()
@@ -41,8 +43,10 @@ def test_tf32_is_set_and_read_through_the_current_precision_api():
         with env.deterministic(allow_tf32=True):
             assert env.tf32_enabled() and env.environment(torch.device("cpu"))["allow_tf32"] is True
         assert not env.tf32_enabled()
-    finally:
+    finally:  # this process's settings back, for the tests that follow
         env.restore_precision(state)
+        torch.use_deterministic_algorithms(det[0])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = det[1:]
     assert env.precision_state() == state
 
 

@@ -1,13 +1,11 @@
 """`gpcheck deep --plan`: steps and time per run from measured ms/step, running nothing."""
 
 import json
-
-from click.testing import CliRunner
-
 from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 
 from deep.plan import (PARAMS, PROTOTYPE, TRAIN_FLOPS, StepCosts, pass_costs, plan_suite, protocol_table,
                        prototype_costs, render_plan, theta_star_forwards)

@@ -23,7 +23,7 @@ from deep.models.common import ACTIVATIONS
 from gamma_theory import PathRecorder
 from gamma_theory.flat import FlatParams
 from gamma_theory.optimizers import make_optimizer
-from strict_graphs import HostSync, OpLog, StrictBackend, flagged
+from strict_graphs import OpLog, StrictBackend, flagged
 from test_graphs import FakeBackend, _assert_same_trace
 from test_measure import TinyCNN, run, tiny_data
 
@@ -147,7 +147,7 @@ def _capturable_adam(p, lr):
 
 
 def test_capturable_adam_with_strict_graphs_equals_capturable_adam_without(tmp_path, strict_graphs):
-    kw = dict(lr=0.01, epochs=6, batch_size=16, seed=3, data_seed=5, progress=False)
+    kw = {"lr": 0.01, "epochs": 6, "batch_size": 16, "seed": 3, "data_seed": 5, "progress": False}
     eager = measure(TinyCNN, lambda p: _capturable_adam(p, 0.01), tiny_data(), workdir=tmp_path / "e",
                     cuda_graphs=False, **kw)
     graphed = measure(TinyCNN, lambda p: make_optimizer("adam", p, 0.01), tiny_data(), workdir=tmp_path / "g",
@@ -184,7 +184,7 @@ def _step_ops(model: torch.nn.Module, optimizer: str, star: bool = True) -> set[
     fp = flat_model(model)
     opt = make_optimizer(optimizer, model.parameters(), 0.01)
     star_model = copy.deepcopy(model)  # theta*: a copy
-    flats, rows = FlatParams.like([star_model])
+    _, rows = FlatParams.like([star_model])
     rec = PathRecorder(fp, rows, 0.01, record_grad=True)
     x = torch.randn(4, 3, 32, 32)
     y = torch.arange(4) % 10
@@ -202,13 +202,13 @@ def _step_ops(model: torch.nn.Module, optimizer: str, star: bool = True) -> set[
     return log.names
 
 
-VARIANTS = [(n, dict(activation=a)) for n in MODEL_NAMES for a in ACTIVATIONS] + [
-    (n, dict(bn=b)) for n in ("resnet18", "resnet34", "vgg11", "vgg16") for b in ("first", "none")] + [
-    (n, dict(skip=s)) for n in ("resnet18", "resnet34") for s in ("first", "first2")]
+VARIANTS = [(n, {"activation": a}) for n in MODEL_NAMES for a in ACTIVATIONS] + [
+    (n, {"bn": b}) for n in ("resnet18", "resnet34", "vgg11", "vgg16") for b in ("first", "none")] + [
+    (n, {"skip": s}) for n in ("resnet18", "resnet34") for s in ("first", "first2")]
 
 
 @pytest.mark.parametrize("name,knobs", [(n, k) for n, k in VARIANTS if k.get("activation") in (None, "relu")]
-                         + [("alexnet", dict(activation="tanh")), ("vgg11", dict(activation="sigmoid"))])
+                         + [("alexnet", {"activation": "tanh"}), ("vgg11", {"activation": "sigmoid"})])
 def test_every_network_family_runs_only_ops_with_deterministic_cuda_kernels(name, knobs):
     ops = set()
     for opt in ("sgd", "momentum", "adam"):
