@@ -15,7 +15,9 @@ Usage (from the repository root)::
     python bench/concurrency.py --device cpu --network vgg11 --width 0.125 --images 128 --epochs 1 \\
         --batch-size 64 --concurrency 1 2                                    # CPU check
 
-The JSON it writes holds the device name and library versions with every number.
+The JSON it writes holds the device name and library versions with every number. It is written
+after every level (``complete`` is true only at the end), so a run cut by its time limit keeps the
+levels it measured.
 """
 
 from __future__ import annotations
@@ -84,18 +86,22 @@ def one_level(k: int, args, tmp: Path) -> dict:
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
     procs = [subprocess.Popen(base + ["--index", str(i)], env=env) for i in range(k)]
-    deadline = time.monotonic() + args.timeout
-    while sum((here / f"ready-{i}").exists() for i in range(k)) < k:
-        if any(p.poll() not in (None, 0) for p in procs) or time.monotonic() > deadline:
-            for p in procs:
+    try:
+        deadline = time.monotonic() + args.timeout
+        while sum((here / f"ready-{i}").exists() for i in range(k)) < k:
+            if any(p.poll() not in (None, 0) for p in procs) or time.monotonic() > deadline:
+                raise SystemExit(f"concurrency {k}: a worker did not get ready (see its output above)")
+            time.sleep(0.02)
+        (here / "go").write_text("")
+        for p in procs:
+            p.wait(timeout=max(1.0, deadline - time.monotonic()))
+        if any(p.returncode for p in procs):
+            raise SystemExit(f"concurrency {k}: a worker failed (see its output above)")
+    finally:  # stopped, cut or failed: no worker outlives its level
+        for p in procs:
+            if p.poll() is None:
                 p.kill()
-            raise SystemExit(f"concurrency {k}: a worker did not get ready (see its output above)")
-        time.sleep(0.02)
-    (here / "go").write_text("")
-    for p in procs:
-        p.wait(timeout=max(1.0, deadline - time.monotonic()))
-    if any(p.returncode for p in procs):
-        raise SystemExit(f"concurrency {k}: a worker failed (see its output above)")
+                p.wait()
     res = [json.loads((here / f"result-{i}.json").read_text()) for i in range(k)]
     span = max(r["end"] for r in res) - min(r["start"] for r in res)
     steps = sum(r["steps"] for r in res)
@@ -129,7 +135,13 @@ def main(argv=None) -> int:
 
     dev = resolve_device(args.device)
     result = {"command": " ".join(["python", "bench/concurrency.py", *sys.argv[1:]]), "args": vars(args),
-              "env": environment(dev), "levels": {}}
+              "env": environment(dev), "levels": {}, "complete": False}
+
+    def save():
+        if args.out:  # atomically, its folder made if needed
+            write_json(args.out, result, default=str)
+
+    save()
     with tempfile.TemporaryDirectory(prefix="gpcheck-concurrency-") as tmp:
         for k in sorted(set(args.concurrency)):
             lv = one_level(k, args, Path(tmp))
@@ -137,16 +149,16 @@ def main(argv=None) -> int:
             base = result["levels"]["1"]
             lv["speedup_over_1"] = lv["steps_per_s"] / base["steps_per_s"]
             lv["bitwise_equal_to_1"] = lv["trace_sha256"] == base["trace_sha256"]
+            result["best"] = max(result["levels"].values(), key=lambda v: v["steps_per_s"])["runs"]
+            save()
             print(f"{k} run(s) at once: {lv['steps_per_s']:.1f} steps/s, {lv['runs_per_hour']:.0f} runs/hour, "
                   f"{lv['speedup_over_1']:.2f}x one run; traces equal to one run's: {lv['bitwise_equal_to_1']}",
                   flush=True)
-    best = max(result["levels"].values(), key=lambda v: v["steps_per_s"])
-    result["best"] = best["runs"]
+    result["complete"] = True
+    save()
     e = result["env"]
-    print(f"best: {best['runs']} at once; device: {e['device_name']} ({e['device']}), torch {e['torch']}")
-    if args.out:  # atomically, its folder made if needed
-        write_json(args.out, result, default=str)
-    return 0
+    print(f"best: {result['best']} at once; device: {e['device_name']} ({e['device']}), torch {e['torch']}")
+    return 0 if all(v["bitwise_equal_to_1"] for v in result["levels"].values()) else 1
 
 
 if __name__ == "__main__":

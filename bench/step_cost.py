@@ -18,11 +18,18 @@ Loops, all on the same network, batch size and data (random CIFAR-shaped uint8 i
   fp32 it is also run without graphs, so the graphs' speed-up is read side by side.
 
 Precision: every loop of one measurement runs at one stated precision, set explicitly before it
-(``--tf32 off``: strict fp32 matmuls and convolutions; ``on``: TF32 in both, which is deterministic
-too, and which the runner offers as ``allow_tf32`` and records). ``--tf32 both`` measures each
-network at both, side by side, so the ratios can be read either way (default on CUDA; on the CPU
-TF32 does not exist and only ``off`` is run). Before, the first network's typical loop ran at
-PyTorch's default (cuDNN TF32 on) and every later one with TF32 off.
+through torch's current precision API (deep/env.py ``set_tf32``; ``--tf32 off``: strict fp32
+matmuls and convolutions, the runner's default; ``on``: TF32 in both, which is deterministic too,
+and which the runner offers as ``allow_tf32`` and records). ``--tf32 both`` measures each network
+at both, side by side, so the ratios can be read either way (default on CUDA; on the CPU TF32
+does not exist and only ``off`` is run); ``--tf32-also NET ...`` adds TF32 for those networks only.
+
+Graph loops report the path they really ran (``graph_paths``, and the runner's ``runner_step_path``
+for both passes): a loop whose capture failed ran eagerly, is listed in ``fell_back``, is printed
+as such, and gives no graph ratio (an eager number is never printed as a graph number).
+
+The JSON is written after every network and precision (``complete`` is true only at the end), so
+a run cut by its time limit keeps what it measured.
 
 Ratios printed and written to JSON (with the device name and library versions):
 ``recording overhead = (record_only - deterministic) / replay`` and
@@ -48,8 +55,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from deep.data import CyclicSampler, DeviceData  # noqa: E402
-from deep.env import environment, resolve_device, set_deterministic  # noqa: E402
-from deep.graphs import StepGraphs  # noqa: E402
+from deep.env import environment, precision_state, resolve_device, restore_precision, set_deterministic  # noqa: E402
+from deep.env import set_tf32  # noqa: E402
+from deep.graphs import WARMUP_STEPS, StepGraphs  # noqa: E402
 from deep.measure import batch_stats_only, flat_model, measure  # noqa: E402
 from deep.models import build_model  # noqa: E402
 from gamma_theory import PathRecorder  # noqa: E402
@@ -75,8 +83,7 @@ def _timed(step, dev, warmup, steps) -> float:
 
 def set_precision(tf32: bool) -> None:
     """TF32 in matmuls and convolutions, on or off, explicitly (PyTorch's defaults differ)."""
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
+    set_tf32(tf32)
 
 
 def bench_network(name, dev, args, images, labels, tf32: bool = False) -> dict:
@@ -140,7 +147,9 @@ def bench_network(name, dev, args, images, labels, tf32: bool = False) -> dict:
         stars = FlatParams(ms).flat if record else None
         rec = PathRecorder(fp, stars, 0.01) if record else None
         zero = torch.zeros((), device=dev)  # loss_star when there is no forward at theta*
-        g = StepGraphs(dev, True) if graphs else None
+        g = (StepGraphs(dev, True, backend=args.graphs_backend()) if args.graphs_backend is not None
+             else StepGraphs(dev, True)) if graphs else None
+        made.append(g)
 
         def body(idx):
             xb, yb = data.batch(idx)
@@ -166,15 +175,22 @@ def bench_network(name, dev, args, images, labels, tf32: bool = False) -> dict:
                     rec.flush()
         return step
 
+    made: list = []  # each loop's StepGraphs (None: no graphs), in order
     res["resident"] = _timed(make_step(False, False, False), dev, args.warmup, args.steps)
     res["deterministic"] = _timed(make_step(True, False, False), dev, args.warmup, args.steps)
     res["record_only"] = _timed(make_step(True, False, True), dev, args.warmup, args.steps)
     res["replay"] = _timed(make_step(True, True, True), dev, args.warmup, args.steps)
-    if cl:  # the same three deterministic loops as CUDA graph replays (what the runner does there)
-        warm = max(args.warmup, 3)  # a warm-up step and a capture before the timed replays
-        res["graph_deterministic"] = _timed(make_step(True, False, False, True), dev, warm, args.steps)
-        res["graph_record_only"] = _timed(make_step(True, False, True, True), dev, warm, args.steps)
-        res["graph_replay"] = _timed(make_step(True, True, True, True), dev, warm, args.steps)
+    if cl or args.graphs_backend is not None:  # the same three deterministic loops as CUDA graph replays
+        warm = max(args.warmup, WARMUP_STEPS + 1)  # the eager warm-up steps and the capture, then replays only
+        res["graph_paths"], res["fell_back"] = {}, []
+        for loop, flags in (("graph_deterministic", (True, False, False)), ("graph_record_only", (True, False, True)),
+                            ("graph_replay", (True, True, True))):
+            res[loop] = _timed(make_step(*flags, True), dev, warm, args.steps)
+            info = res["graph_paths"][loop] = made[-1].info()
+            if info["path"] != "cuda-graphs" or info["fallback"]:
+                res["fell_back"].append(loop)
+                print(f"  {name}: {loop} FELL BACK to eager ({info['fallback']}): its time is an eager time",
+                      flush=True)
 
     # the real runner, both passes, on the first runner_images images: with CUDA graphs where the
     # runner uses them (its default on CUDA), and on CUDA at strict fp32 also without, side by side
@@ -192,15 +208,21 @@ def bench_network(name, dev, args, images, labels, tf32: bool = False) -> dict:
         meta = run.trace.meta
         return {"two_pass_per_step": 1e3 * wall / len(run.trace), "pass1": meta["pass1"]["ms_per_step"],
                 "pass2": meta["pass2"]["ms_per_step"], "replay_verified": meta["replay_verified"],
-                "allow_tf32": meta["env"]["allow_tf32"], "step_path": meta["pass2"]["step_path"]["path"]}
+                "allow_tf32": meta["env"]["allow_tf32"],
+                "step_path": {p: meta[p]["step_path"]["path"] for p in ("pass1", "pass2")},
+                "fallback": {p: meta[p]["step_path"]["fallback"] for p in ("pass1", "pass2")
+                             if meta[p]["step_path"]["fallback"]}}
 
     r = runner(cl)
+    if cl and (r["fallback"] or set(r["step_path"].values()) != {"cuda-graphs"}):
+        res.setdefault("fell_back", []).append("runner")
+        print(f"  {name}: the runner FELL BACK to eager ({r['step_path']}, {r['fallback']})", flush=True)
     res["runner_two_pass_per_step"] = r["two_pass_per_step"]
     res["runner_pass1"], res["runner_pass2"] = r["pass1"], r["pass2"]
     res["runner_replay_verified"] = r["replay_verified"]
     res["runner_allow_tf32"] = r["allow_tf32"]
     res["runner_step_path"] = r["step_path"]
-    if cl and not tf32:
+    if cl and not tf32 and "runner" not in res.get("fell_back", []):
         e = runner(False)
         res["runner_eager"] = e
         res["runner_graphs_speedup"] = {"pass1": e["pass1"] / r["pass1"], "pass2": e["pass2"] / r["pass2"],
@@ -211,7 +233,8 @@ def bench_network(name, dev, args, images, labels, tf32: bool = False) -> dict:
         "runner_two_pass_over_typical": res["runner_two_pass_per_step"] / res["typical"],
         "deterministic_over_resident": res["deterministic"] / res["resident"],
     }
-    if "graph_replay" in res:
+    if "graph_replay" in res and not set(res["fell_back"]) & {"graph_deterministic", "graph_record_only",
+                                                               "graph_replay"}:
         res["ratios"].update({
             "graph_recording_overhead_of_replay_step": (res["graph_record_only"] - res["graph_deterministic"])
             / res["graph_replay"],
@@ -220,7 +243,8 @@ def bench_network(name, dev, args, images, labels, tf32: bool = False) -> dict:
     return res
 
 
-def main(argv=None) -> int:
+def main(argv=None, graphs_backend=None) -> int:
+    """``graphs_backend``: a factory of a stand-in graph backend (tests: the graph loops on the CPU)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default=None)
     ap.add_argument("--networks", nargs="+", default=["resnet18", "resnet34", "vgg16"])
@@ -235,31 +259,44 @@ def main(argv=None) -> int:
     ap.add_argument("--tf32", choices=("off", "on", "both"), default=None,
                     help="precision of every loop: off (strict fp32), on (TF32), or both side by side "
                          "(default: both on CUDA, off on the CPU)")
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--tf32-also", nargs="+", default=[], metavar="NET",
+                    help="with --tf32 off: these networks at TF32 too")
+    ap.add_argument("--out", default=None, help="write the results as JSON here (after every network)")
     args = ap.parse_args(argv)
+    args.graphs_backend = graphs_backend
     dev = resolve_device(args.device)
     if args.tf32 is None:
         args.tf32 = "both" if dev.type == "cuda" else "off"
-    if args.tf32 != "off" and dev.type != "cuda":
-        ap.error("--tf32 on/both: TF32 exists only on CUDA")
+    if (args.tf32 != "off" or args.tf32_also) and dev.type != "cuda":
+        ap.error("--tf32 on/both, --tf32-also: TF32 exists only on CUDA")
     precisions = {"off": [False], "on": [True], "both": [False, True]}[args.tf32]
+    todo = [(n, t) for n in args.networks for t in precisions]
+    todo += [(n, True) for n in args.tf32_also if (n, True) not in todo]
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (args.images,), generator=g)
-    result = {"command": " ".join(["python", "bench/step_cost.py", *sys.argv[1:]]), "args": vars(args),
-              "env": environment(dev), "ms_per_step": {}}
-    if True in precisions:
+    result = {"command": " ".join(["python", "bench/step_cost.py", *sys.argv[1:]]),
+              "args": {k: v for k, v in vars(args).items() if k != "graphs_backend"},
+              "env": environment(dev), "ms_per_step": {}, "complete": False, "fell_back": {}}
+    if any(t for _, t in todo):
         result["ms_per_step_tf32"] = {}
-    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-              torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
-    for name, tf32 in [(n, t) for n in args.networks for t in precisions]:
+
+    def save():
+        if args.out:  # atomically, its folder made if needed
+            write_json(args.out, result, default=str)
+
+    before = (precision_state(), torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    for name, tf32 in todo:
         try:
             r = bench_network(name, dev, args, images, labels, tf32)
         finally:  # the caller's settings back (the loops set precision and determinism per loop)
-            (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) = before[:2]
-            torch.use_deterministic_algorithms(before[2])
-            torch.backends.cudnn.benchmark = before[3]
+            restore_precision(before[0])
+            torch.use_deterministic_algorithms(before[1])
+            torch.backends.cudnn.benchmark = before[2]
         result["ms_per_step_tf32" if tf32 else "ms_per_step"][name] = r
+        if r.get("fell_back"):
+            result["fell_back"][f"{name} ({'TF32' if tf32 else 'strict fp32'})"] = r["fell_back"]
+        save()
         rt = r["ratios"]
         print(f"{name} ({'TF32' if tf32 else 'strict fp32'}): typical {r['typical']:.2f} | "
               f"resident {r['resident']:.2f} | deterministic "
@@ -267,23 +304,29 @@ def main(argv=None) -> int:
               f"runner 2-pass {r['runner_two_pass_per_step']:.2f} ms/step")
         print(f"  recording overhead {100 * rt['recording_overhead_of_replay_step']:.1f}% of a replay step; "
               f"two-pass / typical {rt['two_pass_over_typical']:.2f}x; runner two-pass / typical "
-              f"{rt['runner_two_pass_over_typical']:.2f}x ({r['runner_step_path']}); replay verified: "
-              f"{r['runner_replay_verified']}")
-        if "graph_replay" in r:
+              f"{rt['runner_two_pass_over_typical']:.2f}x (pass 1 {r['runner_step_path']['pass1']}, pass 2 "
+              f"{r['runner_step_path']['pass2']}); replay verified: {r['runner_replay_verified']}")
+        if "graph_recording_overhead_of_replay_step" in rt:
             print(f"  as CUDA graphs: deterministic {r['graph_deterministic']:.2f} | record_only "
                   f"{r['graph_record_only']:.2f} | replay {r['graph_replay']:.2f} ms/step; recording overhead "
                   f"{100 * rt['graph_recording_overhead_of_replay_step']:.1f}%; two-pass / typical "
                   f"{rt['graph_two_pass_over_typical']:.2f}x")
+        elif "graph_replay" in r:
+            print(f"  as CUDA graphs: no graph numbers, loops fell back to eager: {', '.join(r['fell_back'])}")
         if "runner_graphs_speedup" in r:
             sp = r["runner_graphs_speedup"]
             print(f"  runner without graphs: pass 1 {r['runner_eager']['pass1']:.2f}, pass 2 "
                   f"{r['runner_eager']['pass2']:.2f} ms/step; graphs speed them up {sp['pass1']:.2f}x and "
                   f"{sp['pass2']:.2f}x")
+    result["complete"] = True
+    save()
     e = result["env"]
     print(f"device: {e['device_name']} ({e['device']}), torch {e['torch']}, CUDA {e['cuda']}, cuDNN {e['cudnn']}, "
           f"driver {e['driver']}")
-    if args.out:  # atomically, its folder made if needed
-        write_json(args.out, result, default=str)
+    if result["fell_back"]:
+        print("step_cost: graphs FELL BACK to eager in " + "; ".join(f"{k}: {', '.join(v)}"
+                                                                  for k, v in result["fell_back"].items()))
+        return 1
     return 0
 
 

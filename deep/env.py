@@ -20,28 +20,69 @@ import torch
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
+#: PyTorch's per-backend float32 precision (2.9 and later), which deprecates the ``allow_tf32``
+#: flags; once it has been set, reading a legacy flag raises, so this module reads and writes it only
+_NEW_PRECISION_API = hasattr(torch.backends.cuda.matmul, "fp32_precision") and hasattr(torch.backends.cudnn, "conv")
+
+
+def _precision_targets():
+    b = torch.backends
+    return (b.cuda.matmul, b.cudnn.conv, b.cudnn.rnn) if _NEW_PRECISION_API else ()
+
+
+def set_tf32(on: bool) -> None:
+    """TF32 in CUDA matmuls and cuDNN convolutions, on or off, explicitly (PyTorch's defaults
+    differ: matmuls off, convolutions on); with the current precision API where torch has it."""
+    if _NEW_PRECISION_API:
+        for t in _precision_targets():
+            t.fp32_precision = "tf32" if on else "ieee"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = on
+        torch.backends.cudnn.allow_tf32 = on
+
+
+def precision_state() -> tuple:
+    """The TF32 settings, to hand back to :func:`restore_precision`."""
+    if _NEW_PRECISION_API:
+        return tuple(t.fp32_precision for t in _precision_targets())
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+def restore_precision(state: tuple) -> None:
+    if _NEW_PRECISION_API:
+        for t, v in zip(_precision_targets(), state):
+            t.fp32_precision = v
+    else:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = state
+
+
+def tf32_enabled() -> bool:
+    """Whether CUDA matmuls may use TF32 (what a trace records as ``allow_tf32``)."""
+    if _NEW_PRECISION_API:
+        return torch.backends.cuda.matmul.fp32_precision == "tf32"
+    return bool(torch.backends.cuda.matmul.allow_tf32)
+
+
 def set_deterministic(allow_tf32: bool = False) -> None:
     """Deterministic algorithms everywhere; TF32 is an explicit, recorded choice (off by default)."""
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
-    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-    torch.backends.cudnn.allow_tf32 = allow_tf32
+    set_tf32(allow_tf32)
 
 
 @contextmanager
 def deterministic(allow_tf32: bool = False):
     """:func:`set_deterministic` inside the block; the caller's settings are restored after it."""
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-              torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
-              torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+              torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, precision_state())
     set_deterministic(allow_tf32)
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-        (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
-         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) = before[2:]
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[2:4]
+        restore_precision(before[4])
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -94,7 +135,7 @@ def environment(device: torch.device) -> dict:
         "driver": None,
         "num_threads": torch.get_num_threads(),
         "deterministic": torch.are_deterministic_algorithms_enabled(),
-        "allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+        "allow_tf32": tf32_enabled(),
     }
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)

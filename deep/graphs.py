@@ -14,16 +14,23 @@ How a step runs (:class:`StepGraphs`):
   outside it). ``idx`` (the batch's indices, on the device) is its only input;
 * ``key`` names what the captured kernels depend on besides the contents of tensors: the batch
   size (the last batch of an epoch is smaller) and, in pass 2, how many theta* are still judged.
-  One graph is captured per key, all in one memory pool (they are replayed one at a time, and
-  every output they return stays referenced, so none overwrites another's);
-* the first step with a new key runs eagerly on a side stream (the warm-up a capture needs: the
-  lazy initialization of cuBLAS/cuDNN, and optimizer state that the first step creates); the
-  next one is captured (a capture runs no kernel) and replayed, and every later one is a replay:
-  its ``idx`` is copied into the graph's static input first. A replay's outputs are the graph's
-  static tensors, overwritten by the next replay of that graph: the caller copies what it keeps;
+  One graph is captured per key, each in its own memory pool, so no graph's memory is another's
+  whatever order they replay in (PyTorch calls a shared pool safe only when the graphs replay in
+  capture order, and ours interleave); a new graph whose outputs share memory with another's is
+  refused (eager fallback) rather than trusted;
+* the first :data:`WARMUP_STEPS` steps with a new key run eagerly on a side stream (the warm-up a
+  capture needs: the lazy initialization of cuBLAS/cuDNN, optimizer state that the first step
+  creates, momentum's first-step ``clone`` path before its ``mul_`` path; PyTorch's documentation
+  warms up 3 times). They are real steps, with the eager bits a replay also gives, so the count
+  changes no result. The next step is captured (a capture runs no kernel) and replayed, and every
+  later one is a replay: its ``idx`` is copied into the graph's static input first. A replay's
+  outputs are the graph's static tensors, overwritten by the next replay of that graph: the caller
+  copies what it keeps;
 * a capture that fails (an op that cannot be captured) switches the graphs off for the rest of
   the pass: that step and all later ones run eagerly, and the reason is kept (:meth:`info`, the
-  trace's metadata), with a warning;
+  trace's metadata), with a warning. The reason is the root cause (the step's own error), not the
+  follow-on error that ending a broken capture raises; the failed graph's memory pool is released
+  before the pass goes on;
 * on the CPU there are no graphs: every step is eager.
 
 Bits: a replay runs the kernels of the eager step, so it gives the eager bits (measured on an
@@ -43,14 +50,51 @@ import torch
 
 StepFn = Callable[[torch.Tensor], tuple]
 
+#: eager steps per key before its capture (PyTorch's documentation and the prototype use 3)
+WARMUP_STEPS = 3
+
 
 class GraphFallbackWarning(UserWarning):
     """A step could not be captured in a CUDA graph; the pass goes on eagerly."""
 
 
+class CaptureFailed(RuntimeError):
+    """A capture failed: ``cause`` is the step's own error (or the capture's end, where the step
+    raised nothing), ``follow_on`` what ending the broken capture raised after it, if anything."""
+
+    def __init__(self, cause: BaseException, follow_on: BaseException | None = None):
+        self.cause, self.follow_on = cause, follow_on
+        super().__init__(_first_line(cause))
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The first error of a chain: a :class:`CaptureFailed`'s cause, else the innermost
+    ``__cause__``/``__context__`` (an error raised while handling another is its follow-on)."""
+    if isinstance(exc, CaptureFailed):
+        return exc.cause
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        nxt = exc.__cause__ or exc.__context__
+        if nxt is None:
+            break
+        exc = nxt
+    return exc
+
+
+def _storages(tensors) -> set[int]:
+    """The storages of the tensors among ``tensors`` (None: a backend that makes its outputs at
+    the first replay, as the tests' stand-ins do, has none yet)."""
+    return {t.untyped_storage().data_ptr() for t in tensors or () if isinstance(t, torch.Tensor) and t.numel()}
+
+
 class _Captured:
-    def __init__(self, graph, static_idx: torch.Tensor, outputs: tuple):
-        self.graph, self.static_idx, self.outputs = graph, static_idx, outputs
+    def __init__(self, graph, static_idx: torch.Tensor, outputs: tuple, pool=None):
+        self.graph, self.static_idx, self.outputs, self.pool = graph, static_idx, outputs, pool
 
     def replay(self, idx: torch.Tensor) -> tuple:
         self.static_idx.copy_(idx)
@@ -59,12 +103,11 @@ class _Captured:
 
 
 class CudaBackend:
-    """Warm-up, capture and replay with ``torch.cuda`` (one side stream and one memory pool)."""
+    """Warm-up, capture and replay with ``torch.cuda``: one side stream, one memory pool per graph."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.stream = torch.cuda.Stream(device)
-        self.pool = torch.cuda.graph_pool_handle()
 
     def warmup(self, fn: StepFn, idx: torch.Tensor) -> tuple:
         """Run ``fn`` eagerly on the side stream (a real step: its effects stay)."""
@@ -76,32 +119,78 @@ class CudaBackend:
         return out
 
     def capture(self, fn: StepFn, idx: torch.Tensor) -> _Captured:
-        """Capture ``fn`` on a static copy of ``idx`` (nothing runs)."""
+        """Capture ``fn`` on a static copy of ``idx`` (nothing runs), in a pool of its own. A
+        failure raises :class:`CaptureFailed` with the step's own error as its cause, after the
+        capture was ended and its pool released."""
         static_idx = idx.clone()
+        pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
-            out = fn(static_idx)
-        return _Captured(graph, static_idx, tuple(out))
+        main = torch.cuda.current_stream(self.device)
+        torch.cuda.synchronize(self.device)  # as torch.cuda.graph: nothing of the eager steps in flight
+        self.stream.wait_stream(main)
+        with torch.cuda.stream(self.stream):
+            graph.capture_begin(pool=pool)
+            try:
+                out = tuple(fn(static_idx))
+            except BaseException as exc:  # ended and released below, then re-raised
+                follow = self._end_failed(graph, pool)
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                raise CaptureFailed(exc, follow) from exc
+            try:
+                graph.capture_end()
+            except Exception as exc:  # an op broke the capture without raising itself
+                self._release(pool)
+                raise CaptureFailed(exc) from exc
+        main.wait_stream(self.stream)
+        return _Captured(graph, static_idx, out, pool)
+
+    def _end_failed(self, graph, pool) -> BaseException | None:
+        """End a capture whose step raised (the allocator must stop routing into the pool) and
+        release its pool; returns what ending it raised (the follow-on error), if anything."""
+        try:
+            graph.capture_end()
+        except Exception as exc:  # noqa: BLE001 - the follow-on error of a broken capture
+            # capture_end stops the allocator's routing before ending the stream capture, and a
+            # graph whose capture did not end never releases its pool: release it here
+            self._release(pool)
+            return exc
+        return None  # ended: the graph releases its pool when it is freed
+
+    def _release(self, pool) -> None:
+        try:
+            torch._C._cuda_releasePool(self.device.index if self.device.index is not None
+                                       else torch.cuda.current_device(), pool)
+        except Exception:  # noqa: BLE001, S110 - released already, or an API this torch lacks: nothing to free
+            pass
+        try:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+        except Exception:  # noqa: BLE001, S110 - the eager step that follows says what is wrong, if anything
+            pass
 
 
 class StepGraphs:
     """Run the steps of one pass as CUDA graph replays where it can, eagerly where it cannot.
 
-    ``enabled``: use graphs (needs a CUDA device unless a ``backend`` is given: tests give one that
-    emulates capture and replay on the CPU)."""
+    ``enabled``: use graphs (needs a CUDA device unless a ``backend`` is given: tests give ones
+    that emulate capture and replay on the CPU). ``warmup``: eager steps per key before its capture."""
 
-    def __init__(self, device: torch.device | str, enabled: bool, backend=None):
+    def __init__(self, device: torch.device | str, enabled: bool, backend=None, warmup: int = WARMUP_STEPS):
         self.device = torch.device(device)
         self.requested = bool(enabled)
         if self.requested and backend is None:
             if self.device.type != "cuda":
                 raise ValueError(f"CUDA graphs need a CUDA device, not {self.device}")
             backend = CudaBackend(self.device)
+        if warmup < 1:
+            raise ValueError("a capture needs at least one eager warm-up step per key")
         self.backend = backend
+        self.warmup_steps = int(warmup)
         self.enabled = self.requested
         self.fallback: str | None = None  #: why graphs were switched off, if they were
         self._graphs: dict[Hashable, _Captured] = {}
-        self._warm: set = set()
+        self._warm: dict[Hashable, int] = {}
         self.counts = {"eager": 0, "replayed": 0}
 
     def run(self, key: Hashable, fn: StepFn, idx: torch.Tensor) -> tuple:
@@ -112,23 +201,38 @@ class StepGraphs:
             return tuple(fn(idx))
         g = self._graphs.get(key)
         if g is None:
-            if key not in self._warm:
-                self._warm.add(key)
+            if self._warm.get(key, 0) < self.warmup_steps:
+                self._warm[key] = self._warm.get(key, 0) + 1
                 self.counts["eager"] += 1
                 return tuple(self.backend.warmup(fn, idx))
             try:
-                g = self._graphs[key] = self.backend.capture(fn, idx)
+                g = self.backend.capture(fn, idx)
+                self._check_no_aliasing(key, g)
             except Exception as exc:  # noqa: BLE001 - any capture failure: go on eagerly, say why
-                self.enabled = False
-                self._graphs.clear()
-                first = (str(exc).strip().splitlines() or [""])[0]
-                self.fallback = f"capture of step {key!r} failed ({type(exc).__name__}: {first})"
-                warnings.warn(f"{self.fallback}; the pass goes on without CUDA graphs (same bits, slower)",
-                              GraphFallbackWarning, stacklevel=2)
+                self._fall_back(key, exc)
                 self.counts["eager"] += 1
                 return tuple(fn(idx))
+            self._graphs[key] = g
         self.counts["replayed"] += 1
         return g.replay(idx)
+
+    def _check_no_aliasing(self, key, g) -> None:
+        mine = _storages(g.outputs)
+        for other_key, other in self._graphs.items():
+            shared = mine & _storages((*(other.outputs or ()), other.static_idx))
+            if shared:
+                raise RuntimeError(f"the outputs of the graph of {key!r} share memory with those of {other_key!r}: "
+                                   "a replay of one would overwrite the other's")
+
+    def _fall_back(self, key, exc: BaseException) -> None:
+        self.enabled = False
+        self._graphs.clear()  # their pools are released with them
+        cause = root_cause(exc)
+        follow = exc.follow_on if isinstance(exc, CaptureFailed) else (exc if cause is not exc else None)
+        self.fallback = f"capture of step {key!r} failed ({_first_line(cause)})" + (
+            f"; ending the capture then raised {_first_line(follow)}" if follow is not None else "")
+        warnings.warn(f"{self.fallback}; the pass goes on without CUDA graphs (same bits, slower)",
+                      GraphFallbackWarning, stacklevel=3)
 
     def info(self) -> dict:
         """What ran, for the trace's metadata: ``path`` is ``cuda-graphs``, ``eager`` (not asked

@@ -7,8 +7,10 @@ living in one flat buffer, ``theta_k`` *is* that buffer. The same holds for the 
 matrix, :meth:`FlatParams.like`).
 
 Layout: every parameter gets a slice of the buffer that starts on a 64-byte boundary (16
-float32 entries), in its own memory format (a channels-last weight stays channels-last, so the
-kernels that train it are the ones they were), in the order of ``module.parameters()``. The
+entries) on the CPU and on a 256-byte boundary on CUDA (64 float32 entries: cuBLASLt picks its
+kernels by the alignment of its operands up to 256 bytes, so a parameter in the buffer gets the
+kernels a parameter of its own would get), in its own memory format (a channels-last weight
+stays channels-last, so the kernels that train it are the ones they were), in the order of ``module.parameters()``. The
 entries between slices are zero in every buffer of the layout, so they add exactly nothing to
 an inner product or a distance. :meth:`FlatLayout.pack` / :meth:`FlatLayout.unpack` convert
 between the layout and the plain concatenation (``flatten_params`` order), as a brute-force
@@ -27,8 +29,12 @@ from dataclasses import dataclass
 
 import torch
 
-#: entries of float32 per 64 bytes: every parameter's slice starts on such a boundary
+#: entries of float32 per 64 bytes: on the CPU every parameter's slice starts on such a boundary
+#: (whatever the dtype: the layout every CPU run was measured with)
 ALIGN = 16
+#: bytes to which every parameter's slice is aligned on CUDA (the caching allocator's blocks start
+#: on 512-byte boundaries, so the slices are as aligned as separately allocated tensors)
+CUDA_ALIGN_BYTES = 256
 #: float64 entries per chunk of :func:`gram`: on the CPU 2 MiB per row of a chunk (a few
 #: rows stay in cache, and the temporaries a small fraction of a parameter-sized copy); on a GPU
 #: 128 MiB, so that a ResNet-18 takes one reduction (a kernel launch costs more than memory there)
@@ -37,6 +43,13 @@ CHUNK = {"cpu": 1 << 18, "cuda": 1 << 24}
 
 def default_chunk(device: torch.device | str) -> int:
     return CHUNK.get(torch.device(device).type, CHUNK["cpu"])
+
+
+def default_align(device: torch.device | str, dtype: torch.dtype = torch.float32) -> int:
+    """Entries between slice starts: :data:`ALIGN` on the CPU, :data:`CUDA_ALIGN_BYTES` worth on CUDA."""
+    if torch.device(device).type == "cuda":
+        return max(1, CUDA_ALIGN_BYTES // dtype.itemsize)
+    return ALIGN
 
 
 @dataclass(frozen=True)
@@ -57,9 +70,13 @@ def _dense_stride(p: torch.Tensor) -> tuple[int, ...]:
 
 
 class FlatLayout:
-    """Where each parameter of a module lives in a flat buffer."""
+    """Where each parameter of a module lives in a flat buffer. ``align``: entries between slice
+    starts (default: :func:`default_align` for the parameters' device and dtype)."""
 
-    def __init__(self, named: Sequence[tuple[str, torch.Tensor]], align: int = ALIGN):
+    def __init__(self, named: Sequence[tuple[str, torch.Tensor]], align: int | None = None):
+        if align is None:
+            align = default_align(named[0][1].device, named[0][1].dtype) if named else ALIGN
+        self.align = align
         slots, off = [], 0
         for name, p in named:
             off = -(-off // align) * align
@@ -107,7 +124,7 @@ class FlatParams:
     parameters in the buffer. ``buffer``: an existing zeroed buffer of this layout to use, such
     as a row of a matrix that holds several models (:meth:`like`)."""
 
-    def __init__(self, module: torch.nn.Module, buffer: torch.Tensor | None = None, align: int = ALIGN):
+    def __init__(self, module: torch.nn.Module, buffer: torch.Tensor | None = None, align: int | None = None):
         named = list(module.named_parameters())
         if not named:
             raise ValueError("the module has no parameters")
@@ -157,13 +174,13 @@ class FlatParams:
                                    "(set to None by zero_grad(set_to_none=True)?)")
 
     @staticmethod
-    def like(models: Iterable[torch.nn.Module], align: int = ALIGN) -> tuple[list["FlatParams"], torch.Tensor]:
+    def like(models: Iterable[torch.nn.Module], align: int | None = None) -> tuple[list["FlatParams"], torch.Tensor]:
         """Flatten several models of one architecture into the rows of one ``(m, size)`` matrix."""
         models = list(models)
         first = next(iter(models[0].parameters()))
         layout = FlatLayout(list(models[0].named_parameters()), align)
         rows = layout.empty(len(models), dtype=first.dtype, device=first.device)
-        return [FlatParams(m, rows[i], align) for i, m in enumerate(models)], rows
+        return [FlatParams(m, rows[i], layout.align) for i, m in enumerate(models)], rows
 
 
 def _chunks(n: int, chunk: int):

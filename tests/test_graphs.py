@@ -8,6 +8,7 @@ batch of an epoch) and of the number of theta* still judged, a failed capture an
 The real backend is exercised on a GPU by bench/replay_check.py (bench/device_run.sh).
 """
 
+import contextlib
 import importlib
 import json
 
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from deep.graphs import GraphFallbackWarning, StepGraphs
+from deep.graphs import WARMUP_STEPS, CaptureFailed, GraphFallbackWarning, StepGraphs, root_cause
 from deep.measure import RunMismatch, load_companions
 from gamma_theory.optimizers import make_optimizer
 from test_measure import TinyCNN, run
@@ -80,12 +81,23 @@ def test_steps_are_warmed_up_then_captured_then_replayed_per_key():
         return (idx.double() * 2,)
 
     g = StepGraphs("cpu", True, backend=FakeBackend())
-    outs = [g.run(("s", len(i)), fn, i)[0].clone() for i in
-            [torch.tensor([1, 2]), torch.tensor([3, 4]), torch.tensor([5]), torch.tensor([6, 7]), torch.tensor([8])]]
-    assert [o.tolist() for o in outs] == [[2, 4], [6, 8], [10], [12, 14], [16]]
-    # key (s, 2): warm-up, then captured and replayed; key (s, 1): warm-up, then replayed
-    assert g.info() == {"path": "cuda-graphs", "graphs": 2, "replayed_steps": 3, "eager_steps": 2, "fallback": None}
-    assert calls == [1, 3, 5, 6, 8]  # every step ran once: a capture runs nothing
+    assert g.warmup_steps == WARMUP_STEPS == 3
+    batches = [[1, 2], [3, 4], [5], [6, 7], [8], [9, 10], [11], [12, 13], [14, 15], [16]]
+    outs = [g.run(("s", len(i)), fn, torch.tensor(i))[0].clone() for i in batches]
+    assert [o.tolist() for o in outs] == [[2 * v for v in b] for b in batches]
+    # key (s, 2): 3 eager warm-up steps ([1, 2], [3, 4], [6, 7]), then captured at [9, 10] and
+    # replayed there and at [12, 13], [14, 15]; key (s, 1): 3 warm-up steps, then replayed at [16]
+    assert g.info() == {"path": "cuda-graphs", "graphs": 2, "replayed_steps": 4, "eager_steps": 6, "fallback": None}
+    assert calls == [b[0] for b in batches]  # every step ran once: a capture runs nothing
+
+
+def test_the_warm_up_count_is_a_setting_and_at_least_one():
+    g = StepGraphs("cpu", True, backend=FakeBackend(), warmup=1)
+    for i in range(3):
+        g.run("k", lambda t: (t + 1,), torch.tensor([i]))
+    assert g.info()["eager_steps"] == 1 and g.info()["replayed_steps"] == 2
+    with pytest.raises(ValueError, match="at least one"):
+        StepGraphs("cpu", True, backend=FakeBackend(), warmup=0)
 
 
 def test_eager_when_not_asked_and_refused_without_a_gpu():
@@ -116,16 +128,18 @@ def _assert_same_trace(a, b):
 
 @pytest.mark.parametrize("opt", ["sgd", "momentum"])
 def test_a_run_with_graphs_gives_the_eager_trace_bit_for_bit(tmp_path, fake_graphs, opt):
-    eager = run(tmp_path / "eager", opt=opt, epochs=4)
+    eager = run(tmp_path / "eager", opt=opt, epochs=8)
     made = fake_graphs(FakeBackend)
-    graphed = run(tmp_path / "graphs", opt=opt, epochs=4, cuda_graphs=True)
+    graphed = run(tmp_path / "graphs", opt=opt, epochs=8, cuda_graphs=True)
     _assert_same_trace(eager, graphed)
     p1, p2 = graphed.trace.meta["pass1"]["step_path"], graphed.trace.meta["pass2"]["step_path"]
-    # 40 images in batches of 16: keys (16) and (8) in pass 1; in pass 2 also the number of theta*
-    # still judged (4 epochs: epoch 2 and 3 as earlier theta*, so 4, 3 and 2 of them)
-    assert p1["path"] == "cuda-graphs" and p1["graphs"] == 2 and p1["replayed_steps"] == 12 - 2
-    assert p2["path"] == "cuda-graphs" and p2["replayed_steps"] > 0 and p2["graphs"] >= 4
-    assert p1["eager_steps"] + p1["replayed_steps"] == 12
+    # 40 images in batches of 16: keys (16) and (8) in pass 1, 3 eager warm-up steps each
+    assert p1["path"] == "cuda-graphs" and p1["graphs"] == 2 and p1["replayed_steps"] == 24 - 2 * 3
+    # pass 2 keys also hold the number of theta* still judged (epochs 4, 6, 7 as earlier theta*: 5 for
+    # epochs 0-3, 4 for 4-5, 3 for 6, 2 for 7); a key with at least 4 steps is replayed: (16, 5) 5
+    # times, (8, 5) and (16, 4) once
+    assert p2["path"] == "cuda-graphs" and p2["graphs"] == 3 and p2["replayed_steps"] == 5 + 1 + 1
+    assert p1["eager_steps"] + p1["replayed_steps"] == 24 == p2["eager_steps"] + p2["replayed_steps"]
     assert len(made) == 2  # one per pass
     assert json.loads((graphed.workdir / "setup.json").read_text())["cuda_graphs"] is True
     assert "cuda_graphs" not in json.loads((eager.workdir / "setup.json").read_text())
@@ -199,3 +213,117 @@ def test_the_device_check_compares_graph_and_eager_traces_column_by_column(tmp_p
     b.trace.inner[3] = np.nextafter(b.trace.inner[3], np.inf)
     assert rc.compare(a, b) == {**same, "bitwise_equal": False, "differ": ["theta*.inner"]}
     assert rc.compare(a, None)["bitwise_equal"] is None
+
+
+class _MockCuda:
+    """Enough of torch.cuda for CudaBackend on the CPU: records what the backend asks of it."""
+
+    def __init__(self, monkeypatch, end_raises=None):
+        self.released, self.pools, self.ended = [], [], 0
+        mock = self
+
+        class Graph:
+            def capture_begin(self, pool=None):
+                self.pool = pool
+
+            def capture_end(self):
+                mock.ended += 1
+                if end_raises is not None:
+                    raise end_raises
+
+            def replay(self):
+                pass
+
+        def pool_handle():
+            mock.pools.append((0, len(mock.pools) + 1))
+            return mock.pools[-1]
+
+        class Stream:
+            def __init__(self, device=None):
+                pass
+
+            def wait_stream(self, other):
+                pass
+
+        monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+        monkeypatch.setattr(torch.cuda, "graph_pool_handle", pool_handle)
+        monkeypatch.setattr(torch.cuda, "Stream", Stream)
+        monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+        monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+        monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+        monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+        monkeypatch.setattr(torch._C, "_cuda_releasePool", lambda dev, pool: mock.released.append(pool),
+                            raising=False)
+
+
+def test_a_failed_capture_logs_its_root_cause_and_releases_its_pool(monkeypatch):
+    """CudaBackend's bookkeeping with torch.cuda mocked: the step's own error is the reason (not the
+    follow-on error of ending the broken capture), the capture is ended, and its pool released."""
+    from deep.graphs import CudaBackend
+
+    follow_on = RuntimeError("CUDA error: operation failed due to a previous error during capture")
+    mock = _MockCuda(monkeypatch, end_raises=follow_on)
+    backend = CudaBackend(torch.device("cuda", 0))
+
+    def sync_step(idx):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing\ndetail")
+
+    with pytest.raises(CaptureFailed) as info:
+        backend.capture(sync_step, torch.tensor([1]))
+    assert "operation not permitted when stream is capturing" in str(info.value.cause)
+    assert info.value.follow_on is follow_on and root_cause(info.value) is info.value.cause
+    assert mock.ended == 1 and mock.released == mock.pools == [(0, 1)]
+
+    g = StepGraphs("cuda", True, backend=backend, warmup=1)
+    with pytest.warns(GraphFallbackWarning) as w:
+        for i in range(3):
+            g.run("k", lambda t: (t + 1,), torch.tensor([i]))
+    fb = g.info()["fallback"]
+    assert fb.startswith("capture of step 'k' failed (RuntimeError: CUDA error: operation failed due")  # end raised
+    assert g.info()["path"] == "eager (capture failed)" and g.info()["eager_steps"] == 3 and len(w) == 1
+
+
+def test_a_capture_whose_end_succeeds_leaves_the_pool_to_its_graph_and_each_key_has_its_own(monkeypatch):
+    from deep.graphs import CudaBackend
+
+    mock = _MockCuda(monkeypatch)
+    backend = CudaBackend(torch.device("cuda", 0))
+    with pytest.raises(CaptureFailed) as info:
+        backend.capture(lambda t: (t.item(),), torch.tensor([1, 2]))  # a Python error, the end succeeds
+    assert isinstance(info.value.cause, RuntimeError) and info.value.follow_on is None
+    assert mock.released == []  # an ended graph releases its pool when it is freed
+    a = backend.capture(lambda t: (t * 2,), torch.tensor([1]))
+    b = backend.capture(lambda t: (t * 3,), torch.tensor([1]))
+    assert a.pool != b.pool and len(set(mock.pools)) == 3  # one pool per graph
+
+
+def test_the_root_cause_of_a_chain_is_its_first_error():
+    try:
+        try:
+            raise ValueError("the step's own error")
+        except ValueError:
+            raise RuntimeError("the follow-on error")
+    except RuntimeError as exc:
+        assert str(root_cause(exc)) == "the step's own error"
+
+
+def test_a_graph_whose_outputs_share_memory_with_another_s_is_refused():
+    shared = torch.zeros(2)
+
+    class Aliasing(FakeBackend):
+        def capture(self, fn, idx):
+            return _Static(idx.clone(), (shared,))
+
+    class _Static:
+        def __init__(self, static_idx, outputs):
+            self.static_idx, self.outputs = static_idx, outputs
+
+        def replay(self, idx):
+            return self.outputs
+
+    g = StepGraphs("cpu", True, backend=Aliasing(), warmup=1)
+    for k in ("a", "a", "b"):
+        g.run(k, lambda t: (t.float(),), torch.tensor([1.0, 2.0]))
+    with pytest.warns(GraphFallbackWarning, match="share memory"):
+        g.run("b", lambda t: (t.float(),), torch.tensor([1.0, 2.0]))
+    assert g.info()["path"] == "cuda-graphs, then eager" and "'b'" in g.info()["fallback"]

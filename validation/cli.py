@@ -301,13 +301,15 @@ def deep(suite, preset, dataset, data_root, download, device, threads, cuda_grap
              "--device cuda on a machine with one")
     if plan:
         from deep.env import cpu_name
-        from deep.plan import plan_suite, render_plan
+        from deep.plan import plan_suite, render_plan, summary_line
 
         name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
-        everything = []
+        unit = "GPU-hours" if dev.type == "cuda" else "hours"
+        everything, timings = [], {}  # steps timed here are timed once per network, width and batch
         for s in suites:
             for ds in resolve_datasets(dataset, preset):
-                planned = plan_suite(s, preset, ds, name, out_root, seeds, labels, star_extend)
+                planned = plan_suite(s, preset, ds, name, out_root, seeds, labels, star_extend, device=dev.type,
+                                     timings=timings)
                 everything += planned
                 click.echo(render_plan(planned, f"Plan: `{s}` suite, `{preset}` preset, {ds}, on {name} ({dev})",
                                        name, dev.type == "cuda") + "\n")
@@ -316,11 +318,9 @@ def deep(suite, preset, dataset, data_root, download, device, threads, cuda_grap
 
             click.echo(concurrency_advice(name, max(1, torch.cuda.device_count())) + "\n")
         if len(everything) > len(planned):
-            known = [r.hours for r in everything if r.hours is not None]
-            unit = "GPU-hours" if dev.type == "cuda" else "hours"
-            click.echo(f"All of the queue: {sum(known):.2f} {unit} on {name} for {len(known)} of {len(everything)} "
-                       f"runs ({sum(r.steps for r in everything):,} steps per pass)"
-                       + ("; on N GPUs (--jobs N), about 1/N of it in wall time." if dev.type == "cuda" else "."))
+            click.echo(f"All of the queue ({sum(r.steps for r in everything):,} steps per pass): "
+                       + summary_line(everything, name, unit)
+                       + (" On N GPUs (--jobs N), about 1/N of it in wall time." if dev.type == "cuda" else ""))
         return
     remote = executor != "local"
     if preset == "paper" and dev.type == "cpu" and device is None and not remote:
