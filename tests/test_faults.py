@@ -293,7 +293,9 @@ def test_jobs_two_workers_give_the_reference_bits(tmp_path, smoke_reference):
     _same_as_reference(out, smoke_reference, "jobs 2")
     info = json.loads((out / "skip-smoke-cifar10-jpeg" / "suite.json").read_text())
     assert info["jobs"] == 2 and info["command"].endswith("--jobs 2 --out " + str(out))
-    # a second --jobs invocation on the finished folder measures nothing and changes no trace
-    before = traces_of(out / "skip-smoke-cifar10-jpeg")
-    assert gpcheck([*SMOKE, "--jobs", "2", "--out", str(out)]).returncode == 0
-    assert traces_of(out / "skip-smoke-cifar10-jpeg") == before
+    # a second --jobs invocation on the finished folder measures nothing, says so, and changes no byte
+    files = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    again = gpcheck([*SMOKE, "--jobs", "2", "--out", str(out)])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "5 of 5 runs were already finished; nothing measured" in again.stdout
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == files

@@ -65,12 +65,26 @@ def _version() -> str:
 def fail(msg: str, status: int = EXIT_BAD_INPUT) -> NoReturn:
     """Print ``gpcheck: error: <msg>`` as one line on stderr and exit with ``status`` (2)."""
     one_line = " ".join(str(msg).split())
+    _close_bars()
     click.echo(f"gpcheck: error: {one_line}", err=True)
     sys.exit(status)
 
 
+def _close_bars() -> None:
+    """Close every progress bar still open, so that what follows starts on a line of its own."""
+    tqdm = sys.modules.get("tqdm")  # no bar can be open if tqdm was never imported
+    if tqdm is None:
+        return
+    for bar in list(getattr(tqdm.tqdm, "_instances", ())):
+        bar.close()
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    click.echo(f"gpcheck: warning: {' '.join(str(message).split())}", err=True)
+    text = f"gpcheck: warning: {' '.join(str(message).split())}"
+    if "tqdm" in sys.modules:  # on a line of its own above any progress bar (cleared and redrawn)
+        sys.modules["tqdm"].tqdm.write(text, file=sys.stderr)
+    else:
+        click.echo(text, err=True)
 
 
 class _Group(click.Group):
@@ -266,7 +280,8 @@ def deep(suite, preset, dataset, data_root, download, device, threads, cuda_grap
     from deep.env import resolve_device
     from deep.executors import EXECUTORS, ExecutorError, Interrupted, finish_suites, run_queue_with
     from deep.measure import RunMismatch
-    from deep.runner import DATASET_CHOICES, LABELS, resolve_datasets, run_queue, suite_tasks
+    from deep.runner import (DATASET_CHOICES, LABELS, describe_outcome, outcomes, resolve_datasets, run_queue,
+                             run_states, suite_tasks, touched)
     from deep.suites import PRESETS, SUITES
 
     from .deep_report import build_report
@@ -346,6 +361,12 @@ def deep(suite, preset, dataset, data_root, download, device, threads, cuda_grap
         before_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     except ValueError:  # not the main thread (an embedding program): leave its handlers alone
         before_term = _NOT_SET
+    before = run_states(tasks)  # what this invocation did is read from the run folders after it
+
+    def changed(ts):  # the tasks of the suites this invocation changed (measured, resumed, failed, begun)
+        counts = outcomes(before, ts)
+        return [t for t in ts if touched(counts[t.out])]
+
     try:
         if executor == "local" and jobs == 1:
             dirs = run_queue(tasks, progress=not quiet, command=argv)
@@ -354,11 +375,17 @@ def deep(suite, preset, dataset, data_root, download, device, threads, cuda_grap
                                    gpus=torch.cuda.device_count() if cuda else 0, out_root=out_root,
                                    ray_address=ray_address, slurm_cluster=slurm_cluster, slurm_time=slurm_time,
                                    slurm_partition=slurm_partition, slurm_extra=extra)
-            finish_suites(tasks, walls, argv, {"executor": executor, "jobs": jobs} |
+            # a suite this invocation measured nothing of keeps the facts of those that measured it
+            finish_suites(changed(tasks), walls, argv, {"executor": executor, "jobs": jobs} |
                           ({"cluster": slurm_cluster} if executor == "slurm" else {}))
             dirs = list(walls)
+        counts = outcomes(before, tasks)
         for out in dirs:
-            build_report(out)
+            click.echo(f"{out}: {describe_outcome(counts[out])}")
+            if not touched(counts[out]) and _report_is_current(out):
+                click.echo(f"report unchanged: {out}/report.md (nothing measured; `gpcheck report {out}` rebuilds it)")
+            else:
+                build_report(out)
             errors += _print_suite_summary(out)
         _write_index(out_root)
     except ExecutorError as exc:
@@ -367,8 +394,12 @@ def deep(suite, preset, dataset, data_root, download, device, threads, cuda_grap
         fail(str(exc))
     except KeyboardInterrupt as exc:
         if isinstance(exc, Interrupted):  # its workers have stopped: their time counts
-            finish_suites(tasks, exc.walls, argv, {"executor": executor, "jobs": jobs})
-        click.echo("\ninterrupted: finished runs and checkpoints are kept; rerun the same command to resume.",
+            finish_suites(changed(tasks), exc.walls, argv, {"executor": executor, "jobs": jobs})
+        _close_bars()
+        counts = outcomes(before, tasks)
+        for out, c in counts.items():
+            click.echo(f"{out}: {describe_outcome(c)}", err=True)
+        click.echo("interrupted: finished runs and checkpoints are kept; rerun the same command to resume.",
                    err=True)
         sys.exit(130)
     finally:
@@ -394,10 +425,40 @@ def _write_index(root) -> None:
                    "(the index of the reports was not written)", err=True)
 
 
+def _report_is_current(out: Path) -> bool:
+    """Does the suite's report describe the run folders as they are (each run finished, failed or
+    missing as the report says)? Then an invocation that measured nothing leaves it alone."""
+    from deep.runner import read_suite_runs
+
+    try:
+        rep = json.loads((out / "report.json").read_text())
+        info = read_json(out / "suite.json")
+        names = read_suite_runs(info["suite"], info["preset"], info.get("seeds"))
+        said = {r["name"]: r["status"] for r in rep["runs"]}
+    except (OSError, ValueError, KeyError, TypeError, BadFile):
+        return False
+    if not (out / "report.md").is_file():
+        return False
+    for name in names:
+        run = out / "runs" / name
+        now = ("finished" if (run / "trace.json").is_file() else "error" if (run / "error.json").is_file()
+               else "missing")
+        was = said.get(name)
+        if was is None or now != (was if was in ("error", "missing") else "finished"):
+            return False
+    return True
+
+
 def _print_suite_summary(out) -> int:
     """Print the claims of a suite report; return how many runs ended in an error."""
+    from deep.suites import PRESET_TABLE
+
     rep = json.loads((Path(out) / "report.json").read_text())
     click.echo(f"report: {out}/report.md")
+    preset = PRESET_TABLE.get(rep.get("preset"))
+    if preset is not None and not preset.evidence:
+        click.echo(f"  NOT EVIDENCE: the {preset.name} preset tests the machinery end to end; its networks are tiny "
+                   "and train for a few steps, so these verdicts say nothing for or against the paper")
     for c in rep["claims"]:
         click.echo(f"  {c['verdict']:<14} {c['claim']}: {c['why']}")
     errors = [r["name"] for r in rep["runs"] if r["status"] == "error"]
