@@ -56,6 +56,37 @@ def _stderr(result):
     return result.stderr if hasattr(result, "stderr") else result.output
 
 
+def test_share_positive_of_no_step_is_not_a_percentage(tmp_path):
+    """Every loss below theta*'s (all gaps negative): no per-step upper bound exists, and the
+    summary says so instead of '100% of 0 steps'."""
+    n = 6
+    np.savez(tmp_path / "neg.npz", **_cols(loss=np.full(n, 0.5), loss_star=np.ones(n)))
+    r = CliRunner().invoke(cli.main, ["check", str(tmp_path / "neg.npz")])
+    assert r.exit_code == 0, r.output
+    line = next(ln for ln in r.output.splitlines() if "share positive" in ln)
+    assert "of 0 steps" not in line and "n/a: no step has gap > 0" in line and "(6 with gap < 0, 0 with gap = 0)" in line
+
+
+@pytest.mark.parametrize("command", [["ladder"], ["deep", "--suite", "bn", "--quiet"]])
+def test_out_that_cannot_be_created_is_one_line_naming_it(command):
+    r = subprocess.run([sys.executable, "-m", "validation.cli", *command, "--out", "/proc/x/gpcheck"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3 and r.stdout == ""
+    assert r.stderr.startswith("gpcheck: error: --out /proc/x/gpcheck: cannot create this folder (") and \
+        r.stderr.rstrip().endswith("pass --out a folder you can write (it is created if missing)") and \
+        r.stderr.count("\n") == 1, r.stderr
+
+
+def test_an_error_after_the_progress_bar_starts_on_a_line_of_its_own(tmp_path):
+    """The runs bar is drawn, then the data cannot be loaded: the bar is closed first."""
+    r = subprocess.run([sys.executable, "-m", "validation.cli", "deep", "--suite", "bn", "--out", str(tmp_path / "o"),
+                        "--data-root", str(tmp_path / "none.tar.gz")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.split("\n")
+    err = [ln for ln in lines if "gpcheck: error:" in ln]
+    assert len(err) == 1 and err[0].startswith("gpcheck: error: ") and "0/12" in r.stderr, repr(r.stderr)
+
+
 def test_check_json_equals_check_trace(good_trace):
     result = CliRunner().invoke(cli.main, ["check", str(good_trace), "--json"])
     assert result.exit_code == 0, result.output

@@ -231,7 +231,8 @@ def test_read_only_output_folder(tmp_path):
     try:
         res = gpcheck(["ladder", "--out", str(ro / "ladder")])
         assert res.returncode == 3 and "Traceback" not in res.stderr
-        assert res.stderr.strip() == f"gpcheck: error: {ro / 'ladder'}: Read-only file system"
+        assert res.stderr.strip() == (f"gpcheck: error: --out {ro / 'ladder'}: cannot create this folder (Read-only "
+                                      "file system); pass --out a folder you can write (it is created if missing)")
     finally:
         subprocess.run(["umount", str(ro)], capture_output=True)
 

@@ -79,6 +79,16 @@ def _close_bars() -> None:
         bar.close()
 
 
+def _out_folder(path: str) -> None:
+    """Create the ``--out`` folder before any work, or stop with one line that names it and says
+    what to do (exit 3: the file system refused)."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"--out {path}: cannot create this folder ({exc.strerror or exc}); pass --out a folder you can "
+             "write (it is created if missing)", EXIT_IO)
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     text = f"gpcheck: warning: {' '.join(str(message).split())}"
     if "tqdm" in sys.modules:  # on a line of its own above any progress bar (cleared and redrawn)
@@ -143,6 +153,7 @@ def ladder(out_dir: str, seed: int) -> None:
     Writes only inside OUT: report.md, report.json, traces/ and figures/."""
     from .ladder import run_ladder
 
+    _out_folder(out_dir)
     report = run_ladder(out_dir=out_dir, seed=seed, progress=True)
     click.echo(f"report: {out_dir}/report.md  (json: {out_dir}/report.json, figure: {out_dir}/{report['figure']})")
     width = max(len(f"{r['rung']}/{r['optimizer']}") for r in report["runs"])
@@ -185,8 +196,9 @@ def _summary(path: str, trace, result) -> str:
         f"  holds:            {'yes' if d1['holds'] else 'no'}",
         f"  feasible gamma:   {feasible_set(d1)}",
         f"  largest gamma:    {fmt3(d1['gamma_max'])}",
-        f"  share positive:   {pct(d1['share_positive'])} of {d1['n_upper']} steps with gap > 0 "
-        f"({d1['n_lower']} with gap < 0, {d1['n_zero']} with gap = 0)",
+        (f"  share positive:   {pct(d1['share_positive'])} of {d1['n_upper']} steps with gap > 0 "
+         if d1["n_upper"] else "  share positive:   n/a: no step has gap > 0, so no step bounds gamma from above ")
+        + f"({d1['n_lower']} with gap < 0, {d1['n_zero']} with gap = 0)",
         f"  violating steps:  {viol_text}",
         "Theorem 1",
         f"  item 1, distance never grows:          {item1_cell(dm)}",
@@ -337,6 +349,7 @@ def deep(suite, preset, dataset, data_root, download, device, threads, cuda_grap
                        f"runs ({sum(r.steps for r in everything):,} steps per pass)"
                        + ("; on N GPUs (--jobs N), about 1/N of it in wall time." if dev.type == "cuda" else "."))
         return
+    _out_folder(out_root)
     remote = executor != "local"
     if preset == "paper" and dev.type == "cpu" and device is None and not remote:
         fail("the paper preset trains ResNets and VGGs for 150 epochs: it needs a GPU, and this machine has "
