@@ -230,7 +230,8 @@ def findings(report: dict) -> list[str]:
             gmax = float(d1["gamma_max"])
             ok = gmax >= cf["gamma_floor"] * (1 - 1e-9)
             out.append(
-                f"{name}: closed form (ARCHITECTURE.md): eta*L = {fmt3(cf['lr_times_L'])} < 2, so "
+                f"{name}: closed form (gamma_theory/problems.py, ls_closed_form_gamma; tested in "
+                f"tests/test_least_squares.py): eta*L = {fmt3(cf['lr_times_L'])} < 2, so "
                 f"gamma >= (2 - eta*L)/dist0_sq = {fmt3(cf['gamma_floor'])}; measured largest gamma "
                 f"{fmt3(gmax)}: {'consistent' if ok else 'INCONSISTENT'}."
             )
