@@ -587,6 +587,44 @@ def picture(runs, grid, subset, data_root, out_path, quiet) -> None:
             click.echo(f"note: the report of {suite_dir} was not rebuilt ({exc})", err=True)
 
 
+@main.command("make-jpeg")
+@click.option("--from", "source", required=True, metavar="CIFAR10_ROOT",
+              help="CIFAR-10 in torchvision's format: the folder holding cifar-10-batches-py/ (what "
+                   "torchvision.datasets.CIFAR10(root, download=True) fills), or that folder itself")
+@click.option("--out", "out_path", required=True, metavar="FILE", help="the archive to write, e.g. cifar10-jpeg.tar.gz")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def make_jpeg(source: str, out_path: str, quiet: bool) -> None:
+    """Build the offline JPEG copy of CIFAR-10 (cifar10-jpeg.tar.gz, what the cpu, smoke and lite
+    presets read) from CIFAR-10 in torchvision's format.
+
+    Every image is encoded as the shared archive's were (Pillow, JPEG quality 75, 4:2:0 chroma),
+    named train/<class>/NNNN.jpg and test/<class>/NNNN.jpg (numbered from 0000 per class in the
+    batch files' order), and packed in a reproducible tar (sorted members, mtime 0, uid/gid 0) in
+    gzip -n -9. Prints the sha256 of the tar and of the file, and whether they equal the shared
+    archive's. Written atomically: an interrupted build leaves nothing."""
+    from deep.data import SHARED_TAR_SHA256, DataError, build_jpeg_archive
+
+    src = Path(source)
+    if not ((src / "cifar-10-batches-py").is_dir() or (src.name == "cifar-10-batches-py" and src.is_dir())):
+        fail(f"--from {source}: no cifar-10-batches-py/ there; give the folder that torchvision's "
+             "CIFAR10(root, download=True) filled (it holds cifar-10-batches-py/), or that folder itself")
+    if Path(out_path).is_dir():
+        fail(f"--out {out_path}: is a folder; give the archive's file name, e.g. {Path(out_path) / 'cifar10-jpeg.tar.gz'}")
+    try:
+        info = build_jpeg_archive(src, out_path, progress=not quiet)
+    except DataError as exc:
+        fail(str(exc))
+    n = info["images"]
+    click.echo(f"wrote {out_path}: {n['train'] + n['test']:,} images (train {n['train']:,}, test {n['test']:,}), "
+               f"{info['bytes']:,} bytes")
+    click.echo(f"  tar sha256 {info['tar_sha256']} ({info['tar_bytes']:,} bytes): "
+               + ("identical to the shared archive's" if info["tar_equals_shared"]
+                  else f"not the shared archive's ({SHARED_TAR_SHA256[:12]}...)"))
+    click.echo(f"  file sha256 {info['sha256']} ({info['compressor']})"
+               + (": identical to the shared archive" if info["file_equals_shared"] else ""))
+    click.echo(f"use it with: gpcheck deep --suite SUITE --data-root {out_path}  (or set GPCHECK_CIFAR10_JPEG)")
+
+
 @main.command()
 @click.argument("root", default="reports", type=click.Path(path_type=str))
 def index(root: str) -> None:
