@@ -97,12 +97,24 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         click.echo(text, err=True)
 
 
+def _stop_on_sigint() -> None:
+    """Ctrl-C and ``kill -INT`` stop every command, also one started in the background from a
+    script: a shell without job control starts such a command with SIGINT ignored, and Python
+    keeps it ignored, so the handler is installed explicitly. (Not from another thread than the
+    main one: an embedding program keeps its handlers.)"""
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:
+        pass
+
+
 class _Group(click.Group):
     """A group that turns usage errors, bad input and file-system exceptions from any command into
     one line."""
 
     def main(self, args=None, prog_name=None, **extra):
         extra.pop("standalone_mode", None)
+        _stop_on_sigint()
         try:
             rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
         except click.exceptions.NoArgsIsHelpError as exc:  # bare `gpcheck`: the help, not an error
