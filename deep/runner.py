@@ -35,6 +35,9 @@ from .state import StateDamaged
 from .suites import ASSUMPTIONS, PRESET_TABLE, RunSpec, get_suite
 
 DATASET_CHOICES = ("cifar10", "cifar100", "cifar10-jpeg", "both")
+#: where `gpcheck deep` writes by default: a git-ignored folder, so a run never rewrites the
+#: committed reports/ (pass --out reports to add to those)
+DEFAULT_OUT = "gpcheck-out"
 LABELS = ("true", "random")
 #: seed of the permutation behind ``--labels random`` (stated in every report)
 RANDOM_LABELS_SEED = 0
@@ -349,7 +352,7 @@ def run_queue(tasks: list[RunTask], *, progress: bool = True, command: str | Non
 
 
 def run_suite(suite_name: str, preset: str = "smoke", dataset: str | None = None, *, data_root=None,
-              download: bool = False, device: str | None = None, out_root: str | os.PathLike = "reports",
+              download: bool = False, device: str | None = None, out_root: str | os.PathLike = DEFAULT_OUT,
               progress: bool = True, command: str | None = None, seeds: int | None = None, labels: str = "true",
               star_extend: float = 0.0, add_wall: bool = True, cuda_graphs: bool | None = None) -> list[Path]:
     """Measure every run of the suite on each data set; returns the suite folders (see

@@ -155,8 +155,8 @@ def main() -> None:
 
 # -- gpcheck ladder ------------------------------------------------------------------------------
 @main.command()
-@click.option("--out", "out_dir", default="reports/ladder", show_default=True,
-              help="folder for report.md, report.json, traces/ and figures/")
+@click.option("--out", "out_dir", default="gpcheck-out/ladder", show_default=True,
+              help="folder for report.md, report.json, traces/ and figures/ (the committed ones: reports/ladder)")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
               help="seed of the data and the sampling (0 to 2**32-1)")
 def ladder(out_dir: str, seed: int) -> None:
@@ -267,8 +267,9 @@ def _choice_error(kind: str, value: str, choices) -> NoReturn:
                    "the reports go to OUT/<suite>-<preset>-<dataset>-random-labels/")
 @click.option("--star-extend", default=0.0, show_default=True, type=click.FloatRange(0, 10),
               help="also judge every path against a theta* trained this fraction of the epochs longer (0: not)")
-@click.option("--out", "out_root", default="reports", show_default=True,
-              help="root of the reports: OUT/<suite>-<preset>-<dataset>/ and the index OUT/README.md")
+@click.option("--out", "out_root", default="gpcheck-out", show_default=True,
+              help="root of the reports: OUT/<suite>-<preset>-<dataset>/ and the index OUT/README.md (the "
+                   "committed ones: reports; a folder gpcheck-out is git-ignored)")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 @click.option("--plan", is_flag=True, help="print the suite's runs, their steps and the time they will take on this "
                                            "device (from measured ms/step), and run nothing")

@@ -41,7 +41,9 @@ from .util import (
     pct,
 )
 
-DEFAULT_OUT = "reports/ladder"
+#: where `gpcheck ladder` writes by default: a git-ignored folder, so a run never rewrites the
+#: committed reports/ladder/ (pass --out reports/ladder to rebuild those)
+DEFAULT_OUT = "gpcheck-out/ladder"
 
 
 def _command(out_dir: str, seed: int) -> str:
