@@ -225,3 +225,58 @@ def test_ladder_command_prints_summary(monkeypatch, tmp_path):
     assert "least_squares/sgd  PASS  gamma_max 2.39e-02" in r.stdout
     assert "mlp_relu/sgd       FAIL  gamma_max n/a (80 violating steps)" in r.stdout
     assert "1 of 2 PASS" in r.stdout
+
+
+def _deep_tasks(monkeypatch, tmp_path, args, env_threads=None, load=0.1, cores=2):
+    """Run `gpcheck deep` with the queue replaced: the tasks it would measure, and its output."""
+    import os
+
+    import deep.runner as R
+
+    seen = {}
+
+    def run_queue(tasks, **kw):
+        seen["tasks"] = tasks
+        return []
+
+    monkeypatch.setattr(R, "run_queue", run_queue)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    if env_threads is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", env_threads)
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        r = CliRunner().invoke(cli.main, ["deep", "--suite", "bn", "--device", "cpu", "--out", str(tmp_path), *args])
+    finally:
+        torch.set_num_threads(before)  # the command sets this process's threads
+    return seen.get("tasks"), r
+
+
+def test_threads_default_to_one_per_run_on_the_cpu(monkeypatch, tmp_path):
+    tasks, r = _deep_tasks(monkeypatch, tmp_path, [])
+    assert r.exit_code == 0, r.output
+    assert {t.threads for t in tasks} == {1}
+    tasks, r = _deep_tasks(monkeypatch, tmp_path, [], env_threads="2")  # OMP_NUM_THREADS is respected
+    assert {t.threads for t in tasks} == {None}
+    tasks, r = _deep_tasks(monkeypatch, tmp_path, ["--threads", "2"])
+    assert {t.threads for t in tasks} == {2}
+
+
+def test_threads_beyond_the_cores_are_refused(monkeypatch, tmp_path):
+    tasks, r = _deep_tasks(monkeypatch, tmp_path, ["--threads", "1000"])
+    assert r.exit_code == 2 and tasks is None
+    assert r.output == ("gpcheck: error: --threads 1000: this machine has 2 CPU core(s); give at most 2 (1, the "
+                        "default, is fastest per core on a shared machine; --jobs runs several runs at once)\n")
+
+
+def test_a_busy_machine_warns_about_several_threads_per_run(monkeypatch, tmp_path):
+    _, r = _deep_tasks(monkeypatch, tmp_path, ["--threads", "2"], load=6.3)
+    assert r.exit_code == 0 and "gpcheck: warning: the machine is busy (load average 6.3 on 2 cores)" in r.output
+    assert "pass --threads 1" in r.output
+    for args, load in ((["--threads", "1"], 6.3), (["--threads", "2"], 0.0), ([], 6.3)):
+        _, r = _deep_tasks(monkeypatch, tmp_path, args, load=load)
+        assert r.exit_code == 0 and "busy" not in r.output, (args, load, r.output)

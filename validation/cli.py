@@ -24,6 +24,7 @@ Adding a command later (``deep``, ``report``, ...)::
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import warnings
@@ -254,8 +255,10 @@ def _choice_error(kind: str, value: str, choices) -> NoReturn:
 @click.option("--download", is_flag=True, help="download CIFAR through torchvision if it is not under --data-root")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
 @click.option("--threads", default=None, type=click.IntRange(1, 1024),
-              help="CPU threads of torch (default: torch's, one per core); a run resumes only with the "
-                   "thread count it started with")
+              help="CPU threads of torch, at most the machine's cores: of the run measured, or shared by the "
+                   "--jobs workers (threads // jobs each, at least 1). Default on the CPU: 1, or $OMP_NUM_THREADS "
+                   "where set (more threads per run are slower on a busy machine; --jobs uses more cores). A run "
+                   "resumes only with the thread count it started with")
 @click.option("--cuda-graphs/--no-cuda-graphs", default=None,
               help="run the steps of both passes as CUDA graph replays (default: on a GPU, yes; the same bits, "
                    "fewer kernel launches); a run resumes only the way it began")
@@ -279,7 +282,7 @@ def _choice_error(kind: str, value: str, choices) -> NoReturn:
                    "pip install 'gpcheck[ray]')")
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(1, 4096),
               help="local: worker processes on this machine, each taking the runs no other holds, on CUDA pinned "
-                   "round-robin to the GPUs, on the CPU sharing the threads (--threads, or one per core); slurm: "
+                   "round-robin to the GPUs, on the CPU sharing the threads (--threads; one each by default); slurm: "
                    "at most this many array tasks at once (1: no limit); ray without --ray-address: the CPUs of "
                    "the local cluster are jobs x threads")
 @click.option("--ray-address", default=None, help="ray: address of an existing cluster (default: start one here)")
@@ -334,6 +337,16 @@ def deep(suite, preset, dataset, data_root, download, device, threads, cuda_grap
         dev = resolve_device(device)
     except ValueError as exc:
         fail(str(exc))
+    here = executor == "local" or (executor == "ray" and not ray_address) or (executor == "slurm" and
+                                                                             slurm_cluster == "local")
+    cores = os.cpu_count() or 1
+    if threads is not None and here and threads > cores:
+        fail(f"--threads {threads}: this machine has {cores} CPU core(s); give at most {cores} (1, the default, "
+             "is fastest per core on a shared machine; --jobs runs several runs at once)")
+    if threads is None and dev.type == "cpu" and not os.environ.get("OMP_NUM_THREADS"):
+        threads = DEFAULT_CPU_THREADS
+    if here and dev.type == "cpu" and not plan:
+        _warn_if_busy(threads or torch.get_num_threads(), jobs, cores)
     if Path(out_root).exists() and not Path(out_root).is_dir():
         fail(f"--out {out_root}: is a file, not a folder")
     if cuda_graphs and dev.type != "cuda" and executor == "local":
@@ -436,6 +449,24 @@ def deep(suite, preset, dataset, data_root, download, device, threads, cuda_grap
 
 
 _NOT_SET = object()
+
+#: CPU threads per run when --threads is not given (README, "Threads"): on a 2-core machine that
+#: other work shares, ResNet-18 ran 4x (one step) to 10x (a whole smoke suite) slower with 2 threads
+#: than with 1, because OpenMP threads spin-wait on each other; on an idle one 2 threads gain less
+#: than 2x, which --jobs 2 (two runs at once, one thread each) also gets
+DEFAULT_CPU_THREADS = 1
+
+
+def _warn_if_busy(threads: int, jobs: int, cores: int) -> None:
+    """Warn when runs of several threads start on a machine whose load leaves them no free core."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return
+    if threads > 1 and load + threads * jobs > cores + 0.5:
+        click.echo(f"gpcheck: warning: the machine is busy (load average {load:.1f} on {cores} cores) and each run "
+                   f"uses {threads} threads: OpenMP threads then spin-wait on each other (README, \"Threads\": 4-10x "
+                   "slower measured on 2 cores); pass --threads 1", err=True)
 
 
 def _raise_interrupt(signum, frame):
