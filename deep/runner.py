@@ -474,8 +474,8 @@ def outcomes(before: dict[RunTask, tuple], tasks: list[RunTask]) -> dict[Path, d
 
 
 def describe_outcome(counts: dict[str, int]) -> str:
-    """``12 of 12 runs were already finished; nothing measured`` or ``measured 3, resumed 1,
-    reused 8``, with the errors and unfinished runs where there are any."""
+    """``12 of 12 runs were already finished; nothing measured`` or ``12 runs: measured 3,
+    resumed 1, reused 8 (already finished)``, with the errors and unfinished runs where there are any."""
     n = sum(counts.values())
     if counts["reused"] == n:
         return f"{n} of {n} runs were already finished; nothing measured"
@@ -485,7 +485,7 @@ def describe_outcome(counts: dict[str, int]) -> str:
         parts.append(f"{counts['error']} ended in an error")
     if counts["unfinished"]:
         parts.append(f"{counts['unfinished']} not finished")
-    return ", ".join(parts) + f" (of {n} runs)"
+    return f"{n} runs: " + ", ".join(parts)
 
 
 def touched(counts: dict[str, int]) -> bool:

@@ -154,7 +154,7 @@ def test_rerun_skips_finished_runs(tmp_path):
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output
     out = tmp_path / "skip-smoke-cifar10-jpeg"
-    assert f"{out}: measured 5, resumed 0, reused 0 (already finished) (of 5 runs)" in first.output
+    assert f"{out}: 5 runs: measured 5, resumed 0, reused 0 (already finished)" in first.output
     assert "NOT EVIDENCE: the smoke preset tests the machinery" in first.output  # the banner, in the terminal
     stamp = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/trace.npz")}
     files = _files(tmp_path)
@@ -194,15 +194,15 @@ def test_outcomes_of_an_invocation_are_read_from_the_run_folders(tmp_path):
     (wd[names[2]] / "checkpoints" / "epoch0001.pt").write_bytes(b"x")
     before = run_states(tasks)
     assert describe_outcome(outcomes(before, tasks)[tasks[0].out]) == \
-        "measured 0, resumed 0, reused 2 (already finished), 3 not finished (of 5 runs)"
+        "5 runs: measured 0, resumed 0, reused 2 (already finished), 3 not finished"
     (wd[names[2]] / "trace.json").write_text("{}")  # resumed
     wd[names[3]].mkdir(parents=True)
     (wd[names[3]] / "trace.json").write_text("{}")  # measured from scratch
     wd[names[4]].mkdir(parents=True)
     (wd[names[4]] / "error.json").write_text("{}")  # failed
     counts = outcomes(before, tasks)[tasks[0].out]
-    assert describe_outcome(counts) == "measured 1, resumed 1, reused 2 (already finished), 1 ended in an error " \
-                                       "(of 5 runs)"
+    assert describe_outcome(counts) == "5 runs: measured 1, resumed 1, reused 2 (already finished), 1 ended in an " \
+                                       "error"
     assert touched(counts)
     now = run_states(tasks)
     (wd[names[0]] / "trace.json").write_text('{"again": 1}')  # a finished trace measured again counts as measured
