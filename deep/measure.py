@@ -80,7 +80,7 @@ from gamma_theory.files import BadFile, clean_stale_tmp, fault_point, read_json,
 from gamma_theory.recorder import BASE, PER_STAR, trace_from_rows
 
 from .data import CyclicSampler, DeviceData
-from .env import deterministic, environment, same_environment
+from .env import deterministic, differ_advice, environment, same_environment
 from .graphs import StepGraphs
 from .state import StateDamaged, load_state, remove_state, save_state
 
@@ -453,9 +453,8 @@ def _newest_checkpoint(workdir: Path, device, env: dict) -> dict | None:
             continue
         differ = same_environment(st["env"], env)
         if differ:
-            detail = ", ".join(f"{k}: {st['env'].get(k)} vs {env.get(k)}" for k in differ)
-            raise EnvironmentMismatch(f"{workdir}: pass 1 started elsewhere ({detail}); finish it on that "
-                                      "machine, or delete the folder to start over")
+            raise EnvironmentMismatch(f"{workdir}: pass 1 started with other settings: "
+                                      f"{differ_advice(differ, st['env'], env)}")
         return st
     return None
 
@@ -801,11 +800,7 @@ def _pass2(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extra
     env = environment(device)
     differ = same_environment(p1["env"], env)
     if differ:
-        detail = ", ".join(f"{k}: {p1['env'].get(k)} vs {env.get(k)}" for k in differ)
-        raise EnvironmentMismatch(
-            f"{workdir}: pass 1 ran elsewhere ({detail}); bitwise replay is only promised on the same "
-            "device model, driver and libraries. Rerun on that machine, or delete the folder to start over."
-        )
+        raise EnvironmentMismatch(f"{workdir}: pass 1 ran with other settings: {differ_advice(differ, p1['env'], env)}")
     stars, star_rows, dist0_sq = _stars(fresh_model, workdir, setup, extras, p1, p1b, device)
     models = [m for _, m, _, _ in stars]
 

@@ -114,9 +114,10 @@ def path_picture(run_dir: str | Path, data: DeviceData, num_classes: int, grid: 
     here = environment(data.device)
     differ = same_environment(env, here)
     if differ:
-        raise PictureError(f"{run_dir}: measured with another {', '.join(differ)} than this process has "
-                           f"({', '.join(f'{k}={env.get(k)!r}' for k in differ)}); the picture "
-                           "replays the run bit for bit, so run it where the run ran (e.g. with --threads)")
+        raise PictureError(f"{run_dir}: the picture replays the run bit for bit, and it was measured with other "
+                           "settings than this process has: " + differ_advice(
+                               differ, env, here, "call torch.set_num_threads({n}) first (gpcheck picture sets it "
+                               "from the run itself)"))
     if len(data) != setup.get("n_train"):
         raise PictureError(f"{run_dir}: the run trained on {setup.get('n_train')} images, the data given has "
                            f"{len(data)}")

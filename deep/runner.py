@@ -35,6 +35,9 @@ from .state import StateDamaged
 from .suites import ASSUMPTIONS, PRESET_TABLE, RunSpec, get_suite
 
 DATASET_CHOICES = ("cifar10", "cifar100", "cifar10-jpeg", "both")
+#: where `gpcheck deep` writes by default: a git-ignored folder, so a run never rewrites the
+#: committed reports/ (pass --out reports to add to those)
+DEFAULT_OUT = "gpcheck-out"
 LABELS = ("true", "random")
 #: seed of the permutation behind ``--labels random`` (stated in every report)
 RANDOM_LABELS_SEED = 0
@@ -83,8 +86,8 @@ def load_train_data(dataset: str, n_sub: int | None, device: torch.device, data_
         desc += f"; class-balanced subset of {n_sub} (seed 0)"
     elif n_sub is None and len(split) < full:
         desc += f" (NOT the full {full:,} of {dataset})"
-        print(f"gpcheck: warning: {where} holds {len(split)} training images, not the {full:,} of {dataset}; "
-              "the report says so", file=sys.stderr)
+        _note(f"gpcheck: warning: {where} holds {len(split)} training images, not the {full:,} of {dataset}; "
+              "the report says so")
     if label_mode == "random":
         perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(RANDOM_LABELS_SEED))
         labels = labels[perm]
@@ -244,6 +247,14 @@ class _OpenSuite:
     info: dict
     cuda_graphs: bool | None = None
     busy_s: float = 0.0
+    written: bool = False  #: this process measured (or tried) a run of the suite and wrote suite.json
+
+    def measuring(self) -> None:
+        """A run is about to be measured: write ``suite.json`` once (device, threads, command of
+        this invocation; the first start time and the wall time so far are kept)."""
+        if not self.written:
+            write_suite_info(self.out, self.info)
+            self.written = True
 
 
 _DATA: dict = {}  # (dataset, subset, device, data_root, labels) -> (data, num_classes, desc), per process
@@ -257,7 +268,9 @@ def _data_for(ds: str, preset: str, dev: torch.device, data_root, download: bool
 
 
 def open_suite(task: RunTask, command: str | None = None) -> _OpenSuite:
-    """Load the task's data (once per process) and write its suite's ``suite.json``."""
+    """Load the task's data (once per process) and describe its suite. ``suite.json`` is written
+    (:meth:`_OpenSuite.measuring`) only when a run of it is measured: an invocation that finds
+    every run finished leaves the facts of the invocations that measured them as they are."""
     suite = get_suite(task.suite, task.preset, task.seeds)
     dev = resolve_device(task.device)
     extras = extras_for(task.preset, task.star_extend)
@@ -275,7 +288,6 @@ def open_suite(task: RunTask, command: str | None = None) -> _OpenSuite:
         "runs": [r.to_dict() for r in suite.runs],
         "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    write_suite_info(out, info)
     meta = {"suite": task.suite, "preset": task.preset, "dataset": task.dataset, "data": data_desc}
     return _OpenSuite(out, {r.name: r for r in suite.runs}, data, num_classes, meta, extras, info, task.cuda_graphs)
 
@@ -299,7 +311,7 @@ def measure_task(task: RunTask, blocking: bool = True, progress: bool = False, c
     t0 = time.perf_counter()
     try:
         return _measure_if_free(s.specs[task.name], s.out, s.data, s.num_classes, s.meta, progress, s.extras, blocking,
-                                s.cuda_graphs)
+                                s.cuda_graphs, s.measuring)
     finally:
         s.busy_s += time.perf_counter() - t0
 
@@ -325,7 +337,11 @@ def run_queue(tasks: list[RunTask], *, progress: bool = True, command: str | Non
             measure_task(t, True, progress, command, opened)
         finished = True
     finally:  # an interrupted invocation's time counts too (its checkpoints are what a rerun resumes)
+        if bar is not tasks:
+            bar.close()  # before any error is printed: the bar keeps its own line
         for s in opened.values():
+            if not s.written:  # nothing of it measured here: suite.json stays as the measuring invocation left it
+                continue
             if finished:
                 s.info["finished_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             # one suite alone: the invocation's wall time; in a queue of many, the time spent on it
@@ -336,7 +352,7 @@ def run_queue(tasks: list[RunTask], *, progress: bool = True, command: str | Non
 
 
 def run_suite(suite_name: str, preset: str = "smoke", dataset: str | None = None, *, data_root=None,
-              download: bool = False, device: str | None = None, out_root: str | os.PathLike = "reports",
+              download: bool = False, device: str | None = None, out_root: str | os.PathLike = DEFAULT_OUT,
               progress: bool = True, command: str | None = None, seeds: int | None = None, labels: str = "true",
               star_extend: float = 0.0, add_wall: bool = True, cuda_graphs: bool | None = None) -> list[Path]:
     """Measure every run of the suite on each data set; returns the suite folders (see
@@ -372,27 +388,109 @@ def read_suite_runs(suite_name: str, preset: str, seeds: int | None = None) -> l
 
 
 def _measure_if_free(spec: RunSpec, out: Path, data, num_classes: int, meta: dict, progress: bool, extras: Extras,
-                     blocking: bool, cuda_graphs: bool | None = None) -> bool:
+                     blocking: bool, cuda_graphs: bool | None = None, measuring=lambda: None) -> bool:
     """Measure one run under its lock; False when another process holds it (and not ``blocking``).
     A run that fails (a replay mismatch, a damaged run folder that could not be remeasured, an op
-    without a deterministic kernel, out of memory) is written to its ``error.json``."""
+    without a deterministic kernel, out of memory) is written to its ``error.json``. A run found
+    finished is only verified: its folder and the manifest are left as they are. ``measuring()``
+    is called before a run is measured (or found damaged and measured again)."""
     workdir = out / "runs" / spec.name
     err = workdir / "error.json"
     with locked(out / "runs" / f".{spec.name}.lock", blocking) as got:
         if not got:
             return False
+        done_before = _digest(workdir / "trace.json")
+        if done_before is None:
+            measuring()
         err.unlink(missing_ok=True)
         try:
             run = run_one(spec, data, num_classes, workdir, meta, progress, extras, cuda_graphs)
         except (ReplayMismatch, EnvironmentMismatch, RecordingError, StateDamaged, RuntimeError) as exc:
+            measuring()
             workdir.mkdir(parents=True, exist_ok=True)
             write_json(err, {"error": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()})
             _record_in_manifest(out, spec.name, None, f"{type(exc).__name__}: {exc}")
-            print(f"gpcheck: {spec.name} failed ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-                  f"details in {err}; the suite goes on", file=sys.stderr)
+            _note(f"gpcheck: {spec.name} failed ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+                  f"details in {err}; the suite goes on")
             return True
+        if done_before is not None and _digest(workdir / "trace.json") == done_before:
+            return True  # reused as it was: the manifest recorded it when it finished
+        measuring()
     _record_in_manifest(out, spec.name, run, None)
     return True
+
+
+def _note(line: str) -> None:
+    """One line on stderr, on a line of its own above any progress bar (tqdm clears and redraws them)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(line, file=sys.stderr)
+
+
+def _digest(path: Path) -> bytes | None:
+    """The bytes of a small file (a run's ``trace.json``), or None when it is absent."""
+    try:
+        return path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+# -- what an invocation did: the run folders before and after it --------------------------------
+def run_states(tasks: list[RunTask]) -> dict[RunTask, tuple]:
+    """Per task, what its folder holds: (trace.json's bytes or None, error.json's bytes or None,
+    whether it holds progress an unfinished run resumes from: a checkpoint, pass 1's summary, a
+    partial pass 2)."""
+    states = {}
+    for t in tasks:
+        wd = t.workdir
+        trace, err = _digest(wd / "trace.json"), _digest(wd / "error.json")
+        progress = trace is None and ((wd / "pass1.json").is_file() or (wd / "pass2_partial.npz").is_file()
+                                      or any((wd / "checkpoints").glob("epoch*.pt")))
+        states[t] = (trace, err, progress)
+    return states
+
+
+def outcomes(before: dict[RunTask, tuple], tasks: list[RunTask]) -> dict[Path, dict[str, int]]:
+    """Per suite folder, what happened to its runs between ``before`` (:func:`run_states`) and now:
+    ``reused`` (finished before, untouched), ``measured`` (finished now, from scratch), ``resumed``
+    (finished now, from the progress an earlier invocation left), ``error`` (ended in an error
+    now), ``unfinished`` (neither: interrupted, or still measured by another process). Read from
+    the folders, so a run that another invocation finished meanwhile counts as measured."""
+    after = run_states(tasks)
+    out: dict[Path, dict[str, int]] = {}
+    for t in tasks:
+        (trace0, err0, prog0), (trace1, err1, _) = before[t], after[t]
+        if trace1 is not None and trace1 == trace0:
+            kind = "reused"
+        elif trace1 is not None:
+            kind = "resumed" if prog0 else "measured"
+        elif err1 is not None:
+            kind = "error"
+        else:
+            kind = "unfinished"
+        counts = out.setdefault(t.out, dict.fromkeys(("measured", "resumed", "reused", "error", "unfinished"), 0))
+        counts[kind] += 1
+    return out
+
+
+def describe_outcome(counts: dict[str, int]) -> str:
+    """``12 of 12 runs were already finished; nothing measured`` or ``12 runs: measured 3,
+    resumed 1, reused 8 (already finished)``, with the errors and unfinished runs where there are any."""
+    n = sum(counts.values())
+    if counts["reused"] == n:
+        return f"{n} of {n} runs were already finished; nothing measured"
+    parts = [f"measured {counts['measured']}", f"resumed {counts['resumed']}",
+             f"reused {counts['reused']} (already finished)"]
+    if counts["error"]:
+        parts.append(f"{counts['error']} ended in an error")
+    if counts["unfinished"]:
+        parts.append(f"{counts['unfinished']} not finished")
+    return f"{n} runs: " + ", ".join(parts)
+
+
+def touched(counts: dict[str, int]) -> bool:
+    """Did the invocation change anything of the suite (a run measured, resumed, failed, begun)?"""
+    return counts["reused"] != sum(counts.values())
 
 
 def _queue_desc(tasks: list[RunTask]) -> str:

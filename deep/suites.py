@@ -100,12 +100,15 @@ PRESET_TABLE = {
                     "150 epochs, batch 128", None, None, 1.0, None, "cifar10"),
     "lite": Preset("lite", "full-width networks on a class-balanced 1,024-image CIFAR-10 subset, batch 128; "
                    "30 epochs for AlexNet and the ResNets, 60 for the VGGs (which learn slower at the paper's "
-                   "lr 0.01); sized for the bn and optimizer suites in about 2.5 minutes each on one H100/H200",
+                   "lr 0.01); sized for the bn and optimizer suites in about 2.5 minutes each on one H100/H200 "
+                   "(estimated from the prototype's step costs, not yet measured)",
                    {"alexnet": 30, "resnet": 30, "vgg": 60}, 1024, 1.0, None, "cifar10-jpeg", seeds=3),
     "cpu": Preset("cpu", "width-1/4 networks on a class-balanced 512-image CIFAR-10 subset, batch 128; "
                   "300 epochs for AlexNet, 40 for the ResNets, 100 for the VGGs (which learn slower at the paper's "
-                  "lr 0.01): the paper's hyper-parameters, sized so that each suite finishes in at most 30 minutes "
-                  "on 2 CPU cores and the runs with the paper's fast techniques converge",
+                  "lr 0.01): the paper's hyper-parameters, sized so that the runs with the paper's fast techniques "
+                  "converge; one seed of a suite takes about 20 (skip) to 50 minutes (optimizer) on 2 CPU cores "
+                  "with the skeptic's checks, so the 3 seeds took 1.1 h (skip) to about 2.4 h (optimizer) in the "
+                  "committed reports",
                   {"alexnet": 300, "resnet": 40, "vgg": 100}, 512, 0.25, None, "cifar10-jpeg", seeds=3),
     "long": Preset("long", "the cpu preset trained three times as long: width-1/4 networks on the same class-balanced "
                    "512-image CIFAR-10 subset, batch 128; 900 epochs for AlexNet, 120 for the ResNets, 300 for the "

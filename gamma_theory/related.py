@@ -91,7 +91,8 @@ def _no_grad(name: str, trace: Trace) -> ConditionResult | None:
     if trace.has_grad:
         return None
     return ConditionResult(name, None, {}, None, len(trace), why="the trace has no gradient columns "
-                           "(grad_inner, grad_sq); pass 2 records them since gpcheck 0.3")
+                           "(grad_inner, grad_sq); gpcheck deep and gpcheck ladder record them: measure the "
+                           "path with either to judge this condition")
 
 
 def star_convex_path(trace: Trace) -> ConditionResult:

@@ -227,10 +227,25 @@ def load_trace(path: str | os.PathLike) -> Trace:
         if want is not None and sha256_file(npz) != want:
             raise TraceError(f"{where}: is not the file its sidecar {sidecar.name} describes (sha256 differs): "
                              "it was truncated, altered or copied from elsewhere")
+    what = ("a trace is the .npz file that gpcheck ladder, gpcheck deep or gamma_theory.PathRecorder writes, with "
+            f"the columns {', '.join(FLOAT_COLUMNS)} and the scalars {', '.join(SCALARS)}")
+    try:
+        with open(npz, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise TraceError(f"{where}: cannot be read ({exc.strerror or exc})") from None
+    if head not in (b"PK\x03\x04", b"PK\x05\x06"):  # a zip archive begins so (an empty one with its end)
+        raise TraceError(f"{where}: not a readable .npz trace: the file is not an .npz (zip) archive at all; {what}")
     try:
         with np.load(npz, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except Exception as exc:  # noqa: BLE001 - whatever the damage (zip, CRC, zlib, pickle), one message
+    except ValueError as exc:
+        if "pickle" not in str(exc):
+            raise TraceError(f"{where}: not a readable .npz trace ({exc.__class__.__name__}: {exc})") from None
+        # numpy's own message advises allow_pickle=True, which would run code from the file: never
+        raise TraceError(f"{where}: not a readable .npz trace: it holds pickled Python objects, which a trace never "
+                         f"does and gpcheck never loads; {what}") from None
+    except Exception as exc:  # noqa: BLE001 - whatever the damage (zip, CRC, zlib), one message
         raise TraceError(f"{where}: not a readable .npz trace ({exc.__class__.__name__}: {exc})") from None
     missing = [k for k in FLOAT_COLUMNS + SCALARS if k not in arrays]
     if missing:

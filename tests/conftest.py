@@ -21,3 +21,45 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 settings.register_profile("ci", derandomize=True, database=None)
 settings.register_profile("dev")
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+# -- the tests leave the checkout as they found it ----------------------------------------------
+# Every test writes under its tmp_path; one that wrote into the tree (a ladder or a suite with the
+# default --out, a rebuilt committed report) would dirty a clean clone. `git status` before and
+# after the session says so: under CI the run fails, locally it warns (someone may edit meanwhile).
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _git_status():
+    import subprocess
+
+    try:
+        res = subprocess.run(["git", "-C", _REPO, "status", "--porcelain", "--untracked-files=all"],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout if res.returncode == 0 else None
+
+
+def pytest_sessionstart(session):
+    if not hasattr(session.config, "workerinput"):  # the controller only (pytest-xdist workers skip it)
+        session.config._git_status_before = _git_status()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = getattr(session.config, "_git_status_before", None)
+    if before is None:
+        return
+    after = _git_status()
+    if after is None or after == before:
+        return
+    changed = sorted(set(after.splitlines()) ^ set(before.splitlines()))
+    msg = "the tests changed the checkout (git status): " + "; ".join(changed[:20])
+    if os.environ.get("CI"):
+        print(f"\nERROR: {msg}")
+        session.exitstatus = 1
+    else:
+        import warnings
+
+        warnings.warn(msg)
+        print(f"\nWARNING: {msg}")

@@ -56,6 +56,37 @@ def _stderr(result):
     return result.stderr if hasattr(result, "stderr") else result.output
 
 
+def test_share_positive_of_no_step_is_not_a_percentage(tmp_path):
+    """Every loss below theta*'s (all gaps negative): no per-step upper bound exists, and the
+    summary says so instead of '100% of 0 steps'."""
+    n = 6
+    np.savez(tmp_path / "neg.npz", **_cols(loss=np.full(n, 0.5), loss_star=np.ones(n)))
+    r = CliRunner().invoke(cli.main, ["check", str(tmp_path / "neg.npz")])
+    assert r.exit_code == 0, r.output
+    line = next(ln for ln in r.output.splitlines() if "share positive" in ln)
+    assert "of 0 steps" not in line and "n/a: no step has gap > 0" in line and "(6 with gap < 0, 0 with gap = 0)" in line
+
+
+@pytest.mark.parametrize("command", [["ladder"], ["deep", "--suite", "bn", "--quiet"]])
+def test_out_that_cannot_be_created_is_one_line_naming_it(command):
+    r = subprocess.run([sys.executable, "-m", "validation.cli", *command, "--out", "/proc/x/gpcheck"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3 and r.stdout == ""
+    assert r.stderr.startswith("gpcheck: error: --out /proc/x/gpcheck: cannot create this folder (") and \
+        r.stderr.rstrip().endswith("pass --out a folder you can write (it is created if missing)") and \
+        r.stderr.count("\n") == 1, r.stderr
+
+
+def test_an_error_after_the_progress_bar_starts_on_a_line_of_its_own(tmp_path):
+    """The runs bar is drawn, then the data cannot be loaded: the bar is closed first."""
+    r = subprocess.run([sys.executable, "-m", "validation.cli", "deep", "--suite", "bn", "--out", str(tmp_path / "o"),
+                        "--data-root", str(tmp_path / "none.tar.gz")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.split("\n")
+    err = [ln for ln in lines if "gpcheck: error:" in ln]
+    assert len(err) == 1 and err[0].startswith("gpcheck: error: ") and "0/12" in r.stderr, repr(r.stderr)
+
+
 def test_check_json_equals_check_trace(good_trace):
     result = CliRunner().invoke(cli.main, ["check", str(good_trace), "--json"])
     assert result.exit_code == 0, result.output
@@ -194,3 +225,58 @@ def test_ladder_command_prints_summary(monkeypatch, tmp_path):
     assert "least_squares/sgd  PASS  gamma_max 2.39e-02" in r.stdout
     assert "mlp_relu/sgd       FAIL  gamma_max n/a (80 violating steps)" in r.stdout
     assert "1 of 2 PASS" in r.stdout
+
+
+def _deep_tasks(monkeypatch, tmp_path, args, env_threads=None, load=0.1, cores=2):
+    """Run `gpcheck deep` with the queue replaced: the tasks it would measure, and its output."""
+    import os
+
+    import deep.runner as R
+
+    seen = {}
+
+    def run_queue(tasks, **kw):
+        seen["tasks"] = tasks
+        return []
+
+    monkeypatch.setattr(R, "run_queue", run_queue)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    if env_threads is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", env_threads)
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        r = CliRunner().invoke(cli.main, ["deep", "--suite", "bn", "--device", "cpu", "--out", str(tmp_path), *args])
+    finally:
+        torch.set_num_threads(before)  # the command sets this process's threads
+    return seen.get("tasks"), r
+
+
+def test_threads_default_to_one_per_run_on_the_cpu(monkeypatch, tmp_path):
+    tasks, r = _deep_tasks(monkeypatch, tmp_path, [])
+    assert r.exit_code == 0, r.output
+    assert {t.threads for t in tasks} == {1}
+    tasks, r = _deep_tasks(monkeypatch, tmp_path, [], env_threads="2")  # OMP_NUM_THREADS is respected
+    assert {t.threads for t in tasks} == {None}
+    tasks, r = _deep_tasks(monkeypatch, tmp_path, ["--threads", "2"])
+    assert {t.threads for t in tasks} == {2}
+
+
+def test_threads_beyond_the_cores_are_refused(monkeypatch, tmp_path):
+    tasks, r = _deep_tasks(monkeypatch, tmp_path, ["--threads", "1000"])
+    assert r.exit_code == 2 and tasks is None
+    assert r.output == ("gpcheck: error: --threads 1000: this machine has 2 CPU core(s); give at most 2 (1, the "
+                        "default, is fastest per core on a shared machine; --jobs runs several runs at once)\n")
+
+
+def test_a_busy_machine_warns_about_several_threads_per_run(monkeypatch, tmp_path):
+    _, r = _deep_tasks(monkeypatch, tmp_path, ["--threads", "2"], load=6.3)
+    assert r.exit_code == 0 and "gpcheck: warning: the machine is busy (load average 6.3 on 2 cores)" in r.output
+    assert "pass --threads 1" in r.output
+    for args, load in ((["--threads", "1"], 6.3), (["--threads", "2"], 0.0), ([], 6.3)):
+        _, r = _deep_tasks(monkeypatch, tmp_path, args, load=load)
+        assert r.exit_code == 0 and "busy" not in r.output, (args, load, r.output)

@@ -406,3 +406,129 @@ def test_device_data_from_splits_uses_train_stats():
     torch.testing.assert_close(tr.mean, m)
     x, _ = te.batch(torch.arange(128))
     assert (x.mean(dim=(0, 2, 3)) > 0.3).all()  # shifted test set is not re-centred
+
+
+# --------------------------------------------------------------------------- building the JPEG archive
+
+
+def _cifar10_folder(root: Path, per_class_train=2, per_class_test=1, seed=0):
+    """A CIFAR-10 folder in torchvision's format with every class in both splits (labels cycle
+    0..9 in batch order), smooth images (as photos are, so the JPEG error stays small)."""
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    yy, xx = np.mgrid[0:32, 0:32]
+
+    def images(n):
+        base = rng.integers(40, 200, (n, 3, 1, 1))
+        ramp = (base + (xx + yy)[None, None] * rng.integers(1, 3, (n, 3, 1, 1))).clip(0, 255)
+        return ramp.astype(np.uint8).reshape(n, 3072)
+
+    out = {"train": [], "test": []}
+    n_train = 10 * per_class_train
+    for i in range(5):  # the training images spread over the five batch files, in order
+        lo, hi = i * n_train // 5, (i + 1) * n_train // 5
+        x, y = images(hi - lo), [k % 10 for k in range(lo, hi)]
+        with open(d / f"data_batch_{i + 1}", "wb") as f:
+            pickle.dump({"data": x, "labels": y}, f)
+        out["train"].append((x, y))
+    x, y = images(10 * per_class_test), [k % 10 for k in range(10 * per_class_test)]
+    with open(d / "test_batch", "wb") as f:
+        pickle.dump({"data": x, "labels": y}, f)
+    out["test"].append((x, y))
+    with open(d / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": CIFAR10_CLASSES}, f)
+    return {s: (np.concatenate([c[0] for c in v]), sum((c[1] for c in v), [])) for s, v in out.items()}
+
+
+def test_built_archive_layout_names_and_pixels(tmp_path):
+    """gpcheck make-jpeg's builder on a synthetic CIFAR-10 folder: the shared archive's layout
+    (train/<class>/NNNN.jpg from 0000 per class in batch order), a reproducible tar, every image
+    encoded with quality 75 and 4:2:0, and the presets' loader reads it back."""
+    ref = _cifar10_folder(tmp_path / "cifar")
+    info = data.build_jpeg_archive(tmp_path / "cifar", tmp_path / "a" / "cifar10-jpeg.tar.gz")
+    assert info["images"] == {"train": 20, "test": 10} and not info["tar_equals_shared"]
+    raw = (tmp_path / "a" / "cifar10-jpeg.tar.gz").read_bytes()
+    assert raw[:4] == b"\x1f\x8b\x08\x00" and raw[4:8] == b"\x00\x00\x00\x00"  # gzip, no name, no time stamp
+    with tarfile.open(tmp_path / "a" / "cifar10-jpeg.tar.gz", "r:gz") as tf:
+        members = tf.getmembers()
+        names = [m.name for m in members]
+        assert names == sorted(names) and len(names) == 2 + 20 + 30  # 2 splits, 20 class folders, 30 images
+        assert all(m.mtime == 0 and m.uid == 0 and m.gid == 0 and m.uname == "" and m.gname == "" for m in members)
+        assert all(m.mode == (0o755 if m.isdir() else 0o644) for m in members)
+        assert "train/airplane/0000.jpg" in names and "train/airplane/0001.jpg" in names
+        assert "train/airplane/0002.jpg" not in names and "test/truck/0000.jpg" in names
+        # train/bird/0001.jpg is the second bird image in batch order: training image 12
+        x, _ = ref["train"]
+        got = tf.extractfile("train/bird/0001.jpg").read()
+        buf = io.BytesIO()
+        Image.fromarray(x[12].reshape(3, 32, 32).transpose(1, 2, 0)).save(buf, format="JPEG", quality=75,
+                                                                          subsampling="4:2:0")
+        assert got == buf.getvalue()
+        im = Image.open(io.BytesIO(got))
+        assert im.layer == [(1, 2, 2, 0), (2, 1, 1, 1), (3, 1, 1, 1)]  # 4:2:0 chroma subsampling
+    s = load_split("cifar10-jpeg", "train", root=tmp_path / "a" / "cifar10-jpeg.tar.gz", cache_dir=tmp_path / "c")
+    assert s.classes == CIFAR10_CLASSES and s.labels.tolist() == [c for c in range(10) for _ in range(2)]
+    order = [i for c in range(10) for i in range(20) if i % 10 == c]  # by class, then number
+    err = np.abs(s.images.numpy().astype(int) - x[order].reshape(20, 3, 32, 32).astype(int))
+    assert err.mean() < 3, err.mean()  # lossy, but the same pictures
+    # the same folder gives the same bytes again (no clock, no owner, no file order in them)
+    again = data.build_jpeg_archive(tmp_path / "cifar", tmp_path / "b.tar.gz")
+    assert again["tar_sha256"] == info["tar_sha256"] and again["sha256"] == info["sha256"]
+
+
+@pytest.mark.skipif(not ARCHIVE.is_file(), reason="no shared CIFAR-10 JPEG archive")
+def test_image_tar_rebuilds_the_shared_tar_byte_for_byte():
+    """The shared archive's own 60,000 JPEG files, packed by the builder's tar writer, give the
+    shared tar's sha256: only the JPEG encoder decides whether a build from CIFAR-10 matches."""
+    import hashlib
+
+    with tarfile.open(ARCHIVE, "r:gz") as tf:
+        files = {m.name: tf.extractfile(m).read() for m in tf if m.isfile()}
+    assert len(files) == 60_000
+    tar = data.image_tar(files)
+    assert hashlib.sha256(tar).hexdigest() == data.SHARED_TAR_SHA256
+    gz, compressor = data.gzip_n9(tar)
+    if compressor.startswith("gzip "):  # GNU gzip -n -9, as the shared file was made: the same file
+        assert hashlib.sha256(gz).hexdigest() == data.SHARED_GZ_SHA256, compressor
+
+
+def test_make_jpeg_command(tmp_path):
+    from click.testing import CliRunner
+
+    from validation.cli import main
+
+    _cifar10_folder(tmp_path / "cifar", per_class_train=1, per_class_test=1)
+    r = CliRunner().invoke(main, ["make-jpeg", "--from", str(tmp_path / "cifar"), "--out", str(tmp_path / "x.tar.gz"),
+                                  "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert f"wrote {tmp_path / 'x.tar.gz'}: 20 images (train 10, test 10)" in r.output
+    assert "not the shared archive's" in r.output and (tmp_path / "x.tar.gz").is_file()
+    r = CliRunner().invoke(main, ["make-jpeg", "--from", str(tmp_path), "--out", str(tmp_path / "y.tar.gz")])
+    assert r.exit_code == 2 and r.output.startswith(f"gpcheck: error: --from {tmp_path}: no cifar-10-batches-py/")
+    assert not (tmp_path / "y.tar.gz").exists()
+
+
+def test_no_data_messages_say_where_the_data_comes_from(tmp_path):
+    """Not circular: the missing JPEG archive names its origin and how to build it; a failed
+    download names the file to fetch by hand and where to put it."""
+    with pytest.raises(DataError) as exc:
+        load_split("cifar10-jpeg", "train", root=tmp_path / "nope.tar.gz", cache_dir=tmp_path)
+    msg = str(exc.value)
+    assert "gpcheck make-jpeg --from DIR --out FILE" in msg and 'README, "Data"' in msg and "--data-root" in msg
+    import torchvision.datasets as tvd
+
+    def offline(*a, **k):
+        raise OSError("network is unreachable")
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(tvd, "CIFAR10", offline)
+    try:
+        with pytest.raises(DataError) as exc:
+            load_split("cifar10", "train", root=tmp_path / "d", download=True)
+    finally:
+        mp.undo()
+    msg = str(exc.value)
+    assert tvd.CIFAR10.url in msg and "cifar-10-batches-py/" in msg and "--dataset cifar10-jpeg" in msg

@@ -231,7 +231,8 @@ def test_read_only_output_folder(tmp_path):
     try:
         res = gpcheck(["ladder", "--out", str(ro / "ladder")])
         assert res.returncode == 3 and "Traceback" not in res.stderr
-        assert res.stderr.strip() == f"gpcheck: error: {ro / 'ladder'}: Read-only file system"
+        assert res.stderr.strip() == (f"gpcheck: error: --out {ro / 'ladder'}: cannot create this folder (Read-only "
+                                      "file system); pass --out a folder you can write (it is created if missing)")
     finally:
         subprocess.run(["umount", str(ro)], capture_output=True)
 
@@ -293,7 +294,51 @@ def test_jobs_two_workers_give_the_reference_bits(tmp_path, smoke_reference):
     _same_as_reference(out, smoke_reference, "jobs 2")
     info = json.loads((out / "skip-smoke-cifar10-jpeg" / "suite.json").read_text())
     assert info["jobs"] == 2 and info["command"].endswith("--jobs 2 --out " + str(out))
-    # a second --jobs invocation on the finished folder measures nothing and changes no trace
-    before = traces_of(out / "skip-smoke-cifar10-jpeg")
-    assert gpcheck([*SMOKE, "--jobs", "2", "--out", str(out)]).returncode == 0
-    assert traces_of(out / "skip-smoke-cifar10-jpeg") == before
+    # a second --jobs invocation on the finished folder measures nothing, says so, and changes no byte
+    files = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    again = gpcheck([*SMOKE, "--jobs", "2", "--out", str(out)])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "5 of 5 runs were already finished; nothing measured" in again.stdout
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == files
+
+
+# -- Ctrl-C for a command started in the background ----------------------------------------------
+def _interrupt_when(cmd, ready, timeout=300):
+    """Start ``cmd`` as a script's background job starts it (SIGINT ignored, which Python keeps),
+    send SIGINT once ``ready()``, and return (returncode, stderr, whether it was sent)."""
+    import time
+
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    deadline, sent = time.monotonic() + timeout, False
+    while time.monotonic() < deadline and p.poll() is None:
+        if ready():
+            p.send_signal(signal.SIGINT)
+            sent = True
+            break
+        time.sleep(0.05)
+    _, err = p.communicate(timeout=120)
+    return p.returncode, err, sent
+
+
+def test_sigint_stops_a_ladder_started_in_the_background(tmp_path):
+    out = tmp_path / "lad"
+    code, err, sent = _interrupt_when([sys.executable, "-m", "validation.cli", "ladder", "--out", str(out)],
+                                      lambda: any((out / "traces").glob("*.npz")))
+    if not sent:
+        pytest.skip("the ladder finished before it could be interrupted")
+    assert code == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
+
+
+@needs_archive
+def test_sigint_stops_deep_started_in_the_background(tmp_path):
+    """README: Ctrl-C or kill works "also for a command started in the background"."""
+    out = tmp_path / "out"
+    code, err, sent = _interrupt_when([sys.executable, "-m", "validation.cli", *SMOKE, "--out", str(out)],
+                                      lambda: bool(list(out.glob("*/runs/*/checkpoints/*.pt"))))
+    if not sent:
+        pytest.skip("the suite finished before it could be interrupted")
+    assert code == 130, err[-2000:]
+    assert "interrupted: finished runs and checkpoints are kept" in err and "Traceback" not in err
+    assert "not finished" in err  # what the invocation did, read from the run folders

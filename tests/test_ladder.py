@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,3 +158,15 @@ def test_plot_paths_copes_with_short_and_diverged_runs(tmp_path):
                      tmp_path / "f" / "x.png", title="edge cases")
     assert out.read_bytes()[:8] == PNG_MAGIC
     assert [p.name for p in (tmp_path / "f").iterdir()] == ["x.png"]
+
+
+def test_every_file_the_report_cites_exists(ladder_out):
+    """The closed-form finding cited ARCHITECTURE.md, a file the project does not have."""
+    import re
+
+    out, _ = ladder_out
+    md = (out / "report.md").read_text()
+    repo = Path(__file__).resolve().parents[1]
+    cited = set(re.findall(r"\b((?:[\w-]+/)*[\w-]+\.(?:py|md))\b", md)) - {"report.md"}
+    assert "gamma_theory/problems.py" in cited and "tests/test_least_squares.py" in cited
+    assert all((repo / c).is_file() for c in cited), sorted(c for c in cited if not (repo / c).is_file())

@@ -1,4 +1,4 @@
-"""Least squares: the checkers against the closed form of ARCHITECTURE.md, in float64."""
+"""Least squares: the checkers against the closed form (gamma_theory/problems.py, ls_closed_form_gamma), in float64."""
 
 import numpy as np
 from hypothesis import HealthCheck, assume, given, settings, strategies as st

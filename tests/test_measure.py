@@ -263,6 +263,39 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
     assert run(tmp_path / "f", epochs=2).trace.inner.tolist() == full.trace.inner.tolist()
 
 
+@pytest.mark.parametrize("at", [2, 7])  # in pass 1 (a checkpoint of epoch 0), at the start of pass 2
+def test_resuming_with_another_thread_count_names_the_option(tmp_path, at):
+    """Same machine, other --threads: the advice is the option to pass, not another machine."""
+    from deep.measure import EnvironmentMismatch
+
+    before = torch.get_num_threads()
+    TinyCNN.calls, TinyCNN.interrupt_at = 0, at
+    try:
+        torch.set_num_threads(1)
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path / "r", checkpoint_every=1)
+        TinyCNN.interrupt_at = None
+        torch.set_num_threads(2)
+        with pytest.raises(EnvironmentMismatch) as exc:
+            run(tmp_path / "r", checkpoint_every=1)
+        msg = str(exc.value)
+        assert "num_threads: 1 then vs 2 now" in msg and "pass --threads 1" in msg, msg
+        assert "machine" not in msg and "elsewhere" not in msg, msg
+        torch.set_num_threads(1)
+        assert run(tmp_path / "r", checkpoint_every=1).trace is not None  # with the advice taken, it resumes
+    finally:
+        TinyCNN.interrupt_at = None
+        torch.set_num_threads(before)
+
+
+def test_differ_advice_for_another_device_names_the_hardware():
+    from deep.env import differ_advice
+
+    msg = differ_advice(["device_name", "num_threads"], {"device_name": "A", "num_threads": 1},
+                        {"device_name": "B", "num_threads": 2})
+    assert "device_name: A then vs B now" in msg and "pass --threads 1" in msg and "same device_name" in msg
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("network", ["resnet18", "vgg16", "alexnet"])
 def test_full_width_network_replays_bitwise(tmp_path, network):

@@ -142,14 +142,78 @@ def test_smoke_suite_end_to_end(suite, tmp_path):
     assert (out / again["figure"]).exists()
 
 
+def _files(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 @needs_archive
 def test_rerun_skips_finished_runs(tmp_path):
+    """A rerun that measures nothing says so, and leaves the output folder byte for byte as it was;
+    a report rebuilt from the reused traces keeps the facts of the invocation that measured them."""
     args = ["deep", "--suite", "skip", "--preset", "smoke", "--out", str(tmp_path), "--quiet"]
-    assert CliRunner().invoke(main, args).exit_code == 0
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
     out = tmp_path / "skip-smoke-cifar10-jpeg"
+    assert f"{out}: 5 runs: measured 5, resumed 0, reused 0 (already finished)" in first.output
+    assert "NOT EVIDENCE: the smoke preset tests the machinery" in first.output  # the banner, in the terminal
     stamp = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/trace.npz")}
-    assert CliRunner().invoke(main, args).exit_code == 0
+    files = _files(tmp_path)
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output
+    assert f"{out}: 5 of 5 runs were already finished; nothing measured" in again.output
+    assert "report unchanged" in again.output and "NOT EVIDENCE" in again.output
     assert stamp == {p: p.stat().st_mtime_ns for p in out.glob("runs/*/trace.npz")}
+    assert _files(tmp_path) == files  # suite.json, manifest, report, figure, index: the same bytes
+
+    # the report is rebuilt when it is missing, from suite.json as the measuring invocation wrote it
+    info = json.loads((out / "suite.json").read_text())
+    info.update(device="cpu (the measuring machine)", started_utc="2000-01-01T00:00:00+00:00")
+    (out / "suite.json").write_text(json.dumps(info))
+    suite_json = (out / "suite.json").read_bytes()
+    (out / "report.json").unlink()
+    third = CliRunner().invoke(main, args)
+    assert third.exit_code == 0, third.output
+    assert "nothing measured" in third.output and "report unchanged" not in third.output
+    assert (out / "suite.json").read_bytes() == suite_json
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["device"] == "cpu (the measuring machine)" and rep["started_utc"] == "2000-01-01T00:00:00+00:00"
+
+
+def test_outcomes_of_an_invocation_are_read_from_the_run_folders(tmp_path):
+    """measured (from scratch), resumed (from an earlier invocation's progress), reused (finished
+    before), error, not finished: what the terminal says an invocation did."""
+    from deep.runner import describe_outcome, outcomes, run_states, suite_tasks, touched
+
+    tasks = suite_tasks("skip", "smoke", None, tmp_path)
+    wd = {t.name: t.workdir for t in tasks}
+    names = list(wd)
+    for n in names[:2]:  # finished before
+        wd[n].mkdir(parents=True)
+        (wd[n] / "trace.json").write_text("{}")
+    (wd[names[2]] / "checkpoints").mkdir(parents=True)  # progress of an interrupted run
+    (wd[names[2]] / "checkpoints" / "epoch0001.pt").write_bytes(b"x")
+    before = run_states(tasks)
+    assert describe_outcome(outcomes(before, tasks)[tasks[0].out]) == \
+        "5 runs: measured 0, resumed 0, reused 2 (already finished), 3 not finished"
+    (wd[names[2]] / "trace.json").write_text("{}")  # resumed
+    wd[names[3]].mkdir(parents=True)
+    (wd[names[3]] / "trace.json").write_text("{}")  # measured from scratch
+    wd[names[4]].mkdir(parents=True)
+    (wd[names[4]] / "error.json").write_text("{}")  # failed
+    counts = outcomes(before, tasks)[tasks[0].out]
+    assert describe_outcome(counts) == "5 runs: measured 1, resumed 1, reused 2 (already finished), 1 ended in an " \
+                                       "error"
+    assert touched(counts)
+    now = run_states(tasks)
+    (wd[names[0]] / "trace.json").write_text('{"again": 1}')  # a finished trace measured again counts as measured
+    counts = outcomes(now, tasks)[tasks[0].out]
+    assert counts["measured"] == 1 and counts["reused"] == 3
+    for n in names:  # every run finished: an invocation that changes nothing touched nothing
+        (wd[n] / "error.json").unlink(missing_ok=True)
+        (wd[n] / "trace.json").write_text("{}")
+    untouched = outcomes(run_states(tasks), tasks)[tasks[0].out]
+    assert not touched(untouched) and describe_outcome(untouched) == \
+        "5 of 5 runs were already finished; nothing measured"
 
 
 def test_report_on_a_folder_without_runs(tmp_path):

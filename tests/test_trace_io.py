@@ -84,6 +84,19 @@ def test_missing_and_truncated_files(tmp_path):
         load_trace(tmp_path / "x.npz")
 
 
+def test_a_file_that_is_not_a_trace_is_named_so_without_numpys_pickle_advice(tmp_path):
+    """`gpcheck check README.md`: numpy's ValueError advises allow_pickle=True (which would run
+    code from the file); the message says the file is not a trace instead."""
+    (tmp_path / "README.md").write_text("# gpcheck\n\nnot a trace\n")
+    with pytest.raises(TraceError, match="not an .npz \\(zip\\) archive at all; a trace is the .npz file") as exc:
+        load_trace(tmp_path / "README.md")
+    assert "pickle" not in str(exc.value)
+    np.savez(tmp_path / "obj.npz", loss=np.array([{"a": 1}], dtype=object))  # an npz holding a pickle
+    with pytest.raises(TraceError, match="holds pickled Python objects, which a trace never does") as exc:
+        load_trace(tmp_path / "obj.npz")
+    assert "allow_pickle" not in str(exc.value)
+
+
 def test_sidecar_digest_catches_an_npz_from_elsewhere(tmp_path):
     a = good().save(tmp_path / "a")
     other = good()

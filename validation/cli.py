@@ -24,6 +24,7 @@ Adding a command later (``deep``, ``report``, ...)::
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import warnings
@@ -65,12 +66,47 @@ def _version() -> str:
 def fail(msg: str, status: int = EXIT_BAD_INPUT) -> NoReturn:
     """Print ``gpcheck: error: <msg>`` as one line on stderr and exit with ``status`` (2)."""
     one_line = " ".join(str(msg).split())
+    _close_bars()
     click.echo(f"gpcheck: error: {one_line}", err=True)
     sys.exit(status)
 
 
+def _close_bars() -> None:
+    """Close every progress bar still open, so that what follows starts on a line of its own."""
+    tqdm = sys.modules.get("tqdm")  # no bar can be open if tqdm was never imported
+    if tqdm is None:
+        return
+    for bar in list(getattr(tqdm.tqdm, "_instances", ())):
+        bar.close()
+
+
+def _out_folder(path: str) -> None:
+    """Create the ``--out`` folder before any work, or stop with one line that names it and says
+    what to do (exit 3: the file system refused)."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"--out {path}: cannot create this folder ({exc.strerror or exc}); pass --out a folder you can "
+             "write (it is created if missing)", EXIT_IO)
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    click.echo(f"gpcheck: warning: {' '.join(str(message).split())}", err=True)
+    text = f"gpcheck: warning: {' '.join(str(message).split())}"
+    if "tqdm" in sys.modules:  # on a line of its own above any progress bar (cleared and redrawn)
+        sys.modules["tqdm"].tqdm.write(text, file=sys.stderr)
+    else:
+        click.echo(text, err=True)
+
+
+def _stop_on_sigint() -> None:
+    """Ctrl-C and ``kill -INT`` stop every command, also one started in the background from a
+    script: a shell without job control starts such a command with SIGINT ignored, and Python
+    keeps it ignored, so the handler is installed explicitly. (Not from another thread than the
+    main one: an embedding program keeps its handlers.)"""
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:
+        pass
 
 
 class _Group(click.Group):
@@ -79,6 +115,7 @@ class _Group(click.Group):
 
     def main(self, args=None, prog_name=None, **extra):
         extra.pop("standalone_mode", None)
+        _stop_on_sigint()
         try:
             rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
         except click.exceptions.NoArgsIsHelpError as exc:  # bare `gpcheck`: the help, not an error
@@ -119,8 +156,8 @@ def main() -> None:
 
 # -- gpcheck ladder ------------------------------------------------------------------------------
 @main.command()
-@click.option("--out", "out_dir", default="reports/ladder", show_default=True,
-              help="folder for report.md, report.json, traces/ and figures/")
+@click.option("--out", "out_dir", default="gpcheck-out/ladder", show_default=True,
+              help="folder for report.md, report.json, traces/ and figures/ (the committed ones: reports/ladder)")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
               help="seed of the data and the sampling (0 to 2**32-1)")
 def ladder(out_dir: str, seed: int) -> None:
@@ -129,6 +166,7 @@ def ladder(out_dir: str, seed: int) -> None:
     Writes only inside OUT: report.md, report.json, traces/ and figures/."""
     from .ladder import run_ladder
 
+    _out_folder(out_dir)
     report = run_ladder(out_dir=out_dir, seed=seed, progress=True)
     click.echo(f"report: {out_dir}/report.md  (json: {out_dir}/report.json, figure: {out_dir}/{report['figure']})")
     width = max(len(f"{r['rung']}/{r['optimizer']}") for r in report["runs"])
@@ -171,8 +209,9 @@ def _summary(path: str, trace, result) -> str:
         f"  holds:            {'yes' if d1['holds'] else 'no'}",
         f"  feasible gamma:   {feasible_set(d1)}",
         f"  largest gamma:    {fmt3(d1['gamma_max'])}",
-        f"  share positive:   {pct(d1['share_positive'])} of {d1['n_upper']} steps with gap > 0 "
-        f"({d1['n_lower']} with gap < 0, {d1['n_zero']} with gap = 0)",
+        (f"  share positive:   {pct(d1['share_positive'])} of {d1['n_upper']} steps with gap > 0 "
+         if d1["n_upper"] else "  share positive:   n/a: no step has gap > 0, so no step bounds gamma from above ")
+        + f"({d1['n_lower']} with gap < 0, {d1['n_zero']} with gap = 0)",
         f"  violating steps:  {viol_text}",
         "Theorem 1",
         f"  item 1, distance never grows:          {item1_cell(dm)}",
@@ -216,8 +255,10 @@ def _choice_error(kind: str, value: str, choices) -> NoReturn:
 @click.option("--download", is_flag=True, help="download CIFAR through torchvision if it is not under --data-root")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
 @click.option("--threads", default=None, type=click.IntRange(1, 1024),
-              help="CPU threads of torch (default: torch's, one per core); a run resumes only with the "
-                   "thread count it started with")
+              help="CPU threads of torch, at most the machine's cores: of the run measured, or shared by the "
+                   "--jobs workers (threads // jobs each, at least 1). Default on the CPU: 1, or $OMP_NUM_THREADS "
+                   "where set (more threads per run are slower on a busy machine; --jobs uses more cores). A run "
+                   "resumes only with the thread count it started with")
 @click.option("--cuda-graphs/--no-cuda-graphs", default=None,
               help="run the steps of both passes as CUDA graph replays (default: on a GPU, yes; the same bits, "
                    "fewer kernel launches); a run resumes only the way it began")
@@ -229,8 +270,9 @@ def _choice_error(kind: str, value: str, choices) -> NoReturn:
                    "the reports go to OUT/<suite>-<preset>-<dataset>-random-labels/")
 @click.option("--star-extend", default=0.0, show_default=True, type=click.FloatRange(0, 10),
               help="also judge every path against a theta* trained this fraction of the epochs longer (0: not)")
-@click.option("--out", "out_root", default="reports", show_default=True,
-              help="root of the reports: OUT/<suite>-<preset>-<dataset>/ and the index OUT/README.md")
+@click.option("--out", "out_root", default="gpcheck-out", show_default=True,
+              help="root of the reports: OUT/<suite>-<preset>-<dataset>/ and the index OUT/README.md (the "
+                   "committed ones: reports; a folder gpcheck-out is git-ignored)")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 @click.option("--plan", is_flag=True, help="print the suite's runs, their steps and the time they will take on this "
                                            "device (from measured ms/step), and run nothing")
@@ -240,7 +282,7 @@ def _choice_error(kind: str, value: str, choices) -> NoReturn:
                    "pip install 'gpcheck[ray]')")
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(1, 4096),
               help="local: worker processes on this machine, each taking the runs no other holds, on CUDA pinned "
-                   "round-robin to the GPUs, on the CPU sharing the threads (--threads, or one per core); slurm: "
+                   "round-robin to the GPUs, on the CPU sharing the threads (--threads; one each by default); slurm: "
                    "at most this many array tasks at once (1: no limit); ray without --ray-address: the CPUs of "
                    "the local cluster are jobs x threads")
 @click.option("--ray-address", default=None, help="ray: address of an existing cluster (default: start one here)")
@@ -266,7 +308,8 @@ def deep(suite, preset, dataset, data_root, download, device, threads, cuda_grap
     from deep.env import resolve_device
     from deep.executors import EXECUTORS, ExecutorError, Interrupted, finish_suites, run_queue_with
     from deep.measure import RunMismatch
-    from deep.runner import DATASET_CHOICES, LABELS, resolve_datasets, run_queue, suite_tasks
+    from deep.runner import (DATASET_CHOICES, LABELS, describe_outcome, outcomes, resolve_datasets, run_queue,
+                             run_states, suite_tasks, touched)
     from deep.suites import PRESETS, SUITES
 
     from .deep_report import build_report
@@ -294,6 +337,16 @@ def deep(suite, preset, dataset, data_root, download, device, threads, cuda_grap
         dev = resolve_device(device)
     except ValueError as exc:
         fail(str(exc))
+    here = executor == "local" or (executor == "ray" and not ray_address) or (executor == "slurm" and
+                                                                             slurm_cluster == "local")
+    cores = os.cpu_count() or 1
+    if threads is not None and here and threads > cores:
+        fail(f"--threads {threads}: this machine has {cores} CPU core(s); give at most {cores} (1, the default, "
+             "is fastest per core on a shared machine; --jobs runs several runs at once)")
+    if threads is None and dev.type == "cpu" and not os.environ.get("OMP_NUM_THREADS"):
+        threads = DEFAULT_CPU_THREADS
+    if here and dev.type == "cpu" and not plan:
+        _warn_if_busy(threads or torch.get_num_threads(), jobs, cores)
     if Path(out_root).exists() and not Path(out_root).is_dir():
         fail(f"--out {out_root}: is a file, not a folder")
     if cuda_graphs and dev.type != "cuda" and executor == "local":
@@ -322,6 +375,7 @@ def deep(suite, preset, dataset, data_root, download, device, threads, cuda_grap
                        + summary_line(everything, name, unit)
                        + (" On N GPUs (--jobs N), about 1/N of it in wall time." if dev.type == "cuda" else ""))
         return
+    _out_folder(out_root)
     remote = executor != "local"
     if preset == "paper" and dev.type == "cpu" and device is None and not remote:
         fail("the paper preset trains ResNets and VGGs for 150 epochs: it needs a GPU, and this machine has "
@@ -346,6 +400,12 @@ def deep(suite, preset, dataset, data_root, download, device, threads, cuda_grap
         before_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     except ValueError:  # not the main thread (an embedding program): leave its handlers alone
         before_term = _NOT_SET
+    before = run_states(tasks)  # what this invocation did is read from the run folders after it
+
+    def changed(ts):  # the tasks of the suites this invocation changed (measured, resumed, failed, begun)
+        counts = outcomes(before, ts)
+        return [t for t in ts if touched(counts[t.out])]
+
     try:
         if executor == "local" and jobs == 1:
             dirs = run_queue(tasks, progress=not quiet, command=argv)
@@ -354,11 +414,17 @@ def deep(suite, preset, dataset, data_root, download, device, threads, cuda_grap
                                    gpus=torch.cuda.device_count() if cuda else 0, out_root=out_root,
                                    ray_address=ray_address, slurm_cluster=slurm_cluster, slurm_time=slurm_time,
                                    slurm_partition=slurm_partition, slurm_extra=extra)
-            finish_suites(tasks, walls, argv, {"executor": executor, "jobs": jobs} |
+            # a suite this invocation measured nothing of keeps the facts of those that measured it
+            finish_suites(changed(tasks), walls, argv, {"executor": executor, "jobs": jobs} |
                           ({"cluster": slurm_cluster} if executor == "slurm" else {}))
             dirs = list(walls)
+        counts = outcomes(before, tasks)
         for out in dirs:
-            build_report(out)
+            click.echo(f"{out}: {describe_outcome(counts[out])}")
+            if not touched(counts[out]) and _report_is_current(out):
+                click.echo(f"report unchanged: {out}/report.md (nothing measured; `gpcheck report {out}` rebuilds it)")
+            else:
+                build_report(out)
             errors += _print_suite_summary(out)
         _write_index(out_root)
     except ExecutorError as exc:
@@ -367,8 +433,12 @@ def deep(suite, preset, dataset, data_root, download, device, threads, cuda_grap
         fail(str(exc))
     except KeyboardInterrupt as exc:
         if isinstance(exc, Interrupted):  # its workers have stopped: their time counts
-            finish_suites(tasks, exc.walls, argv, {"executor": executor, "jobs": jobs})
-        click.echo("\ninterrupted: finished runs and checkpoints are kept; rerun the same command to resume.",
+            finish_suites(changed(tasks), exc.walls, argv, {"executor": executor, "jobs": jobs})
+        _close_bars()
+        counts = outcomes(before, tasks)
+        for out, c in counts.items():
+            click.echo(f"{out}: {describe_outcome(c)}", err=True)
+        click.echo("interrupted: finished runs and checkpoints are kept; rerun the same command to resume.",
                    err=True)
         sys.exit(130)
     finally:
@@ -379,6 +449,24 @@ def deep(suite, preset, dataset, data_root, download, device, threads, cuda_grap
 
 
 _NOT_SET = object()
+
+#: CPU threads per run when --threads is not given (README, "Threads"): on a 2-core machine that
+#: other work shares, ResNet-18 ran 4x (one step) to 10x (a whole smoke suite) slower with 2 threads
+#: than with 1, because OpenMP threads spin-wait on each other; on an idle one 2 threads gain less
+#: than 2x, which --jobs 2 (two runs at once, one thread each) also gets
+DEFAULT_CPU_THREADS = 1
+
+
+def _warn_if_busy(threads: int, jobs: int, cores: int) -> None:
+    """Warn when runs of several threads start on a machine whose load leaves them no free core."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return
+    if threads > 1 and load + threads * jobs > cores + 0.5:
+        click.echo(f"gpcheck: warning: the machine is busy (load average {load:.1f} on {cores} cores) and each run "
+                   f"uses {threads} threads: OpenMP threads then spin-wait on each other (README, \"Threads\": 4-10x "
+                   "slower measured on 2 cores); pass --threads 1", err=True)
 
 
 def _raise_interrupt(signum, frame):
@@ -394,10 +482,40 @@ def _write_index(root) -> None:
                    "(the index of the reports was not written)", err=True)
 
 
+def _report_is_current(out: Path) -> bool:
+    """Does the suite's report describe the run folders as they are (each run finished, failed or
+    missing as the report says)? Then an invocation that measured nothing leaves it alone."""
+    from deep.runner import read_suite_runs
+
+    try:
+        rep = json.loads((out / "report.json").read_text())
+        info = read_json(out / "suite.json")
+        names = read_suite_runs(info["suite"], info["preset"], info.get("seeds"))
+        said = {r["name"]: r["status"] for r in rep["runs"]}
+    except (OSError, ValueError, KeyError, TypeError, BadFile):
+        return False
+    if not (out / "report.md").is_file():
+        return False
+    for name in names:
+        run = out / "runs" / name
+        now = ("finished" if (run / "trace.json").is_file() else "error" if (run / "error.json").is_file()
+               else "missing")
+        was = said.get(name)
+        if was is None or now != (was if was in ("error", "missing") else "finished"):
+            return False
+    return True
+
+
 def _print_suite_summary(out) -> int:
     """Print the claims of a suite report; return how many runs ended in an error."""
+    from deep.suites import PRESET_TABLE
+
     rep = json.loads((Path(out) / "report.json").read_text())
     click.echo(f"report: {out}/report.md")
+    preset = PRESET_TABLE.get(rep.get("preset"))
+    if preset is not None and not preset.evidence:
+        click.echo(f"  NOT EVIDENCE: the {preset.name} preset tests the machinery end to end; its networks are tiny "
+                   "and train for a few steps, so these verdicts say nothing for or against the paper")
     for c in rep["claims"]:
         click.echo(f"  {c['verdict']:<14} {c['claim']}: {c['why']}")
     errors = [r["name"] for r in rep["runs"] if r["status"] == "error"]
@@ -511,6 +629,44 @@ def picture(runs, grid, subset, data_root, out_path, quiet) -> None:
             click.echo(f"report: {suite_dir / 'report.md'} (with the picture)")
         except ReportError as exc:
             click.echo(f"note: the report of {suite_dir} was not rebuilt ({exc})", err=True)
+
+
+@main.command("make-jpeg")
+@click.option("--from", "source", required=True, metavar="CIFAR10_ROOT",
+              help="CIFAR-10 in torchvision's format: the folder holding cifar-10-batches-py/ (what "
+                   "torchvision.datasets.CIFAR10(root, download=True) fills), or that folder itself")
+@click.option("--out", "out_path", required=True, metavar="FILE", help="the archive to write, e.g. cifar10-jpeg.tar.gz")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def make_jpeg(source: str, out_path: str, quiet: bool) -> None:
+    """Build the offline JPEG copy of CIFAR-10 (cifar10-jpeg.tar.gz, what the cpu, smoke and lite
+    presets read) from CIFAR-10 in torchvision's format.
+
+    Every image is encoded as the shared archive's were (Pillow, JPEG quality 75, 4:2:0 chroma),
+    named train/<class>/NNNN.jpg and test/<class>/NNNN.jpg (numbered from 0000 per class in the
+    batch files' order), and packed in a reproducible tar (sorted members, mtime 0, uid/gid 0) in
+    gzip -n -9. Prints the sha256 of the tar and of the file, and whether they equal the shared
+    archive's. Written atomically: an interrupted build leaves nothing."""
+    from deep.data import SHARED_TAR_SHA256, DataError, build_jpeg_archive
+
+    src = Path(source)
+    if not ((src / "cifar-10-batches-py").is_dir() or (src.name == "cifar-10-batches-py" and src.is_dir())):
+        fail(f"--from {source}: no cifar-10-batches-py/ there; give the folder that torchvision's "
+             "CIFAR10(root, download=True) filled (it holds cifar-10-batches-py/), or that folder itself")
+    if Path(out_path).is_dir():
+        fail(f"--out {out_path}: is a folder; give the archive's file name, e.g. {Path(out_path) / 'cifar10-jpeg.tar.gz'}")
+    try:
+        info = build_jpeg_archive(src, out_path, progress=not quiet)
+    except DataError as exc:
+        fail(str(exc))
+    n = info["images"]
+    click.echo(f"wrote {out_path}: {n['train'] + n['test']:,} images (train {n['train']:,}, test {n['test']:,}), "
+               f"{info['bytes']:,} bytes")
+    click.echo(f"  tar sha256 {info['tar_sha256']} ({info['tar_bytes']:,} bytes): "
+               + ("identical to the shared archive's" if info["tar_equals_shared"]
+                  else f"not the shared archive's ({SHARED_TAR_SHA256[:12]}...)"))
+    click.echo(f"  file sha256 {info['sha256']} ({info['compressor']})"
+               + (": identical to the shared archive" if info["file_equals_shared"] else ""))
+    click.echo(f"use it with: gpcheck deep --suite SUITE --data-root {out_path}  (or set GPCHECK_CIFAR10_JPEG)")
 
 
 @main.command()

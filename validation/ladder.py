@@ -41,7 +41,9 @@ from .util import (
     pct,
 )
 
-DEFAULT_OUT = "reports/ladder"
+#: where `gpcheck ladder` writes by default: a git-ignored folder, so a run never rewrites the
+#: committed reports/ladder/ (pass --out reports/ladder to rebuild those)
+DEFAULT_OUT = "gpcheck-out/ladder"
 
 
 def _command(out_dir: str, seed: int) -> str:
@@ -230,7 +232,8 @@ def findings(report: dict) -> list[str]:
             gmax = float(d1["gamma_max"])
             ok = gmax >= cf["gamma_floor"] * (1 - 1e-9)
             out.append(
-                f"{name}: closed form (ARCHITECTURE.md): eta*L = {fmt3(cf['lr_times_L'])} < 2, so "
+                f"{name}: closed form (gamma_theory/problems.py, ls_closed_form_gamma; tested in "
+                f"tests/test_least_squares.py): eta*L = {fmt3(cf['lr_times_L'])} < 2, so "
                 f"gamma >= (2 - eta*L)/dist0_sq = {fmt3(cf['gamma_floor'])}; measured largest gamma "
                 f"{fmt3(gmax)}: {'consistent' if ok else 'INCONSISTENT'}."
             )
