@@ -164,7 +164,7 @@ def path_numbers(trace: Trace, num_classes: int | None, result=None) -> dict:
         "paper": {
             "gamma_median": paper_gamma,
             "gamma_median_x_dist0_sq": None if paper_gamma is None else paper_gamma * trace.dist0_sq,
-            "share_positive": d1.share_positive,
+            "share_positive": d1.share_positive if d1.n_upper else None,  # None: no step with a positive gap
         },
         "negative_gap_steps": int((gaps < 0).sum()),
         "min_gap": float(gaps.min()),
@@ -310,7 +310,8 @@ def build_report(out_dir: str | Path) -> dict:
         "labels": suite_info.get("labels") or "true",
         "extras": suite_info.get("extras"),
         "assumptions": suite_info.get("assumptions", ASSUMPTIONS),
-        "preset_description": suite_info.get("preset_description"),
+        # the preset as defined now (a suite.json written earlier may carry an older wording)
+        "preset_description": preset.description if preset else suite_info.get("preset_description"),
         "started_utc": suite_info.get("started_utc"),
         "finished_utc": suite_info.get("finished_utc"),
         "suite_wall_s": suite_info.get("wall_s"),

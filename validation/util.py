@@ -46,7 +46,8 @@ def fmt3(x: Any) -> str:
 
 
 def pct(x: float | None) -> str:
-    """A share in [0, 1] as a percentage with 3 significant digits (``100%``, ``97.3%``)."""
+    """A share in [0, 1] as a percentage with 3 significant digits (``100%``, ``97.3%``); ``None``
+    (a share of no steps) is ``n/a``."""
     if x is None:
         return "n/a"
     return f"{100.0 * float(x):.3g}%"
