@@ -121,3 +121,18 @@ def test_suite_claims_carry_the_further_checks():
     assert names["r18 first as fast as all"] == FAIL
     assert names["skip connections more effective in r34 than r18"] == PASS
     assert names["gamma-speed identity (theta* = last iterate)"] == PASS
+
+
+def test_the_link_against_a_theta_star_near_the_path_end_is_not_evidence():
+    from validation.claims import link_claims
+
+    fast = dict(gamma_theory=2.0, gamma_paper=2.0, speed=0.2)
+    slow = dict(gamma_theory=1.0, gamma_paper=1.0, speed=0.4)
+    far = [run("a", ends_at_star=False, end_ratio=0.3, **slow), run("b", ends_at_star=False, end_ratio=0.2, **fast)]
+    assert {c["verdict"] for c in link_claims(far, "trained longer")} == {PASS}
+    near = [replace(r, end_ratio=8e-4) for r in far]
+    cs = link_claims(near, "trained longer")
+    assert {c["verdict"] for c in cs} == {NA} and all("too near the path's end" in c["why"] for c in cs)
+    # and one that can fail does
+    wrong = [replace(far[0], gamma_theory=3.0, gamma_paper=3.0), far[1]]
+    assert {c["verdict"] for c in link_claims(wrong, "trained longer")} == {FAIL}

@@ -198,6 +198,7 @@ def _numbers(s: dict, companion: str | None = None) -> RunNumbers:
         n_steps=int(src.get("steps") or s.get("steps") or 0), n_violating=int(src["theory"]["n_violating"]),
         identity_residual=(src.get("identity") or {}).get("rel_residual"),
         ends_at_star=bool((src.get("identity") or {}).get("ends_at_star")),
+        end_ratio=(src.get("identity") or {}).get("end_ratio"),
         gamma_max_over_bar=(src.get("identity") or {}).get("gamma_max_over_bar"),
         prefix=src.get("prefix"), update_sq_by_epoch=src.get("update_sq_by_epoch"), directions=src.get("directions"),
         star_batch_loss=src.get("star_batch_loss"), first_loss=conv.get("first_epoch_loss"),
