@@ -76,13 +76,15 @@ import torch.nn.functional as F
 
 from gamma_theory import PathRecorder, Trace, TraceError, load_trace, recording_identity
 from gamma_theory.flat import FlatLayout, FlatParams, sq_dist
-from gamma_theory.files import BadFile, clean_stale_tmp, fault_point, read_json, sha256_file, write_bytes, write_json
+from gamma_theory.files import (BadFile, PathEscape, check_links, clean_stale_tmp, fault_point, not_a_link, read_json,
+                                sha256_file, write_bytes, write_json)
 from gamma_theory.recorder import BASE, PER_STAR, trace_from_rows
 
 from .data import CyclicSampler, DeviceData
 from .env import deterministic, environment, same_environment
 from .graphs import StepGraphs
-from .state import StateDamaged, load_state, remove_state, save_state
+from .state import StateDamaged, load_state, remove_state, save_state, verify_state
+from .verify import SETUP_JSON, companion_path, consistent_status, read_trace_json
 
 ModelFn = Callable[[], torch.nn.Module]
 OptimizerFn = Callable[[Iterable[torch.Tensor]], torch.optim.Optimizer]
@@ -272,8 +274,9 @@ def measure(
     graphs = data.device.type in _CAPTURE_DEVICES if cuda_graphs is None else bool(cuda_graphs)
     if graphs and data.device.type not in _CAPTURE_DEVICES:
         raise ValueError(f"CUDA graphs need a CUDA device; the data is on {data.device} (use cuda_graphs=False)")
-    workdir = Path(workdir)
+    workdir = not_a_link(workdir, "a run folder")  # it may be wiped: never through a link
     workdir.mkdir(parents=True, exist_ok=True)
+    check_links(workdir)  # nor written through a link to a folder elsewhere
     checkpoint_every = checkpoint_every or max(1, epochs // 10)
     setup = dict(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, data_seed=data_seed,
                  channels_last=channels_last, allow_tf32=allow_tf32, checkpoint_every=checkpoint_every,
@@ -311,9 +314,7 @@ def _claim(workdir: Path, setup: dict) -> None:
     path = workdir / "setup.json"
     if path.exists():
         try:
-            before = read_json(path)
-            if not isinstance(before, dict):
-                raise BadFile(path, "does not hold a JSON object")
+            before = read_json(path, SETUP_JSON, "a run's setup.json")
         except BadFile as exc:
             warnings.warn(f"{exc}; measuring {workdir} again from the start", RemeasureWarning, stacklevel=3)
             _wipe(workdir)
@@ -329,12 +330,14 @@ def _claim(workdir: Path, setup: dict) -> None:
 
 
 def _wipe(workdir: Path) -> None:
-    """Delete every file of the run but ``setup.json`` (the run is measured again)."""
+    """Delete every file of the run but ``setup.json`` (the run is measured again). Never
+    through a link: the run folder must not be one, and a link inside it is removed, not followed."""
+    not_a_link(workdir, "a run folder")
     for p in workdir.iterdir():
         if p.name == "setup.json":
             continue
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)  # rmtree does not follow the links inside
         else:
             p.unlink(missing_ok=True)
 
@@ -345,14 +348,16 @@ def _finished(workdir: Path) -> MeasuredRun | None:
     if not done.exists():
         return None
     try:
-        info = read_json(done)
-        if not isinstance(info, dict):
-            raise BadFile(done, "does not hold a JSON object")
+        info = read_trace_json(done)
+        consistent_status(info, done)
         if info.get("status") == "diverged" and "npz_sha256" not in info:  # diverged, nothing measured
             return MeasuredRun(None, "diverged", info.get("diverged"), workdir)
         trace = load_trace(workdir / "trace.npz")
         load_companions(workdir, trace.meta)
-    except (BadFile, TraceError) as exc:
+        for kept in ("theta_star.pt", "theta0.pt"):  # the run's products, where they are kept: intact
+            if (workdir / kept).exists():
+                verify_state(workdir / kept)
+    except (BadFile, TraceError, StateDamaged) as exc:
         warnings.warn(f"{workdir}: the finished trace does not verify ({exc}); measuring the run again",
                       RemeasureWarning, stacklevel=3)
         done.unlink(missing_ok=True)
@@ -364,8 +369,14 @@ def load_companions(workdir: Path, meta: dict) -> dict[str, Trace]:
     """The traces recorded beside the main one (random baseline, earlier and later theta*), each
     checked against the digest the main trace recorded; :class:`TraceError` if one does not match."""
     out = {}
-    for name, c in (meta.get("companions") or {}).items():
-        path = Path(workdir) / c["file"]
+    companions = meta.get("companions") or {}
+    if not isinstance(companions, dict):
+        raise TraceError(f"{Path(workdir) / 'trace.json'}: 'companions' must be an object, not {type(companions).__name__}")
+    for name, c in companions.items():
+        try:  # the entry as gpcheck writes it, naming a file of this run's own folder
+            path = companion_path(Path(workdir), name, c)
+        except (BadFile, PathEscape) as exc:
+            raise TraceError(str(exc)) from None
         tr = load_trace(path)
         if sha256_file(path) != c["npz_sha256"]:
             raise TraceError(f"{path}: is not the companion trace the run recorded (sha256 differs)")
