@@ -9,7 +9,12 @@ Design
   - ``"cifar10"`` / ``"cifar100"``: torchvision's on-disk python-pickle format
     (``cifar-10-batches-py/`` or ``cifar-100-python/`` under ``root``). The pickles are
     read here directly (torchvision's dataset classes verify md5 sums of the official
-    files); torchvision is only used to *download* them when ``download=True``.
+    files); torchvision is only used to *download* them when ``download=True``. A pickle can
+    name any function to call, so these files are *trusted input*: they are unpickled with
+    :class:`_CifarUnpickler`, which builds only what CIFAR's files hold (dicts, lists, strings,
+    numbers and numpy arrays) and refuses every other object (a ``__reduce__`` payload calling
+    ``os.system``, say) with a :class:`DataError` before it runs. The pickle-free path is
+    ``"cifar10-jpeg"``, whose decoded cache gpcheck writes itself and verifies.
   - ``"cifar10-jpeg"``: the offline, lossy JPEG copy of CIFAR-10 (an ImageFolder tree
     ``train/<class>/NNNN.jpg`` inside a ``.tar.gz``). The archive is read once, every
     image is decoded in-process with Pillow (RGB), ordered by class then file name,
@@ -187,6 +192,30 @@ def _str_keys(d: dict) -> dict:
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in d.items()}
 
 
+class _Refused(Exception):
+    """A pickle asked for a global that CIFAR's files never hold."""
+
+
+#: the only globals a CIFAR pickle refers to: numpy's array reconstruction (numpy 1 and 2 names),
+#: and the codec Python 3 uses for bytes in protocol-2 pickles
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"), ("codecs", "encode"),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR's batch files and nothing else: every global outside :data:`_CIFAR_GLOBALS`
+    is refused before it is called, so a crafted file cannot run code."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise _Refused(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
 def _read_pickle(path: Path) -> dict:
     if not path.is_file():
         raise DataError(
@@ -195,7 +224,12 @@ def _read_pickle(path: Path) -> dict:
         )
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="latin1")
+            obj = _CifarUnpickler(f, encoding="latin1").load()
+    except _Refused as e:
+        raise DataError(
+            f"{path} is not a CIFAR file: it asks to build {e} while unpickling, which CIFAR's files never do "
+            f"(a pickle can run code); it was refused before anything ran. Replace the folder with an intact copy"
+        ) from None
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
         raise DataError(
             f"cannot read {path} ({type(e).__name__}: {e}): the file is corrupt; delete "

@@ -1,7 +1,12 @@
 """Executors: who measures the tasks of a queue (:class:`deep.runner.RunTask`), and where.
 
-* ``local`` with ``--jobs N``: N worker processes on this machine (``python -m deep.executors``),
-  pinned round-robin to the GPUs (``CUDA_VISIBLE_DEVICES``), or sharing the CPU's threads.
+* ``local`` with ``--jobs N``: N worker processes on this machine (``python -m deep.executors -``),
+  pinned round-robin to the GPUs (``CUDA_VISIBLE_DEVICES``), or sharing the CPU's threads. Each
+  reads its queue from its stdin, whose other end the parent holds: no queue file is written
+  anywhere, and a worker whose parent is gone (killed, even by SIGKILL) sees its stdin close and
+  ends itself (on Linux the kernel's parent-death signal too), never running on alone. A worker
+  killed on its own stops nothing else: the reports of the runs that finished are built, and the
+  command exits 1 with the line that names it.
 * ``slurm``: one Slurm job array through submitit (``pip install 'gpcheck[slurm]'``), one task
   per run. A task preempted or out of time is requeued by submitit and resumes from the run's
   checkpoints.
@@ -23,14 +28,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from gamma_theory.files import read_json
+from gamma_theory.files import PathEscape, read_json
 
 from .runner import RunTask, suite_dirs, write_suite_info
+from .verify import SUITE_JSON
 
 EXECUTORS = ("local", "slurm", "ray")
 
@@ -42,6 +48,15 @@ class ExecutorError(RuntimeError):
     def __init__(self, msg: str, status: int = 1):
         super().__init__(msg)
         self.status = status
+
+
+class WorkersKilled(ExecutorError):
+    """Workers of ``--jobs`` were killed (by a signal) while the others went on: the runs they held
+    are not finished, the others are. ``walls`` as :class:`_Watch` gives them."""
+
+    def __init__(self, msg: str, walls: dict[Path, float]):
+        super().__init__(msg, 1)
+        self.walls = walls
 
 
 class _Watch:
@@ -89,7 +104,7 @@ def finish_suites(tasks: list[RunTask], walls: dict[Path, float], command: str |
         path = out / "suite.json"
         if not path.is_file():
             continue  # nothing of it was measured (every task failed before opening it)
-        info = read_json(path)
+        info = read_json(path, SUITE_JSON, "a suite.json")
         info.update(command=command or info.get("command"), executor=executor, jobs=executor.get("jobs"))
         write_suite_info(out, info, walls.get(out, 0.0))
 
@@ -103,15 +118,17 @@ def run_local(tasks: list[RunTask], jobs: int, *, cuda: bool, threads: int | Non
 
     per = max(1, (threads or torch.get_num_threads()) // jobs)
     tasks = [RunTask(**{**asdict(t), "threads": None if cuda else per}) for t in tasks]
-    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="gpcheck-queue-", delete=False) as fh:
-        json.dump([asdict(t) for t in tasks], fh)
+    queue = (json.dumps([asdict(t) for t in tasks]) + "\n").encode("utf-8")
     procs = []
     try:
         for j in range(jobs):
             env = dict(os.environ, OMP_NUM_THREADS=str(per))
             if cuda and gpus:
                 env["CUDA_VISIBLE_DEVICES"] = str(j % gpus)
-            procs.append(subprocess.Popen([sys.executable, "-m", "deep.executors", fh.name], env=env))
+            p = subprocess.Popen([sys.executable, "-m", "deep.executors", "-"], env=env, stdin=subprocess.PIPE)
+            procs.append(p)
+            # the queue, then the pipe stays open: it closes when this process ends, however it ends
+            threading.Thread(target=_feed, args=(p, queue), daemon=True).start()
         where = f"{min(jobs, gpus)} GPU(s)" if cuda and gpus else f"{per} thread(s) each"
         print(f"gpcheck: {jobs} workers on {len(tasks)} runs ({where})", file=sys.stderr)
         watch = _Watch(tasks, quiet, f"{desc} ({jobs} workers)")
@@ -130,20 +147,62 @@ def run_local(tasks: list[RunTask], jobs: int, *, cuda: bool, threads: int | Non
         for p in procs:
             if p.poll() is None:
                 p.kill()
-        os.unlink(fh.name)
+        for p in procs:
+            try:
+                p.stdin.close()
+            except OSError:
+                pass
     bad = [(j, p.returncode) for j, p in enumerate(procs) if p.returncode not in (0, 1)]
     if bad:
         j, code = bad[0]
         why = (f"was killed by signal {-code} ({signal.Signals(-code).name})" if code < 0
                else f"stopped with status {code} (its message is above)")
-        raise ExecutorError(f"{len(bad)} of {jobs} workers failed: worker {j + 1} {why}; finished runs and "
-                            "checkpoints are kept: rerun the same command to resume",
+        msg = f"{len(bad)} of {jobs} workers failed: worker {j + 1} {why}"
+        if all(c < 0 for _, c in bad):  # killed: the others finished their runs, whose reports are built
+            raise WorkersKilled(f"{msg}; the reports of the runs that finished are built, and finished runs and "
+                                "checkpoints are kept: rerun the same command to resume the others", walls)
+        raise ExecutorError(f"{msg}; finished runs and checkpoints are kept: rerun the same command to resume",
                             code if code in (2, 3, 130) else 1)
     return walls
 
 
+def _feed(p: subprocess.Popen, queue: bytes) -> None:
+    """Write the queue to a worker's stdin and leave the pipe open (closed when the parent ends)."""
+    try:
+        p.stdin.write(queue)
+        p.stdin.flush()
+    except OSError:  # the worker is already gone: its return code says why
+        pass
+
+
+def _die_with_parent(stdin) -> None:
+    """End this worker when its parent is gone: the kernel's parent-death signal (Linux), and a
+    watchdog thread that waits for the parent's end of stdin to close (everywhere)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+    fd = stdin.fileno()
+
+    def watch():  # on the descriptor, not the buffered file: a daemon thread must hold no lock at exit
+        try:
+            while os.read(fd, 1 << 16):
+                pass
+        except OSError:
+            pass
+        os.kill(os.getpid(), signal.SIGKILL)  # the run's checkpoints are what a rerun resumes from
+
+    threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
+
+
 def _worker_main(queue_file: str) -> int:
-    """A worker of ``run_local``: measure the queue in ``queue_file`` (one JSON list of tasks)."""
+    """A worker of ``run_local``: measure the queue in ``queue_file`` (one JSON list of tasks), or,
+    for ``-``, the first line of stdin, and then end when stdin closes (the parent is gone)."""
     import torch
 
     from .data import DataError
@@ -153,12 +212,19 @@ def _worker_main(queue_file: str) -> int:
     # started from a shell that ignores SIGINT (a background job), a worker would ignore it too,
     # and the parent, which forwards SIGINT to stop its workers, would wait for ever
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    tasks = [RunTask(**t) for t in json.loads(Path(queue_file).read_text())]
+    if queue_file == "-":
+        line = sys.stdin.buffer.readline()
+        if not line.endswith(b"\n"):  # the parent died before the queue was whole
+            return 130
+        _die_with_parent(sys.stdin.buffer)
+        tasks = [RunTask(**t) for t in json.loads(line)]
+    else:
+        tasks = [RunTask(**t) for t in json.loads(Path(queue_file).read_text())]
     if tasks and tasks[0].threads:
         torch.set_num_threads(tasks[0].threads)
     try:
         run_queue(tasks, progress=False, add_wall=False)
-    except (DataError, RunMismatch) as exc:
+    except (DataError, RunMismatch, PathEscape) as exc:
         print(f"gpcheck: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -189,10 +255,10 @@ def run_slurm(tasks: list[RunTask], *, folder: Path, cluster: str, parallelism: 
     try:
         import submitit  # noqa: F401
     except ImportError:
-        raise ExecutorError("--executor slurm needs submitit: pip install 'gpcheck[slurm]'") from None
+        raise ExecutorError("--executor slurm needs submitit: pip install 'gpcheck[slurm]'", 2) from None
     if cluster == "slurm" and shutil.which("sbatch") is None:
         raise ExecutorError("--executor slurm: no Slurm here (sbatch is not on PATH); run it on a Slurm login "
-                            "node, or pass --slurm-cluster local to try the same job array on this machine")
+                            "node, or pass --slurm-cluster local to try the same job array on this machine", 2)
     from ._slurm import SlurmTask, make_executor
 
     ex = make_executor(folder, cluster, time_min=time_min, partition=partition, gpus=gpus, cpus=cpus,
@@ -228,7 +294,7 @@ def run_ray(tasks: list[RunTask], *, address: str | None, local_cpus: int | None
     try:
         import ray
     except ImportError:
-        raise ExecutorError("--executor ray needs Ray: pip install 'gpcheck[ray]'") from None
+        raise ExecutorError("--executor ray needs Ray: pip install 'gpcheck[ray]'", 2) from None
     from .runner import execute_task
 
     started = not ray.is_initialized()

@@ -76,13 +76,15 @@ import torch.nn.functional as F
 
 from gamma_theory import PathRecorder, Trace, TraceError, load_trace, recording_identity
 from gamma_theory.flat import FlatLayout, FlatParams, sq_dist
-from gamma_theory.files import BadFile, clean_stale_tmp, fault_point, read_json, sha256_file, write_bytes, write_json
+from gamma_theory.files import (BadFile, PathEscape, check_links, clean_stale_tmp, fault_point, not_a_link, read_json,
+                                sha256_file, write_bytes, write_json)
 from gamma_theory.recorder import BASE, PER_STAR, trace_from_rows
 
 from .data import CyclicSampler, DeviceData
 from .env import deterministic, differ_advice, environment, same_environment
 from .graphs import StepGraphs
-from .state import StateDamaged, load_state, remove_state, save_state
+from .state import StateDamaged, load_state, remove_state, save_state, verify_state
+from .verify import SETUP_JSON, companion_path, consistent_status, read_trace_json
 
 ModelFn = Callable[[], torch.nn.Module]
 OptimizerFn = Callable[[Iterable[torch.Tensor]], torch.optim.Optimizer]
@@ -272,8 +274,9 @@ def measure(
     graphs = data.device.type in _CAPTURE_DEVICES if cuda_graphs is None else bool(cuda_graphs)
     if graphs and data.device.type not in _CAPTURE_DEVICES:
         raise ValueError(f"CUDA graphs need a CUDA device; the data is on {data.device} (use cuda_graphs=False)")
-    workdir = Path(workdir)
+    workdir = not_a_link(workdir, "a run folder")  # it may be wiped: never through a link
     workdir.mkdir(parents=True, exist_ok=True)
+    check_links(workdir)  # nor written through a link to a folder elsewhere
     checkpoint_every = checkpoint_every or max(1, epochs // 10)
     setup = dict(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, data_seed=data_seed,
                  channels_last=channels_last, allow_tf32=allow_tf32, checkpoint_every=checkpoint_every,
@@ -311,9 +314,7 @@ def _claim(workdir: Path, setup: dict) -> None:
     path = workdir / "setup.json"
     if path.exists():
         try:
-            before = read_json(path)
-            if not isinstance(before, dict):
-                raise BadFile(path, "does not hold a JSON object")
+            before = read_json(path, SETUP_JSON, "a run's setup.json")
         except BadFile as exc:
             warnings.warn(f"{exc}; measuring {workdir} again from the start", RemeasureWarning, stacklevel=3)
             _wipe(workdir)
@@ -329,12 +330,14 @@ def _claim(workdir: Path, setup: dict) -> None:
 
 
 def _wipe(workdir: Path) -> None:
-    """Delete every file of the run but ``setup.json`` (the run is measured again)."""
+    """Delete every file of the run but ``setup.json`` (the run is measured again). Never
+    through a link: the run folder must not be one, and a link inside it is removed, not followed."""
+    not_a_link(workdir, "a run folder")
     for p in workdir.iterdir():
         if p.name == "setup.json":
             continue
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)  # rmtree does not follow the links inside
         else:
             p.unlink(missing_ok=True)
 
@@ -345,14 +348,16 @@ def _finished(workdir: Path) -> MeasuredRun | None:
     if not done.exists():
         return None
     try:
-        info = read_json(done)
-        if not isinstance(info, dict):
-            raise BadFile(done, "does not hold a JSON object")
+        info = read_trace_json(done)
+        consistent_status(info, done)
         if info.get("status") == "diverged" and "npz_sha256" not in info:  # diverged, nothing measured
             return MeasuredRun(None, "diverged", info.get("diverged"), workdir)
         trace = load_trace(workdir / "trace.npz")
         load_companions(workdir, trace.meta)
-    except (BadFile, TraceError) as exc:
+        for kept in ("theta_star.pt", "theta0.pt"):  # the run's products, where they are kept: intact
+            if (workdir / kept).exists():
+                verify_state(workdir / kept)
+    except (BadFile, TraceError, StateDamaged) as exc:
         warnings.warn(f"{workdir}: the finished trace does not verify ({exc}); measuring the run again",
                       RemeasureWarning, stacklevel=3)
         done.unlink(missing_ok=True)
@@ -364,8 +369,14 @@ def load_companions(workdir: Path, meta: dict) -> dict[str, Trace]:
     """The traces recorded beside the main one (random baseline, earlier and later theta*), each
     checked against the digest the main trace recorded; :class:`TraceError` if one does not match."""
     out = {}
-    for name, c in (meta.get("companions") or {}).items():
-        path = Path(workdir) / c["file"]
+    companions = meta.get("companions") or {}
+    if not isinstance(companions, dict):
+        raise TraceError(f"{Path(workdir) / 'trace.json'}: 'companions' must be an object, not {type(companions).__name__}")
+    for name, c in companions.items():
+        try:  # the entry as gpcheck writes it, naming a file of this run's own folder
+            path = companion_path(Path(workdir), name, c)
+        except (BadFile, PathEscape) as exc:
+            raise TraceError(str(exc)) from None
         tr = load_trace(path)
         if sha256_file(path) != c["npz_sha256"]:
             raise TraceError(f"{path}: is not the companion trace the run recorded (sha256 differs)")
@@ -573,19 +584,25 @@ def _pass1(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extra
         sampler.load_state_dict(st["sampler"])
         losses = [t.numpy() for t in st["losses"]]
         start, wall_before, state_prev = int(st["epoch"]), float(st["wall_s"]), st["model_prev"]
+        before = list(st.get("invocations") or [])
         del st
     else:
-        losses, start, wall_before = [], 0, 0.0
+        losses, start, wall_before, before = [], 0, 0.0, []
         state_prev = None  # model state at the start of the previous epoch
         save_state(_copy_state(model), workdir / "theta0.pt")
         save_state(_checkpoint(model, opt, sampler, 0, [], None, 0.0, env), _ckpt_path(workdir, 0))
 
     diverged = None
-    t0 = time.perf_counter()
+    t0, ran = time.perf_counter(), 0
+
+    def invocations(elapsed: float) -> list[dict]:  # the earlier invocations' kept parts, and this one's
+        return before + [_invocation(ran, elapsed, graphs)]
+
     bar = _bar(range(start, epochs), progress, f"{desc} pass 1", start, epochs)
     for epoch in bar:
         state_before = _copy_state(model)
         host = train_epoch(model, opt, sampler, data, loss_fn, flat, graphs).cpu().numpy().astype(np.float64)  # the epoch's sync
+        ran += len(host)
         diverged = _divergence(host, model, state_before, epoch, sum(map(len, losses)))
         if diverged:
             # The iterate that starts the diverging epoch may already give an infinite loss, so
@@ -605,9 +622,11 @@ def _pass1(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extra
         if (epoch + 1) % every == 0 or epoch + 1 == epochs:
             # model_prev (the start of this epoch) lets a resumed run fall back exactly as an
             # uninterrupted one would if the next epoch diverges
-            save_state(_checkpoint(model, opt, sampler, epoch + 1, losses, state_prev,
-                                   wall_before + time.perf_counter() - t0, env), _ckpt_path(workdir, epoch + 1))
-    wall = wall_before + time.perf_counter() - t0
+            elapsed = time.perf_counter() - t0
+            save_state(_checkpoint(model, opt, sampler, epoch + 1, losses, state_prev, wall_before + elapsed, env,
+                                   invocations(elapsed)), _ckpt_path(workdir, epoch + 1))
+    elapsed = time.perf_counter() - t0
+    wall, runs = wall_before + elapsed, invocations(elapsed)
     save_state(_copy_state(model), workdir / "theta_star.pt")
     fault_point("pass1.theta_star")
     steps = int(sum(map(len, losses)))
@@ -618,7 +637,8 @@ def _pass1(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extra
         "wall_s": wall,
         "ms_per_step": 1e3 * wall / steps if steps else None,
         "env": env,
-        "step_path": graphs.info(),  # of this invocation's steps
+        "step_path": _merged_step_path(runs),  # over every invocation that ran a kept step
+        "invocations": runs,
         "diverged": diverged,
         "epoch_mean_loss": [float(x.mean()) for x in losses],
         "theta_star_eval": evaluate(model, data, loss_fn, setup["batch_size"]) if steps else None,
@@ -627,9 +647,32 @@ def _pass1(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extra
     return summary
 
 
-def _checkpoint(model, opt, sampler, epoch: int, losses: list[np.ndarray], model_prev, wall_s: float, env) -> dict:
-    """Everything pass 1 needs to go on from ``epoch`` (tensors, dicts, lists and numbers only)."""
+def _invocation(steps: int, wall_s: float, graphs: StepGraphs) -> dict:
+    """What one invocation of a pass ran: its steps, their wall time, and how they ran."""
+    return {"steps": steps, "wall_s": wall_s, "step_path": graphs.info()}
+
+
+def _merged_step_path(runs: list[dict]) -> dict:
+    """How the steps of a pass ran over all its invocations (a resumed pass ran in several): the
+    counts summed, the paths in order where they differ (``eager, then cuda-graphs``)."""
+    infos = [r["step_path"] for r in runs if r.get("step_path") and r.get("steps")] or \
+        [r["step_path"] for r in runs[-1:] if r.get("step_path")]
+    if not infos:
+        return {}
+    paths = list(dict.fromkeys(i.get("path") for i in infos))
+    return {"path": ", then ".join(str(p) for p in paths), "graphs": max(i.get("graphs") or 0 for i in infos),
+            "replayed_steps": sum(i.get("replayed_steps") or 0 for i in infos),
+            "eager_steps": sum(i.get("eager_steps") or 0 for i in infos),
+            "fallback": next((i["fallback"] for i in infos if i.get("fallback") is not None), None),
+            "invocations": len(runs)}
+
+
+def _checkpoint(model, opt, sampler, epoch: int, losses: list[np.ndarray], model_prev, wall_s: float, env,
+                invocations: list[dict] | None = None) -> dict:
+    """Everything pass 1 needs to go on from ``epoch`` (tensors, dicts, lists and numbers only),
+    and what the invocations so far ran (``invocations``, kept up to this checkpoint)."""
     return {
+        "invocations": invocations or [],
         "epoch": epoch,
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
@@ -686,25 +729,29 @@ def _extend(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extr
 
 # -- pass 2 --------------------------------------------------------------------------------------
 def _save_partial(workdir: Path, rows: np.ndarray, step: np.ndarray, epoch: np.ndarray, verified_epoch: int,
-                  wall_s: float) -> None:
+                  wall_s: float, invocations: list[dict] | None = None) -> None:
     """The verified part of pass 2 (the recorder's rows for every theta*) and the epoch it
-    reaches, in one atomically written file."""
+    reaches, in one atomically written file (with what the invocations so far ran, as JSON text)."""
     buf = io.BytesIO()
-    np.savez(buf, rows=rows, step=step, epoch=epoch, verified_epoch=verified_epoch, wall_s=wall_s)
+    np.savez(buf, rows=rows, step=step, epoch=epoch, verified_epoch=verified_epoch, wall_s=wall_s,
+             invocations=np.array(json.dumps(invocations or [], default=str)))
     write_bytes(workdir / "pass2_partial.npz", buf.getvalue())
 
 
 def _load_partial(workdir: Path, p1: dict, width: int, lr: float, dist0_sq: float):
-    """``(rows, step, epoch, verified_epoch, wall_s)`` of the verified part of pass 2, or
-    ``(None, None, None, 0, 0.0)``. A file that does not agree with itself and with pass 1 (the
+    """``(rows, step, epoch, verified_epoch, wall_s, invocations)`` of the verified part of pass 2,
+    or ``(None, None, None, 0, 0.0, [])``. A file that does not agree with itself and with pass 1 (the
     main theta*'s columns must meet the recording identity) raises :class:`StateDamaged`."""
     path = workdir / "pass2_partial.npz"
     if not path.exists():
-        return None, None, None, 0, 0.0
+        return None, None, None, 0, 0.0, []
     try:
         with np.load(path, allow_pickle=False) as z:
             rows, step, epoch = z["rows"], z["step"], z["epoch"]
             verified, wall = int(z["verified_epoch"]), float(z["wall_s"])
+            runs = json.loads(str(z["invocations"])) if "invocations" in z.files else []
+            if not isinstance(runs, list):
+                raise ValueError("invocations is not a list")
         main = trace_from_rows(rows, step, epoch, 0, lr, dist0_sq)
     except Exception as exc:  # noqa: BLE001 - truncated zip, bad CRC, missing member, bad shape: damaged
         raise StateDamaged(path, f"is not readable ({type(exc).__name__}: {exc})") from None
@@ -719,7 +766,7 @@ def _load_partial(workdir: Path, p1: dict, width: int, lr: float, dist0_sq: floa
     if not agrees:
         raise StateDamaged(path, f"does not agree with itself or with pass 1 (claims epoch {verified}, "
                                  f"holds {len(rows)} rows)")
-    return rows, step, epoch, verified, wall
+    return rows, step, epoch, verified, wall, runs
 
 
 #: entries per draw of the random direction (part of its definition: the same seed and chunk
@@ -805,7 +852,8 @@ def _pass2(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extra
     models = [m for _, m, _, _ in stars]
 
     width = BASE + PER_STAR * len(stars)
-    prior, prior_step, prior_epoch, start, wall_before = _load_partial(workdir, p1, width, setup["lr"], dist0_sq[0])
+    prior, prior_step, prior_epoch, start, wall_before, before = _load_partial(workdir, p1, width, setup["lr"],
+                                                                               dist0_sq[0])
     model, flat, opt, sampler = _from_checkpoint(fresh_model, optimizer_fn, data, setup, _ckpt_path(workdir, start))
     rec = PathRecorder(flat, star_rows, setup["lr"], dist0_sq=dist0_sq,
                        first_step=len(prior) if prior is not None else 0, until=[u for _, _, _, u in stars],
@@ -838,7 +886,11 @@ def _pass2(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extra
         return step
 
     step_fns: dict[int, Callable] = {}
-    t0 = time.perf_counter()
+    t0, ran = time.perf_counter(), [0]
+
+    def invocations(elapsed: float) -> list[dict]:  # the earlier invocations' kept parts, and this one's
+        return before + [_invocation(ran[0], elapsed, graphs)]
+
     last_verified = start
     with contextlib.ExitStack() as stack:
         for m in models:
@@ -851,6 +903,7 @@ def _pass2(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extra
                     step_fns[active] = replay_step(active)
                 (row,) = graphs.run(("replay", len(idx), active), step_fns[active], idx)
                 rec.push(row.clone() if graphs.requested else row, epoch)  # a graph's row is overwritten
+                ran[0] += 1
             rec.flush()
             flat.check()  # nothing moved the parameters out of the buffer the recorder reads
             ck = _ckpt_path(workdir, epoch + 1)
@@ -865,14 +918,16 @@ def _pass2(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extra
                            "--no-cuda-graphs" if graphs.requested else "")
                         + "); delete the folder to start over."
                     )
-                _save_partial(workdir, *all_rows(), epoch + 1, wall_before + time.perf_counter() - t0)
+                elapsed = time.perf_counter() - t0
+                _save_partial(workdir, *all_rows(), epoch + 1, wall_before + elapsed, invocations(elapsed))
                 if not keep and last_verified != epoch + 1:
                     remove_state(_ckpt_path(workdir, last_verified))
                 last_verified = epoch + 1
     ok, dev = _params_equal(model, models[0])
     if not ok:
         raise ReplayMismatch(f"{workdir}: pass 2 ended {dev:.3e} away from theta* (largest parameter deviation)")
-    wall = wall_before + time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0
+    wall, runs = wall_before + elapsed, invocations(elapsed)
     rows, step, epoch = all_rows()
     traces = {}
     for j, (name, _, what, until) in enumerate(stars):
@@ -889,10 +944,10 @@ def _pass2(fresh_model, optimizer_fn, data, loss_fn, setup, workdir: Path, extra
         "theta_star_extended": p1b,
         "replay_verified": {"checkpoints": "bitwise equal", "final": "bitwise equal to theta*"},
         "env": env,
-        "pass1": {k: p1.get(k) for k in ("wall_s", "ms_per_step", "steps", "step_path")},
+        "pass1": {k: p1.get(k) for k in ("wall_s", "ms_per_step", "steps", "step_path", "invocations")},
         "pass2": {"wall_s": wall, "ms_per_step": 1e3 * wall / len(trace), "theta_stars": len(stars),
                   "record_grad": extras.record_grad, "flat_params": True, "record_chunk": rec.chunk,
-                  "step_path": graphs.info()},
+                  "step_path": _merged_step_path(runs), "invocations": runs},
         "num_params": sum(p.numel() for p in models[0].parameters()),
     })
     return traces

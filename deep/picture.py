@@ -34,14 +34,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gamma_theory import flatten_params, load_trace
-from gamma_theory.files import BadFile, read_json
+from gamma_theory import TraceError, flatten_params, load_trace
+from gamma_theory.files import BadFile
 
 from .data import CyclicSampler, DeviceData
-from .env import deterministic, environment, same_environment
+from .env import deterministic, differ_advice, environment, same_environment
 from .measure import _capturable, train_epoch
 from .models import model_for_run
 from gamma_theory.optimizers import make_optimizer
+
+from .verify import consistent_status, manifest_problem, picture_inputs, read_manifest_file, read_trace_json
 
 
 class PictureError(ValueError):
@@ -97,19 +99,44 @@ def _subset_loss(model: torch.nn.Module, data: DeviceData, idx: torch.Tensor, ch
     return total
 
 
+def picture_run(run_dir: str | Path):
+    """``(info, trace)`` of a finished run folder, after checking everything the replay takes from
+    them: ``trace.json``'s shape and what it names (device, threads, network, optimizer), a replay
+    length that is the trace's own (and bounded), the trace's digest, and the suite manifest's
+    record of both files where there is one; :class:`PictureError` says what is wrong."""
+    run_dir = Path(run_dir)
+    path = run_dir / "trace.json"
+    rerun = "rerun the suite's `gpcheck deep` command"
+    try:
+        info = read_trace_json(path)
+        consistent_status(info, path)
+    except BadFile as exc:
+        raise PictureError(f"{exc}; the run is not finished, or its trace.json was changed ({rerun})") from None
+    if info.get("status") != "ok":
+        raise PictureError(f"{run_dir}: the run {info.get('status')}; the picture is drawn for runs that finished")
+    try:
+        trace = load_trace(run_dir / "trace.npz")
+    except TraceError as exc:
+        raise PictureError(f"{exc}; {rerun}") from None
+    manifest = run_dir.parent.parent / "manifest.json"
+    try:
+        entry = (read_manifest_file(manifest).get("runs") or {}).get(run_dir.name) if manifest.is_file() else None
+        why = manifest_problem(info, entry)
+        if why:
+            raise BadFile(path, why)
+        picture_inputs(info, path, len(np.unique(trace.epoch)), len(trace))
+    except BadFile as exc:
+        raise PictureError(f"{exc}; {rerun}") from None
+    return info, trace
+
+
 def path_picture(run_dir: str | Path, data: DeviceData, num_classes: int, grid: int = 21, subset: int = 256,
                  margin: float = 0.25, progress: bool = False) -> PathPicture:
     """Replay the finished run in ``run_dir`` on ``data`` (its training set, as the suite loaded
     it) and compute its picture. :class:`PictureError` says why when it cannot."""
     run_dir = Path(run_dir)
-    try:
-        info = read_json(run_dir / "trace.json")
-    except BadFile as exc:
-        raise PictureError(f"{exc}; the run is not finished (rerun its suite's `gpcheck deep` command)") from None
-    if info.get("status") != "ok":
-        raise PictureError(f"{run_dir}: the run {info.get('status')}; the picture is drawn for runs that finished")
+    info, trace = picture_run(run_dir)
     spec, setup = info.get("run") or {}, info.get("setup") or {}
-    trace = load_trace(run_dir / "trace.npz")
     env = info.get("env") or {}
     here = environment(data.device)
     differ = same_environment(env, here)

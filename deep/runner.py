@@ -5,8 +5,13 @@ them into verdicts and reports. Nothing here imports ``validation``.
 
 A suite folder ``OUT/<suite>-<preset>-<dataset>/`` holds ``suite.json`` (what was asked),
 ``runs/<network>-<variant>/`` (one measured run each, see deep/measure.py) and ``manifest.json``:
-for every finished run, its status and the sha256 of its ``trace.npz``, written when the run
-finished, so a report can tell a trace that was altered or swapped afterwards.
+for every finished run, its status, the sha256 of its ``trace.npz`` and of its ``trace.json``'s
+canonical content (deep/verify.py), written when the run finished, so a report and a rerun can
+tell a trace or its metadata that was altered or swapped afterwards.
+
+Everything a task writes, wipes or reads as state lies inside its ``--out`` root: a suite or run
+folder that is a link, or a link inside one to a folder elsewhere, is refused
+(:class:`gamma_theory.files.PathEscape`) before anything is touched.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from gamma_theory.files import BadFile, read_json, write_json
+from gamma_theory.files import BadFile, check_links, inside, not_a_link, read_json, write_json
 from gamma_theory.optimizers import make_optimizer
 
 from .data import DataError, DeviceData, balanced_subset, load_split
@@ -33,6 +39,7 @@ from .measure import EnvironmentMismatch, Extras, MeasuredRun, RecordingError, R
 from .models import model_for_run
 from .state import StateDamaged
 from .suites import ASSUMPTIONS, PRESET_TABLE, RunSpec, get_suite
+from .verify import SUITE_JSON, manifest_entry_for, manifest_problem, read_manifest_file, read_trace_json
 
 DATASET_CHOICES = ("cifar10", "cifar100", "cifar10-jpeg", "both")
 #: where `gpcheck deep` writes by default: a git-ignored folder, so a run never rewrites the
@@ -123,7 +130,8 @@ def locked(path: Path, blocking: bool = True) -> Iterator[bool]:
     Yields whether the lock is held: with ``blocking=False`` it is not when another process
     holds it, and the block should leave the run to that process."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
+    # O_NOFOLLOW: a lock file that is a link is refused, never created or opened through it
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o666), "a") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -140,26 +148,72 @@ def read_manifest(out: Path) -> dict:
     path = out / "manifest.json"
     if not path.exists():
         return {}
-    m = read_json(path)
-    if not isinstance(m, dict) or not isinstance(m.get("runs", {}), dict):
-        raise BadFile(path, "is not a gpcheck manifest")
+    m = read_manifest_file(path)
+    m.setdefault("runs", {})
+    if m["runs"] is None:
+        m["runs"] = {}
     return m
 
 
-def _record_in_manifest(out: Path, name: str, run: MeasuredRun | None, error: str | None) -> None:
+_WARNED_MISSING: set = set()  # suite folders whose missing manifest this process has warned about
+
+
+def _record_in_manifest(out: Path, name: str, run: MeasuredRun | None, error: str | None,
+                        was_finished: bool = False) -> None:
+    """Record a finished run (its status and the digests of its trace.npz and trace.json) or its
+    error. A manifest found missing while the run was finished before (it was deleted) is rebuilt
+    from the runs, each recorded once its files verify, with a warning; a damaged one too."""
     with locked(out / ".manifest.lock"):
         try:
             m = read_manifest(out)
         except BadFile as exc:
-            print(f"gpcheck: warning: {exc}; writing a new manifest", file=sys.stderr)
+            print(f"gpcheck: warning: {exc}; writing a new manifest from the runs that verify", file=sys.stderr)
             m = {}
+        if not m and was_finished and out not in _WARNED_MISSING:
+            _WARNED_MISSING.add(out)
+            print(f"gpcheck: warning: {out / 'manifest.json'} is missing although runs had finished; it is rebuilt "
+                  "from the runs whose files verify", file=sys.stderr)
         runs = m.setdefault("runs", {})
         if error is not None:
             runs[name] = {"status": "error", "error": error}
         else:
-            info = read_json(run.workdir / "trace.json")
-            runs[name] = {"status": run.status, "trace_sha256": info.get("npz_sha256")}
+            runs[name] = manifest_entry_for(read_trace_json(run.workdir / "trace.json"))
         write_json(out / "manifest.json", m, sort_keys=True)
+
+
+def rebuild_manifest(out: Path, names: list[str]) -> None:
+    """Write a missing manifest from the runs ``names`` (runs of the suite whose files were just
+    verified: their trace digests, companions and spec); an entry already there is kept."""
+    with locked(out / ".manifest.lock"):
+        try:
+            m = read_manifest(out)
+        except BadFile:
+            return  # damaged meanwhile: left to `gpcheck deep`, which says so and rewrites it
+        runs = m.setdefault("runs", {})
+        for name in names:
+            if name not in runs:
+                runs[name] = manifest_entry_for(read_trace_json(out / "runs" / name / "trace.json"))
+        write_json(out / "manifest.json", m, sort_keys=True)
+
+
+def _check_with_manifest(out: Path, name: str, workdir: Path) -> None:
+    """A finished run whose trace.json is not the one the manifest recorded (edited, or swapped
+    with its trace) is measured again: its trace.json is removed, with a warning. One that
+    cannot be read is left to the run's own check (deep/measure.py), which measures it again."""
+    done = workdir / "trace.json"
+    if not done.is_file():
+        return
+    try:
+        entry = read_manifest(out).get("runs", {}).get(name)
+        info = read_trace_json(done)
+    except BadFile:
+        return
+    if entry is None or entry.get("status") == "error":
+        return
+    why = manifest_problem(info, entry)
+    if why:
+        warnings.warn(f"{done} {why}; measuring the run again", stacklevel=2)
+        done.unlink(missing_ok=True)
 
 
 def write_suite_info(out: Path, info: dict, wall_s: float = 0.0) -> None:
@@ -170,10 +224,9 @@ def write_suite_info(out: Path, info: dict, wall_s: float = 0.0) -> None:
         before = {}
         if path.exists():
             try:
-                before = read_json(path)
-                before = before if isinstance(before, dict) else {}
-            except BadFile:
-                pass  # a damaged suite.json is rewritten whole
+                before = read_json(path, SUITE_JSON, "a suite.json")
+            except BadFile as exc:
+                print(f"gpcheck: warning: {exc}; it is rewritten whole", file=sys.stderr)
         info["started_utc"] = before.get("started_utc", info["started_utc"])
         info["wall_s"] = float(before.get("wall_s") or 0.0) + wall_s
         write_json(path, info)
@@ -275,7 +328,7 @@ def open_suite(task: RunTask, command: str | None = None) -> _OpenSuite:
     dev = resolve_device(task.device)
     extras = extras_for(task.preset, task.star_extend)
     data, num_classes, data_desc = _data_for(task.dataset, task.preset, dev, task.data_root, task.download, task.labels)
-    out = task.out
+    out = _confined_suite(task)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     info = {
         "suite": task.suite, "preset": task.preset, "preset_description": PRESET_TABLE[task.preset].description,
@@ -290,6 +343,27 @@ def open_suite(task: RunTask, command: str | None = None) -> _OpenSuite:
     }
     meta = {"suite": task.suite, "preset": task.preset, "dataset": task.dataset, "data": data_desc}
     return _OpenSuite(out, {r.name: r for r in suite.runs}, data, num_classes, meta, extras, info, task.cuda_graphs)
+
+
+def _confined_suite(task: RunTask) -> Path:
+    """The task's suite folder, after checking that it, its runs/ and everything in it stay inside
+    the task's --out root (:class:`gamma_theory.files.PathEscape` otherwise)."""
+    out = inside(task.out.relative_to(task.out_root), task.out_root, "a suite folder")
+    not_a_link(out, "a suite folder")
+    not_a_link(out / "runs", "the runs folder of a suite")
+    check_links(out)
+    return out
+
+
+def check_suite_folders(tasks: list[RunTask]) -> None:
+    """Before any work: every suite folder of ``tasks`` stays inside its --out root, with no run
+    folder that is a link and no link to a folder elsewhere (:class:`gamma_theory.files.PathEscape`)."""
+    firsts = {t.out: t for t in tasks}
+    for t in firsts.values():
+        out = _confined_suite(t)
+        if (out / "runs").is_dir():
+            for run in (out / "runs").iterdir():
+                not_a_link(run, "a run folder")
 
 
 def _suite_of(task: RunTask, opened: dict, command: str | None) -> _OpenSuite:
@@ -392,9 +466,10 @@ def _measure_if_free(spec: RunSpec, out: Path, data, num_classes: int, meta: dic
     """Measure one run under its lock; False when another process holds it (and not ``blocking``).
     A run that fails (a replay mismatch, a damaged run folder that could not be remeasured, an op
     without a deterministic kernel, out of memory) is written to its ``error.json``. A run found
-    finished is only verified: its folder and the manifest are left as they are. ``measuring()``
-    is called before a run is measured (or found damaged and measured again)."""
-    workdir = out / "runs" / spec.name
+    finished is only verified; its manifest entry is rewritten only where it lacks what the
+    manifest now records (the same bytes otherwise). ``measuring()`` is called before a run is
+    measured (or found damaged and measured again)."""
+    workdir = not_a_link(out / "runs" / spec.name, "a run folder")
     err = workdir / "error.json"
     with locked(out / "runs" / f".{spec.name}.lock", blocking) as got:
         if not got:
@@ -403,6 +478,8 @@ def _measure_if_free(spec: RunSpec, out: Path, data, num_classes: int, meta: dic
         if done_before is None:
             measuring()
         err.unlink(missing_ok=True)
+        _check_with_manifest(out, spec.name, workdir)
+        was_finished = (workdir / "trace.json").is_file()
         try:
             run = run_one(spec, data, num_classes, workdir, meta, progress, extras, cuda_graphs)
         except (ReplayMismatch, EnvironmentMismatch, RecordingError, StateDamaged, RuntimeError) as exc:
@@ -413,10 +490,9 @@ def _measure_if_free(spec: RunSpec, out: Path, data, num_classes: int, meta: dic
             _note(f"gpcheck: {spec.name} failed ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
                   f"details in {err}; the suite goes on")
             return True
-        if done_before is not None and _digest(workdir / "trace.json") == done_before:
-            return True  # reused as it was: the manifest recorded it when it finished
-        measuring()
-    _record_in_manifest(out, spec.name, run, None)
+        if done_before is None or _digest(workdir / "trace.json") != done_before:
+            measuring()
+    _record_in_manifest(out, spec.name, run, None, was_finished)
     return True
 
 
@@ -459,7 +535,7 @@ def outcomes(before: dict[RunTask, tuple], tasks: list[RunTask]) -> dict[Path, d
     after = run_states(tasks)
     out: dict[Path, dict[str, int]] = {}
     for t in tasks:
-        (trace0, err0, prog0), (trace1, err1, _) = before[t], after[t]
+        (trace0, _err0, prog0), (trace1, err1, _) = before[t], after[t]
         if trace1 is not None and trace1 == trace0:
             kind = "reused"
         elif trace1 is not None:

@@ -49,16 +49,7 @@ def load_state(path: str | Path, device: torch.device | str = "cpu", mmap: bool 
     memory only when it is used (to compare the model part of a checkpoint, say). Keep
     ``device`` the CPU then, or every tensor is copied to the device."""
     path = Path(path)
-    side = _digest_path(path)
-    if not path.is_file():
-        raise StateDamaged(path, "is missing")
-    try:
-        want, size = side.read_text().split()
-        size = int(size)
-    except FileNotFoundError:
-        raise StateDamaged(path, f"has no {side.name} (it was not written to the end)") from None
-    except (OSError, ValueError, UnicodeDecodeError):
-        raise StateDamaged(side, "is not readable") from None
+    want, size = _written(path)
     if mmap:  # files are replaced by rename, never rewritten: the mapping holds the bytes checked here
         _verify(path, path.stat().st_size, lambda: sha256_file(path), want, size)
         source, how = path, {"mmap": True}
@@ -70,6 +61,28 @@ def load_state(path: str | Path, device: torch.device | str = "cpu", mmap: bool 
         return torch.load(source, map_location=device, weights_only=True, **how)
     except Exception as exc:  # noqa: BLE001 - verified bytes that still do not load: say which file
         raise StateDamaged(path, f"cannot be loaded ({type(exc).__name__}: {exc})") from None
+
+
+def _written(path: Path) -> tuple[str, int]:
+    """The digest and size recorded beside ``path``; :class:`StateDamaged` if either is missing."""
+    side = _digest_path(path)
+    if not path.is_file():
+        raise StateDamaged(path, "is missing")
+    try:
+        want, size = side.read_text().split()
+        return want, int(size)
+    except FileNotFoundError:
+        raise StateDamaged(path, f"has no {side.name} (it was not written to the end)") from None
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise StateDamaged(side, "is not readable") from None
+
+
+def verify_state(path: str | Path) -> None:
+    """Check a state file's size and digest against what :func:`save_state` recorded, without
+    loading it; :class:`StateDamaged` names the file when it is missing, truncated or altered."""
+    path = Path(path)
+    want, size = _written(path)
+    _verify(path, path.stat().st_size, lambda: sha256_file(path), want, size)
 
 
 def _verify(path: Path, got_size: int, digest, want: str, size: int) -> None:

@@ -58,10 +58,10 @@ def distance_monotone(trace: Trace, rtol: float = 1e-9) -> DistanceMonotone:
     row (recording identity) and is checked too.
     """
     lr = trace.lr
-    last = trace.dist_sq[-1] - 2 * lr * trace.inner[-1] + lr**2 * trace.update_sq[-1]
+    last = trace.dist_sq[-1] - 2 * lr * trace.inner[-1] + (lr * lr) * trace.update_sq[-1]
     d = np.append(trace.dist_sq, max(last, 0.0))
     inc = np.diff(d)
-    tol_k = rtol * (trace.dist_sq + 2 * lr * np.abs(trace.inner) + lr**2 * trace.update_sq)
+    tol_k = rtol * (trace.dist_sq + 2 * lr * np.abs(trace.inner) + (lr * lr) * trace.update_sq)
     bad = np.flatnonzero(inc > tol_k)
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(d[:-1] > 0, inc / d[:-1], np.where(inc > 0, np.inf, 0.0))
@@ -205,8 +205,8 @@ def recording_identity(trace: Trace, rtol: float = 1e-9) -> RecordingIdentity:
     ``dist_sq[0] == dist0_sq``, to ``rtol`` relative to the size of the terms."""
     lr = trace.lr
     d, inner, upd = trace.dist_sq, trace.inner, trace.update_sq
-    pred = d[:-1] - 2 * lr * inner[:-1] + lr**2 * upd[:-1]
-    scale = d[:-1] + 2 * lr * np.abs(inner[:-1]) + lr**2 * upd[:-1]
+    pred = d[:-1] - 2 * lr * inner[:-1] + (lr * lr) * upd[:-1]
+    scale = d[:-1] + 2 * lr * np.abs(inner[:-1]) + (lr * lr) * upd[:-1]
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.abs(d[1:] - pred) / np.where(scale > 0, scale, 1.0)
     rel0 = abs(d[0] - trace.dist0_sq) / trace.dist0_sq

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from .files import sha256_file, write_bytes, write_text
+from .files import BadFile, parse_json, sha256_file, write_bytes, write_text
 
 FLOAT_COLUMNS = ("loss", "loss_star", "inner", "update_sq", "dist_sq")
 INT_COLUMNS = ("step", "epoch")
@@ -218,9 +218,11 @@ def load_trace(path: str | os.PathLike) -> Trace:
     sidecar = npz.with_suffix(".json")
     if sidecar.exists():
         try:
-            meta = json.loads(sidecar.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            meta = parse_json(sidecar.read_bytes().decode("utf-8"), sidecar)
+        except UnicodeDecodeError as exc:
             raise TraceError(f"{sidecar}: metadata sidecar is not valid JSON ({exc})") from None
+        except BadFile as exc:  # not JSON, or nested deeper than any sidecar gpcheck writes
+            raise TraceError(f"{sidecar}: metadata sidecar {exc.reason}") from None
         if not isinstance(meta, dict):
             raise TraceError(f"{sidecar}: metadata sidecar must hold a JSON object, got {type(meta).__name__}")
         want = meta.pop("npz_sha256", None)  # about the file, not the path: not kept in meta

@@ -23,8 +23,9 @@ def gpcheck(args, cwd=None, env=None, timeout=600):
 
 def stable(obj):
     """report.json without what must differ between two runs: clocks and timestamps, and how many
-    steps this invocation ran eagerly or as graph replays (a resumed pass counts only its own)."""
-    volatile = ("wall_s", "ms_per_step", "utc", "command")
+    steps each invocation ran (a resumed pass ran in several; how many differs from a run that
+    was not interrupted)."""
+    volatile = ("wall_s", "ms_per_step", "utc", "command", "invocations")
     if isinstance(obj, dict):
         return {k: ({"path": v.get("path"), "fallback": v.get("fallback")} if k == "step_path" and isinstance(v, dict)
                     else stable(v)) for k, v in obj.items() if not any(w in k for w in volatile)}

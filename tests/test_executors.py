@@ -71,7 +71,7 @@ def test_slurm_without_slurm_says_what_to_do(tmp_path, monkeypatch):
     pytest.importorskip("submitit")
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch
     res = CliRunner().invoke(main, ["deep", "--suite", "skip", "--executor", "slurm", "--out", str(tmp_path / "o")])
-    assert res.exit_code == 1, res.output
+    assert res.exit_code == 2, res.output  # bad input (issue 25, item 10), as a missing engine
     assert "no Slurm here" in res.output and "--slurm-cluster local" in res.output
     assert "Traceback" not in res.output
 
@@ -89,7 +89,8 @@ def test_missing_engine_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_engines)
     for engine, extra in (("ray", "gpcheck[ray]"), ("slurm", "gpcheck[slurm]")):
         res = CliRunner().invoke(main, ["deep", "--suite", "skip", "--executor", engine, "--out", str(tmp_path)])
-        assert res.exit_code == 1 and extra in res.output and "Traceback" not in res.output, res.output
+        # issue 25, item 10: a missing extra is bad input, exit 2 (it was 1, as if runs had failed)
+        assert res.exit_code == 2 and extra in res.output and "Traceback" not in res.output, res.output
 
 
 # -- the same bits from every engine -------------------------------------------------------------
@@ -145,6 +146,11 @@ def test_a_worker_killed_mid_run_then_a_rerun_gives_the_reference_bits(tmp_path,
     last = err.strip().splitlines()[-1]
     assert last.startswith("gpcheck: error: 1 of 2 workers failed: worker 1 was killed by signal 9 (SIGKILL)"), last
     assert "rerun the same command" in last and "Traceback" not in err
+    # issue 25, item 9: the other worker finished every run (the killed one's too, once its lock
+    # was free), so the report is built, although the command exits 1 naming the killed worker
+    assert "the reports of the runs that finished are built" in last
+    rep = json.loads((out / "skip-smoke-cifar10-jpeg" / "report.json").read_text())
+    assert {r["name"] for r in rep["runs"]} == set(traces_of(reference / "skip-smoke-cifar10-jpeg"))
     again = gpcheck([*SMOKE, *ONE, "--jobs", "2", "--out", str(out)])
     assert again.returncode == 0, again.stderr[-3000:]
     _same_as_reference(out, reference, "a worker killed")

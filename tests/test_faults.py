@@ -259,13 +259,13 @@ def test_index_never_overwrites_a_readme_it_did_not_write(tmp_path):
 
 
 def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
-    from gamma_theory.files import clean_stale_tmp, write_text
+    from gamma_theory.files import clean_stale_tmp, host_tag, write_text
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)
-    stale = tmp_path / f".report.json.{pid}.0123abcd.tmp"
+    stale = tmp_path / f".report.json.{pid}@{host_tag()}.0123abcd.tmp"  # this host's (tests/test_confinement.py: others')
     stale.write_text("half")
-    mine = tmp_path / f".x.{os.getpid()}.0123abcd.tmp"
+    mine = tmp_path / f".x.{os.getpid()}@{host_tag()}.0123abcd.tmp"
     mine.write_text("in flight")
     write_text(tmp_path / "a.json", "{}")
     assert clean_stale_tmp(tmp_path) == [stale]

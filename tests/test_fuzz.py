@@ -138,3 +138,175 @@ def test_malformed_command_lines(tmp_path_factory, argv):
         assert res.output.startswith("gpcheck: error: ") and len(res.output.strip().splitlines()) == 1
     elif res.exit_code != 0:
         assert one_line_error(res), (argv, res.output)
+
+
+# -- issue 25, item 7: every JSON file gpcheck reads, fuzzed ---------------------------------------
+# Each kind is read by its own reader, as `deep`, `report` and `picture` read it. The outcome is
+# always the value accepted, or the reader's own one-message error naming the file; never any
+# other exception (a KeyError, a TypeError, a RecursionError: a traceback on the command line).
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=6), kids, max_size=3), max_leaves=12)
+
+
+def _fuzzed(base: dict, keys, draw_value) -> dict:
+    """``base`` with a few of ``keys`` replaced by drawn values or removed."""
+    out = json.loads(json.dumps(base))
+    for key, value in draw_value:
+        where, _, sub = key.partition(".")
+        if value == "<drop>":
+            (out.get(where) if sub and isinstance(out.get(where), dict) else out).pop(sub or where, None)
+        elif sub and isinstance(out.get(where), dict):
+            out[where][sub] = value
+        else:
+            out[where] = value
+    return out
+
+
+def _edits(keys):
+    return st.lists(st.tuples(st.sampled_from(keys), JSON_VALUES | st.just("<drop>")), min_size=1, max_size=3)
+
+
+def _text_or_nested(obj) -> st.SearchStrategy:
+    return st.sampled_from([json.dumps(obj), "[" * 5000 + "]" * 5000, "{" * 100 + "}" * 100, "{", "", "\xff"])
+
+
+_TRACE_KEYS = ["status", "diverged", "npz_sha256", "companions", "companions.random", "epochs_measured", "env",
+               "env.num_threads", "env.device", "run", "run.network", "run.optimizer", "run.lr", "setup",
+               "setup.batch_size", "setup.epochs", "setup.n_train", "theta_star_eval", "pass1"]
+
+
+def _sample_trace_json() -> dict:
+    return {"status": "ok", "diverged": None, "npz_sha256": "0" * 64, "epochs_measured": 2,
+            "companions": {"random": {"file": "companions/random.npz", "npz_sha256": "1" * 64}},
+            "env": {"device": "cpu", "num_threads": 1}, "setup": {"batch_size": 64, "epochs": 2, "n_train": 256,
+                                                                  "data_seed": 0},
+            "run": {"network": "resnet18", "optimizer": "sgd", "lr": 0.05, "activation": "relu", "bn": "all",
+                    "skip": "all", "width": 0.125, "seed": 0}}
+
+
+@FUZZ
+@given(edits=_edits(_TRACE_KEYS), raw=st.booleans(), text=_text_or_nested(_sample_trace_json()))
+def test_fuzzed_trace_json_and_picture_inputs(tmp_path_factory, edits, raw, text):
+    """trace.json as deep/measure.py, `report` and `picture` read it (with a bound on the replay)."""
+    from pathlib import Path
+
+    from deep.measure import load_companions
+    from deep.verify import consistent_status, picture_inputs, read_trace_json
+    from gamma_theory import TraceError
+    from gamma_theory.files import BadFile
+
+    d = Path(tmp_path_factory.mktemp("tj"))
+    path = d / "trace.json"
+    path.write_text(text if raw else json.dumps(_fuzzed(_sample_trace_json(), _TRACE_KEYS, edits)))
+    try:
+        info = read_trace_json(path)
+        consistent_status(info, path)
+    except BadFile as exc:
+        assert str(path) in str(exc)
+        return
+    try:
+        load_companions(d, info)
+    except TraceError:
+        pass
+    try:
+        picture_inputs(info, path, 2, 8)
+    except BadFile as exc:
+        assert str(path) in str(exc)
+        return
+    assert 1 <= info["epochs_measured"] <= 2  # the replay it would start is the trace's own
+
+
+@FUZZ
+@given(edits=_edits(["runs", "runs.resnet18-first", "runs.x"]), raw=st.booleans(),
+       text=_text_or_nested({"runs": {"resnet18-first": {"status": "ok", "trace_sha256": "0" * 64}}}))
+def test_fuzzed_manifest(tmp_path_factory, edits, raw, text):
+    from pathlib import Path
+
+    from deep.runner import read_manifest
+    from deep.verify import manifest_problem
+    from gamma_theory.files import BadFile
+
+    d = Path(tmp_path_factory.mktemp("mf"))
+    base = {"runs": {"resnet18-first": {"status": "ok", "trace_sha256": "0" * 64}}}
+    (d / "manifest.json").write_text(text if raw else json.dumps(_fuzzed(base, [], edits)))
+    try:
+        m = read_manifest(d)
+    except BadFile as exc:
+        assert "manifest.json" in str(exc)
+        return
+    for entry in m["runs"].values():
+        manifest_problem({"npz_sha256": "0" * 64, "status": "ok"}, entry)  # never raises
+
+
+_SUITE_KEYS = ["suite", "preset", "num_classes", "seeds", "labels", "wall_s", "extras", "extras.star_extend", "runs",
+               "n_train", "started_utc"]
+
+
+@FUZZ
+@given(edits=_edits(_SUITE_KEYS), raw=st.booleans(),
+       text=_text_or_nested({"suite": "skip", "preset": "smoke", "num_classes": 10}))
+def test_fuzzed_suite_json(tmp_path_factory, edits, raw, text):
+    """suite.json as `report` (and `picture`) and the runner read it."""
+    from pathlib import Path
+
+    from deep.runner import write_suite_info
+    from validation.deep_report import ReportError, _suite_info
+
+    d = Path(tmp_path_factory.mktemp("sj"))
+    base = {"suite": "skip", "preset": "smoke", "num_classes": 10, "seeds": 1, "wall_s": 1.0}
+    (d / "suite.json").write_text(text if raw else json.dumps(_fuzzed(base, _SUITE_KEYS, edits)))
+    try:
+        info = _suite_info(d)
+        assert info.get("num_classes") is None or isinstance(info["num_classes"], int)  # what the report takes
+    except ReportError as exc:
+        assert "suite.json" in str(exc)
+    write_suite_info(d, {"started_utc": "now", "suite": "skip", "preset": "smoke"}, 1.0)  # rewritten, never raises
+    assert json.loads((d / "suite.json").read_text())["wall_s"] >= 1.0
+
+
+_SETUP_KEYS = ["lr", "epochs", "batch_size", "seed", "data_seed", "checkpoint_every", "n_train", "extras", "run"]
+
+
+@FUZZ
+@given(edits=_edits(_SETUP_KEYS), raw=st.booleans(), text=_text_or_nested({"lr": 0.1}))
+def test_fuzzed_setup_json(tmp_path_factory, edits, raw, text):
+    """setup.json of a run folder, as deep/measure.py claims the folder: a damaged one is measured
+    again (a warning), one of other settings refused with RunMismatch; nothing else."""
+    import warnings
+    from pathlib import Path
+
+    from deep.measure import RunMismatch, _claim
+
+    d = Path(tmp_path_factory.mktemp("su")) / "run"
+    d.mkdir()
+    base = {"lr": 0.1, "epochs": 3, "batch_size": 8, "seed": 0, "data_seed": 0, "checkpoint_every": 1, "n_train": 24}
+    (d / "setup.json").write_text(text if raw else json.dumps(_fuzzed(base, _SETUP_KEYS, edits)))
+    (d / "keep.txt").write_text("x")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            _claim(d, base)
+        except RunMismatch as exc:
+            assert str(d) in str(exc)
+            return
+    assert json.loads((d / "setup.json").read_text()) == base
+
+
+@FUZZ
+@given(entry=JSON_VALUES, name=st.text(max_size=6))
+def test_fuzzed_companions(tmp_path_factory, entry, name):
+    """A companion entry of any shape: the trace's own TraceError naming the file, or a companion
+    read from inside the run folder."""
+    from pathlib import Path
+
+    from deep.measure import load_companions
+    from gamma_theory import TraceError
+
+    d = Path(tmp_path_factory.mktemp("cp"))
+    try:
+        out = load_companions(d, {"companions": {name: entry}})
+    except TraceError:
+        return
+    assert all(d in p.parents for p in [d / "companions" / "x"]) and out is not None

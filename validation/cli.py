@@ -23,21 +23,45 @@ Adding a command later (``deep``, ``report``, ...)::
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
+
+
+# SIGTERM while the command starts (importing torch takes seconds) would end it with status 143
+# and no word. Until a command runs, it ends it as Ctrl-C does, with one line and status 130
+# (nothing has been written yet); then it raises KeyboardInterrupt, which each command handles as
+# Ctrl-C. Only when this module is the command (``python -m validation.cli``, or the ``gpcheck``
+# script), so a program that imports it keeps its own handlers.
+_RUNNING = False
+
+
+def _term_while_starting(signum, frame):
+    if _RUNNING:
+        raise KeyboardInterrupt
+    os.write(2, b"gpcheck: interrupted while starting; nothing was written\n")
+    os._exit(130)
+
+
+if __name__ == "__main__" or os.path.basename(sys.argv[0] if sys.argv else "") == "gpcheck":
+    try:
+        signal.signal(signal.SIGTERM, _term_while_starting)
+    except ValueError:  # not the main thread
+        pass
+
+import json  # noqa: E402
+import math
 import warnings
 from pathlib import Path
 from typing import NoReturn
 
-import click
-import numpy as np
+import click  # noqa: E402
+import numpy as np  # noqa: E402
 
-from gamma_theory import TraceError, check_trace, load_trace
-from gamma_theory.files import BadFile, read_json, write_text
+from gamma_theory import TraceError, check_trace, load_trace  # noqa: E402
+from gamma_theory.files import BadFile, PathEscape, check_links, read_json, write_text  # noqa: E402
 
-from .util import (
+from .util import (  # noqa: E402
     feasible_set,
     fmt3,
     identity_cell,
@@ -90,6 +114,21 @@ def _out_folder(path: str) -> None:
              "write (it is created if missing)", EXIT_IO)
 
 
+def _path_arg(option: str, value: str | None, example: str) -> None:
+    """Refuse a path that gpcheck cannot use as given: empty (it would mean the current folder),
+    or not valid UTF-8 (gpcheck records its paths in JSON files, which hold UTF-8)."""
+    if value is None:
+        return
+    if value == "" or not value.strip():
+        fail(f"{option} is empty; give a folder, e.g. {option} {example} (use . for the current folder)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(value).decode("utf-8", "backslashreplace")
+        fail(f"{option} {shown}: the path is not valid UTF-8; gpcheck records its paths in JSON files, which hold "
+             "UTF-8: give a path with a UTF-8 name")
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     text = f"gpcheck: warning: {' '.join(str(message).split())}"
     if "tqdm" in sys.modules:  # on a line of its own above any progress bar (cleared and redrawn)
@@ -114,6 +153,8 @@ class _Group(click.Group):
     one line."""
 
     def main(self, args=None, prog_name=None, **extra):
+        global _RUNNING
+        _RUNNING = True
         extra.pop("standalone_mode", None)
         _stop_on_sigint()
         try:
@@ -135,7 +176,7 @@ class _Group(click.Group):
         warnings.showwarning = _show_warning
         try:
             return super().invoke(ctx)
-        except (TraceError, BadFile) as exc:
+        except (TraceError, BadFile, PathEscape) as exc:
             fail(str(exc))
         except ValueError as exc:
             if "null byte" in str(exc):  # os functions refuse such paths before any file is touched
@@ -251,7 +292,9 @@ def _choice_error(kind: str, value: str, choices) -> NoReturn:
               help="cifar10, cifar100, both (one queue), or cifar10-jpeg (the offline JPEG copy); default: the "
                    "preset's (cifar10-jpeg for cpu and smoke, cifar10 otherwise)")
 @click.option("--data-root", default=None, help="folder with cifar-10-batches-py/ or cifar-100-python/, "
-              "or the path of the JPEG archive")
+              "or the path of the JPEG archive. CIFAR's python files are pickles, trusted input: gpcheck builds "
+              "only numpy arrays and plain values from them and refuses any other object, but use a copy you "
+              "trust; the JPEG archive (cifar10-jpeg) is the pickle-free path")
 @click.option("--download", is_flag=True, help="download CIFAR through torchvision if it is not under --data-root")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
 @click.option("--threads", default=None, type=click.IntRange(1, 1024),
@@ -306,14 +349,18 @@ def deep(suite, preset, dataset, data_root, download, device, threads, cuda_grap
 
     from deep.data import DataError
     from deep.env import resolve_device
-    from deep.executors import EXECUTORS, ExecutorError, Interrupted, finish_suites, run_queue_with
+    from deep.executors import EXECUTORS, ExecutorError, Interrupted, WorkersKilled, finish_suites, run_queue_with
     from deep.measure import RunMismatch
-    from deep.runner import (DATASET_CHOICES, LABELS, describe_outcome, outcomes, resolve_datasets, run_queue,
-                             run_states, suite_tasks, touched)
+    from deep.runner import (DATASET_CHOICES, LABELS, check_suite_folders, describe_outcome, outcomes,
+                             resolve_datasets, run_queue, run_states, suite_tasks, touched)
     from deep.suites import PRESETS, SUITES
 
-    from .deep_report import build_report
+    from .deep_report import ReportError, build_report
 
+    _path_arg("--out", out_root, "reports")
+    _path_arg("--data-root", data_root, "/data/cifar")
+    if not math.isfinite(star_extend):
+        fail(f"--star-extend {star_extend}: give a number from 0 to 10")
     if suite not in SUITES + ("all",):
         _choice_error("suite", suite, SUITES + ("all",))
     if preset not in PRESETS:
@@ -393,7 +440,11 @@ def deep(suite, preset, dataset, data_root, download, device, threads, cuda_grap
                         data_root=data_root, download=download, device=device, threads=threads,
                         cuda_graphs=cuda_graphs)
     desc = f"{'+'.join(suites)}/{preset}/{'+'.join(resolve_datasets(dataset, preset))}"
-    errors = 0
+    errors, killed = 0, None
+    try:  # before any worker starts: nothing it would write or wipe leads out of --out
+        check_suite_folders(tasks)
+    except PathEscape as exc:
+        fail(str(exc))
     # `kill` (SIGTERM) stops the command as Ctrl-C does: workers are stopped, not orphaned, and
     # the time spent is recorded
     try:
@@ -410,10 +461,13 @@ def deep(suite, preset, dataset, data_root, download, device, threads, cuda_grap
         if executor == "local" and jobs == 1:
             dirs = run_queue(tasks, progress=not quiet, command=argv)
         else:
-            walls = run_queue_with(executor, tasks, jobs=jobs, cuda=cuda, threads=threads, quiet=quiet, desc=desc,
-                                   gpus=torch.cuda.device_count() if cuda else 0, out_root=out_root,
-                                   ray_address=ray_address, slurm_cluster=slurm_cluster, slurm_time=slurm_time,
-                                   slurm_partition=slurm_partition, slurm_extra=extra)
+            try:
+                walls = run_queue_with(executor, tasks, jobs=jobs, cuda=cuda, threads=threads, quiet=quiet,
+                                       desc=desc, gpus=torch.cuda.device_count() if cuda else 0, out_root=out_root,
+                                       ray_address=ray_address, slurm_cluster=slurm_cluster, slurm_time=slurm_time,
+                                       slurm_partition=slurm_partition, slurm_extra=extra)
+            except WorkersKilled as exc:  # the others finished their runs: their reports are built
+                walls, killed = exc.walls, exc
             # a suite this invocation measured nothing of keeps the facts of those that measured it
             finish_suites(changed(tasks), walls, argv, {"executor": executor, "jobs": jobs} |
                           ({"cluster": slurm_cluster} if executor == "slurm" else {}))
@@ -427,9 +481,11 @@ def deep(suite, preset, dataset, data_root, download, device, threads, cuda_grap
                 build_report(out)
             errors += _print_suite_summary(out)
         _write_index(out_root)
+        if killed is not None:
+            fail(str(killed), killed.status)
     except ExecutorError as exc:
         fail(str(exc), exc.status)
-    except (DataError, RunMismatch) as exc:
+    except (DataError, RunMismatch, PathEscape, ReportError) as exc:
         fail(str(exc))
     except KeyboardInterrupt as exc:
         if isinstance(exc, Interrupted):  # its workers have stopped: their time counts
@@ -535,6 +591,7 @@ def report(path: str) -> None:
     """
     from .deep_report import ReportError, build_report
 
+    _path_arg("PATH", path, "reports/bn-smoke-cifar10-jpeg")
     if not Path(path).is_dir():
         fail(f"{path}: no such folder; give a suite folder such as reports/bn-smoke-cifar10-jpeg")
     try:
@@ -566,13 +623,17 @@ def picture(runs, grid, subset, data_root, out_path, quiet) -> None:
     import torch
 
     from deep.data import DataError
-    from deep.picture import PictureError, path_picture
+    from deep.picture import PictureError, path_picture, picture_run
     from deep.runner import load_train_data
     from deep.suites import PRESET_TABLE
 
     from .deep_report import ReportError, _suite_info
     from .figures import plot_picture
 
+    for run in runs:
+        _path_arg("RUNS", run, "reports/optimizer-cpu-cifar10-jpeg/runs/resnet18-momentum")
+    _path_arg("--out", out_path, "pictures/fig12.png")
+    _path_arg("--data-root", data_root, "/data/cifar")
     pics, suite_dir, data_key, data = [], None, None, None
     for run in runs:
         rd = Path(run)
@@ -580,13 +641,11 @@ def picture(runs, grid, subset, data_root, out_path, quiet) -> None:
             fail(f"{run}: not a finished run folder (no trace.json); give e.g. "
                  "reports/optimizer-cpu-cifar10-jpeg/runs/resnet18-momentum")
         suite_dir = rd.parent.parent
-        try:  # the suite's own validated reader, as `gpcheck report` uses it
+        try:  # the suite's own validated reader, as `gpcheck report` uses it; the run's, as the replay does
             info = _suite_info(suite_dir)
-            run_info = read_json(rd / "trace.json")
-        except ReportError as exc:
+            run_info, _ = picture_run(rd)
+        except (ReportError, PictureError) as exc:
             fail(str(exc))
-        except BadFile as exc:
-            fail(f"{exc}; rerun the suite's `gpcheck deep` command")
         if not info:
             fail(f"{suite_dir}: no suite.json; {run} is not in a suite folder written by `gpcheck deep`")
         threads = (run_info.get("env") or {}).get("num_threads")
@@ -611,6 +670,8 @@ def picture(runs, grid, subset, data_root, out_path, quiet) -> None:
             fail(str(exc))
     names = "-".join(p.name for p in pics)
     out = Path(out_path) if out_path else suite_dir / "figures" / f"picture-{names}.png"
+    if out_path is None:
+        check_links(suite_dir)  # the figure goes into the suite folder, never through a link out of it
     title = (f"{info.get('suite')} suite, {info.get('preset')} preset: paths in the plane of their first two principal "
              f"components (Fig. 12); contours over {pics[0].subset} training images")
     plot_picture(pics, out, title)

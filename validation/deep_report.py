@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from deep.measure import load_companions
-from deep.runner import read_manifest
+from deep.runner import rebuild_manifest
+from deep.verify import SUITE_JSON, consistent_status, manifest_problem, read_trace_json, stray_reason, suite_manifest
 from deep.suites import ASSUMPTIONS, PRESET_TABLE, SUITES, get_suite
 from gamma_theory import Trace, TraceError, check_trace, load_trace
 from gamma_theory.definition1 import step_bounds
-from gamma_theory.files import BadFile, clean_stale_tmp, read_json, write_text
+from gamma_theory.files import BadFile, check_links, clean_stale_tmp, read_json, write_text
 from gamma_theory.identity import bound_quantiles, directions, prefix_gammas, speed_identity
 from gamma_theory.theorem1 import epoch_mean_gap, per_epoch_mean
 from gamma_theory.related import related_conditions
@@ -70,13 +71,18 @@ def _error(name: str, message: str, todo: str) -> dict:
 
 
 def summarize_run(run_dir: Path, expected: dict | None = None, manifest_entry: dict | None = None,
-                  rerun: str = "rerun the suite's command", num_classes: int | None = None) -> tuple[dict, Trace | None]:
+                  rerun: str = "rerun the suite's command", num_classes: int | None = None,
+                  stray: str | None = None) -> tuple[dict, Trace | None]:
     """Everything the report says about one run, and its trace (None when there is none).
 
     ``expected`` is the run's spec from suite.json, ``manifest_entry`` what the manifest recorded
-    when the run finished: the files must agree with both."""
+    when the run finished: the files must agree with both. ``stray``: why the folder is no run
+    this suite measured (deep/verify.py ``stray_reason``), an ERROR row then."""
     name = run_dir.name
     todo = f"{rerun} to measure this run again"
+    if stray is not None:
+        return _error(name, stray, "remove the folder; the suite's runs are measured by its `gpcheck deep` "
+                      "command"), None
     if (run_dir / "error.json").exists():
         try:
             err = read_json(run_dir / "error.json")
@@ -87,15 +93,13 @@ def summarize_run(run_dir: Path, expected: dict | None = None, manifest_entry: d
     if not info_path.exists():
         return {"name": name, "status": "missing"}, None
     try:
-        info = read_json(info_path)
-        if not isinstance(info, dict):
-            raise BadFile(info_path, "does not hold a JSON object")
+        info = read_trace_json(info_path)
+        consistent_status(info, info_path)
     except BadFile as exc:
         return _error(name, str(exc), todo), None
-    recorded = (manifest_entry or {}).get("trace_sha256")
-    if recorded is not None and info.get("npz_sha256") != recorded:
-        return _error(name, f"{info_path} does not describe the trace recorded in manifest.json when the run "
-                      "finished (its files were replaced)", todo), None
+    changed = manifest_problem(info, manifest_entry)
+    if changed:
+        return _error(name, f"{info_path} {changed}", todo), None
     if info.get("status") == "diverged" and "npz_sha256" not in info:  # diverged before anything was measured
         return {"name": name, "status": "diverged", "diverged": info.get("diverged"),
                 "run": info.get("run"), "pass1": info.get("pass1")}, None
@@ -210,11 +214,9 @@ def _suite_info(out: Path) -> dict:
     if not path.exists():
         return {}
     try:
-        info = read_json(path)
+        info = read_json(path, SUITE_JSON, "a suite.json")
     except BadFile as exc:
         raise ReportError(f"{exc}; rerun the suite's `gpcheck deep` command to rewrite it") from None
-    if not isinstance(info, dict):
-        raise ReportError(f"{path} does not hold a JSON object; rerun the suite's `gpcheck deep` command")
     if info.get("suite") not in SUITES or info.get("preset") not in PRESET_TABLE:
         raise ReportError(f"{path} names suite {info.get('suite')!r} and preset {info.get('preset')!r}; gpcheck "
                           f"knows the suites {', '.join(SUITES)} and the presets {', '.join(PRESET_TABLE)}")
@@ -234,10 +236,12 @@ def build_report(out_dir: str | Path) -> dict:
     runs_dir = out / "runs"
     if not runs_dir.is_dir():
         raise ReportError(f"{out}: no runs/ folder; this is not a suite folder written by `gpcheck deep`")
+    check_links(out)  # nothing it writes (report, figures) may land outside the folder through a link
     clean_stale_tmp(out)  # temporaries of killed processes (report, figure, run files)
     suite_info = _suite_info(out)
     try:
-        manifest = read_manifest(out).get("runs", {})
+        known, rebuild = suite_manifest(out)  # None: no manifest.json
+        manifest = known or {}
     except BadFile as exc:
         raise ReportError(f"{exc}; rerun the suite's `gpcheck deep` command to rebuild it") from None
     folders = {p.name: p for p in sorted(runs_dir.iterdir()) if p.is_dir()}
@@ -260,12 +264,14 @@ def build_report(out_dir: str | Path) -> dict:
             summaries.append({"name": name, "status": "missing"})
             continue
         s, tr = summarize_run(folders[name], specs.get(name), manifest.get(name), rerun,
-                              suite_info.get("num_classes"))
+                              suite_info.get("num_classes"), stray_reason(name, folders[name], specs, known))
         summaries.append(s)
         if tr is not None:
             traces[name] = tr
     if not summaries:
         raise ReportError(f"{out}: runs/ is empty; nothing to report")
+    if rebuild:  # the deleted manifest, from the runs of the suite that verified
+        rebuild_manifest(out, [s["name"] for s in summaries if s["name"] in traces or s["status"] == "diverged"])
     preset = PRESET_TABLE.get(preset_name)
     orders = suite.orders_for(suite_info.get("dataset")) if suite else {}
     checks = suite.checks_for(suite_info.get("dataset")) if suite else {}
