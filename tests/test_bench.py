@@ -213,6 +213,7 @@ def _device_run(tmp_path, *args, **env_extra):
     return res, out, lines[0], {r["phase"]: r for r in lines[1:]}
 
 
+@pytest.mark.slow  # about 2 minutes on 2 cores: .ci/run runs it on purpose, after the default run
 @pytest.mark.skipif(not default_jpeg_archive().exists(), reason="no shared CIFAR-10 JPEG archive")
 def test_device_script_dry_run(tmp_path):
     """`bench/device_run.sh all` on the CPU at tiny sizes: the phases' limits fit the 5-minute budget,
