@@ -94,6 +94,7 @@ def test_missing_engine_names_the_extra(tmp_path, monkeypatch):
 
 
 # -- the same bits from every engine -------------------------------------------------------------
+@pytest.mark.slow  # run on purpose by .ci/run (see there)
 @needs_archive
 def test_submitit_local_executor_gives_the_reference_bits(tmp_path, reference):
     pytest.importorskip("submitit")
@@ -106,6 +107,7 @@ def test_submitit_local_executor_gives_the_reference_bits(tmp_path, reference):
     assert list((out / ".slurm").glob("*/*_log.out")), "submitit keeps each task's log under OUT/.slurm/"
 
 
+@pytest.mark.slow  # run on purpose by .ci/run (see there)
 @needs_archive
 def test_ray_local_cluster_gives_the_reference_bits(tmp_path, reference):
     pytest.importorskip("ray")

@@ -273,6 +273,7 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [mine.name, "a.json"]
 
 
+@pytest.mark.slow  # run on purpose by .ci/run (see there)
 @needs_archive
 def test_two_identical_commands_at_once(tmp_path, smoke_reference):
     """Started together on one folder, both finish; each run is locked while it is measured, so

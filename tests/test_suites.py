@@ -316,6 +316,7 @@ def test_seeds_multiply_runs_seed_major():
     assert len(get_suite("skip", "paper").runs) == len(one.runs)  # paper: one seed by default
 
 
+@pytest.mark.slow  # run on purpose by .ci/run (see there)
 @needs_archive
 def test_random_labels_and_seeds_end_to_end(tmp_path):
     """--labels random --seeds 2: the reports sit in their own folder, every configuration runs
