@@ -59,8 +59,13 @@ def resolve_datasets(dataset: str | None, preset: str) -> list[str]:
     return ["cifar10", "cifar100"] if dataset == "both" else [dataset]
 
 
-def report_dir(out_root: str | os.PathLike, suite: str, preset: str, dataset: str, labels: str = "true") -> Path:
-    return Path(out_root) / (f"{suite}-{preset}-{dataset}" + ("-random-labels" if labels == "random" else ""))
+def report_dir(out_root: str | os.PathLike, suite: str, preset: str, dataset: str, labels: str = "true",
+               networks: tuple[str, ...] | None = None) -> Path:
+    """``OUT/<suite>-<preset>-<dataset>[-<network>+<network>...][-random-labels]``: a suite measured
+    on some of its networks only (``--networks``) has a folder of its own, so its report never
+    shrinks the report of the whole suite."""
+    only = "-" + "+".join(networks) if networks else ""
+    return Path(out_root) / (f"{suite}-{preset}-{dataset}{only}" + ("-random-labels" if labels == "random" else ""))
 
 
 def load_train_data(dataset: str, n_sub: int | None, device: torch.device, data_root=None, download=False,
@@ -258,10 +263,11 @@ class RunTask:
     device: str | None = None
     threads: int | None = None
     cuda_graphs: bool | None = None  #: None: on a CUDA device, yes
+    networks: tuple[str, ...] | None = None  #: only these networks of the suite (None: all)
 
     @property
     def out(self) -> Path:
-        return report_dir(self.out_root, self.suite, self.preset, self.dataset, self.labels)
+        return report_dir(self.out_root, self.suite, self.preset, self.dataset, self.labels, self.networks)
 
     @property
     def workdir(self) -> Path:
@@ -275,13 +281,16 @@ class RunTask:
 def suite_tasks(suites, preset: str, dataset: str | None, out_root, *, seeds: int | None = None,
                 labels: str = "true", star_extend: float = 0.0, data_root=None, download: bool = False,
                 device: str | None = None, threads: int | None = None,
-                cuda_graphs: bool | None = None) -> list[RunTask]:
+                cuda_graphs: bool | None = None, networks: tuple[str, ...] | None = None) -> list[RunTask]:
     """Every run of ``suites`` (a name or a list) on each data set of ``dataset``, in one queue:
-    suite by suite, data set by data set, run by run."""
+    suite by suite, data set by data set, run by run; ``networks``: only these networks (of one
+    suite; ValueError names the suite's networks)."""
     suites = [suites] if isinstance(suites, str) else list(suites)
+    networks = None if networks is None else tuple(dict.fromkeys(networks))
     return [RunTask(s, preset, ds, spec.name, str(out_root), seeds, labels, star_extend,
-                    None if data_root is None else str(data_root), download, device, threads, cuda_graphs)
-            for s in suites for ds in resolve_datasets(dataset, preset) for spec in get_suite(s, preset, seeds).runs]
+                    None if data_root is None else str(data_root), download, device, threads, cuda_graphs, networks)
+            for s in suites for ds in resolve_datasets(dataset, preset)
+            for spec in get_suite(s, preset, seeds, networks).runs]
 
 
 def suite_dirs(tasks: list[RunTask]) -> list[Path]:
@@ -324,7 +333,7 @@ def open_suite(task: RunTask, command: str | None = None) -> _OpenSuite:
     """Load the task's data (once per process) and describe its suite. ``suite.json`` is written
     (:meth:`_OpenSuite.measuring`) only when a run of it is measured: an invocation that finds
     every run finished leaves the facts of the invocations that measured them as they are."""
-    suite = get_suite(task.suite, task.preset, task.seeds)
+    suite = get_suite(task.suite, task.preset, task.seeds, task.networks)
     dev = resolve_device(task.device)
     extras = extras_for(task.preset, task.star_extend)
     data, num_classes, data_desc = _data_for(task.dataset, task.preset, dev, task.data_root, task.download, task.labels)
@@ -339,6 +348,7 @@ def open_suite(task: RunTask, command: str | None = None) -> _OpenSuite:
         "cuda_graphs": dev.type == "cuda" if task.cuda_graphs is None else task.cuda_graphs,
         "command": command or f"gpcheck deep --suite {task.suite} --preset {task.preset} --dataset {task.dataset}",
         "runs": [r.to_dict() for r in suite.runs],
+        **({"networks": list(task.networks)} if task.networks else {}),
         "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     meta = {"suite": task.suite, "preset": task.preset, "dataset": task.dataset, "data": data_desc}

@@ -224,10 +224,11 @@ def _suite_optimizer() -> Suite:
 _BUILDERS = {"activation": _suite_activation, "bn": _suite_bn, "skip": _suite_skip, "optimizer": _suite_optimizer}
 
 
-def get_suite(name: str, preset: str = "paper", seeds: int | None = None) -> Suite:
+def get_suite(name: str, preset: str = "paper", seeds: int | None = None,
+              networks: tuple[str, ...] | list[str] | None = None) -> Suite:
     """The suite with its runs resolved for ``preset``, each from ``seeds`` initializations
     (default: the preset's), seed-major: every configuration of seed 0, then of seed 1, ...
-    ValueError lists the choices."""
+    ``networks``: only these networks of the suite (None: all). ValueError lists the choices."""
     if name not in _BUILDERS:
         raise ValueError(f"unknown suite {name!r}; choose one of {', '.join(SUITES)}")
     if preset not in PRESET_TABLE:
@@ -242,4 +243,14 @@ def get_suite(name: str, preset: str = "paper", seeds: int | None = None) -> Sui
                 seed=s, data_seed=s)
         for s in range(seeds) for r in suite.runs
     ]
+    if networks is not None:
+        networks = list(dict.fromkeys(networks))
+        unknown = [n for n in networks if n not in suite.networks]
+        if unknown or not networks:
+            raise ValueError(f"the {name} suite has no network {', '.join(map(repr, unknown)) or '(none given)'}; "
+                             f"choose from {', '.join(suite.networks)}")
+        keep = lambda d: {k: v for k, v in d.items() if k in networks}  # noqa: E731
+        runs = [r for r in runs if r.network in networks]
+        suite = replace(suite, networks=keep(suite.networks), expected_order=keep(suite.expected_order),
+                        order_by_dataset={ds: keep(o) for ds, o in suite.order_by_dataset.items()})
     return replace(suite, runs=runs)

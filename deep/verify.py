@@ -54,6 +54,7 @@ SUITE_JSON = {
     "last_invocation_wall_s": Opt(Num(0)), "started_utc": Opt(str), "finished_utc": Opt(str),
     "extras": Opt({"star_extend": Opt(Num(0, 10)), "sensitivity": Opt(ListOf(Num(0, 1)))}),
     "runs": Opt(ListOf(dict)), "assumptions": Opt(ListOf(str)), "jobs": Opt(Int(1)),
+    "networks": Opt(ListOf(str)),  # --networks: the suite measured on these of its networks only
 }
 
 #: ``setup.json`` of a run folder: the settings it was measured with (compared key by key)

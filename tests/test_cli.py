@@ -280,3 +280,18 @@ def test_a_busy_machine_warns_about_several_threads_per_run(monkeypatch, tmp_pat
     for args, load in ((["--threads", "1"], 6.3), (["--threads", "2"], 0.0), ([], 6.3)):
         _, r = _deep_tasks(monkeypatch, tmp_path, args, load=load)
         assert r.exit_code == 0 and "busy" not in r.output, (args, load, r.output)
+
+
+def test_deep_networks_names_the_choices_on_a_bad_network(tmp_path):
+    r = CliRunner().invoke(cli.main, ["deep", "--suite", "skip", "--networks", "resnet99", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "no network 'resnet99'" in r.output and "resnet18, resnet34" in r.output
+    r = CliRunner().invoke(cli.main, ["deep", "--suite", "all", "--networks", "resnet18", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "one suite" in r.output
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_deep_plan_with_networks_lists_only_them(tmp_path):
+    r = CliRunner().invoke(cli.main, ["deep", "--suite", "skip", "--preset", "smoke", "--networks", "resnet18",
+                                      "--plan", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert "resnet18-all" in r.output and "resnet34" not in r.output

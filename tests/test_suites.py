@@ -385,3 +385,21 @@ def test_random_labels_and_seeds_end_to_end(tmp_path):
         mf.write_text(json.dumps({"runs": {**json.loads(mf.read_text())["runs"], "resnet18-all": manifest_entry_for(info)}}))
         res = CliRunner().invoke(main, ["picture", str(tj.parent), "--quiet"])
         assert res.exit_code == 2 and "measured on a GPU (NVIDIA H200)" in res.output and "Traceback" not in res.output
+
+
+def test_networks_filter_keeps_only_those_networks_and_their_orders():
+    full, only = get_suite("skip", "cpu", 8), get_suite("skip", "cpu", 8, ["resnet18"])
+    assert {r.network for r in only.runs} == {"resnet18"}
+    assert [r for r in full.runs if r.network == "resnet18"] == only.runs and len(only.runs) == 16
+    assert list(only.networks) == ["resnet18"] and set(only.expected_order) == {"resnet18"}
+    assert set(only.orders_for("cifar100")) == {"resnet18"} and not set(only.orders_for("cifar10")) - {"resnet18"}
+    with pytest.raises(ValueError, match="no network 'resnet99'.*resnet18, resnet34"):
+        get_suite("skip", "cpu", 1, ["resnet99"])
+
+
+def test_networks_filter_gets_a_folder_of_its_own(tmp_path):
+    from deep.runner import suite_tasks
+
+    tasks = suite_tasks("skip", "smoke", None, tmp_path, networks=("resnet18",))
+    assert {t.out.name for t in tasks} == {"skip-smoke-cifar10-jpeg-resnet18"}
+    assert [t.name for t in tasks] == [r.name for r in get_suite("skip", "smoke").runs if r.network == "resnet18"]

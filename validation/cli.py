@@ -305,6 +305,9 @@ def _choice_error(kind: str, value: str, choices) -> NoReturn:
 @click.option("--cuda-graphs/--no-cuda-graphs", default=None,
               help="run the steps of both passes as CUDA graph replays (default: on a GPU, yes; the same bits, "
                    "fewer kernel launches); a run resumes only the way it began")
+@click.option("--networks", default=None, metavar="NAME[,NAME...]",
+              help="only these networks of the suite (e.g. resnet18), into a folder of its own: "
+                   "OUT/<suite>-<preset>-<dataset>-<networks>/ (one suite at a time)")
 @click.option("--seeds", default=None, type=click.IntRange(1, 1000),
               help="initializations (with their samplers) per configuration; default: the preset's "
                    "(1 for paper and smoke, 3 for lite and cpu)")
@@ -336,7 +339,8 @@ def _choice_error(kind: str, value: str, choices) -> NoReturn:
               help="slurm: any other submitit slurm_ parameter, e.g. account=abc or mem_gb=32 (repeatable)")
 @click.option("--slurm-cluster", default="slurm", show_default=True,
               help="slurm, or local: submitit's local executor (the same job array as processes on this machine)")
-def deep(suite, preset, dataset, data_root, download, device, threads, cuda_graphs, seeds, labels, star_extend, out_root,
+def deep(suite, preset, dataset, data_root, download, device, threads, cuda_graphs, networks, seeds, labels, star_extend,
+         out_root,
          quiet, plan, executor, jobs, ray_address, slurm_partition, slurm_time, slurm_args, slurm_cluster) -> None:
     """Measure a suite of the paper's CIFAR experiments exactly and write its report.
 
@@ -353,7 +357,7 @@ def deep(suite, preset, dataset, data_root, download, device, threads, cuda_grap
     from deep.measure import RunMismatch
     from deep.runner import (DATASET_CHOICES, LABELS, check_suite_folders, describe_outcome, outcomes,
                              resolve_datasets, run_queue, run_states, suite_tasks, touched)
-    from deep.suites import PRESETS, SUITES
+    from deep.suites import PRESETS, SUITES, get_suite
 
     from .deep_report import ReportError, build_report
 
@@ -380,6 +384,14 @@ def deep(suite, preset, dataset, data_root, download, device, threads, cuda_grap
             fail(f"--slurm-arg {kv!r}: give KEY=VALUE, e.g. --slurm-arg account=abc")
         extra[k.strip()] = v
     suites = list(SUITES) if suite == "all" else [suite]
+    if networks is not None:
+        networks = tuple(n.strip() for n in networks.split(",") if n.strip())
+        if suite == "all":
+            fail("--networks picks networks of one suite; give --suite activation, bn, skip or optimizer with it")
+        try:
+            get_suite(suite, preset, 1, networks)
+        except ValueError as exc:
+            fail(f"--networks: {exc}")
     try:
         dev = resolve_device(device)
     except ValueError as exc:
@@ -409,7 +421,7 @@ def deep(suite, preset, dataset, data_root, download, device, threads, cuda_grap
         for s in suites:
             for ds in resolve_datasets(dataset, preset):
                 planned = plan_suite(s, preset, ds, name, out_root, seeds, labels, star_extend, device=dev.type,
-                                     timings=timings)
+                                     timings=timings, networks=networks)
                 everything += planned
                 click.echo(render_plan(planned, f"Plan: `{s}` suite, `{preset}` preset, {ds}, on {name} ({dev})",
                                        name, dev.type == "cuda") + "\n")
@@ -438,7 +450,7 @@ def deep(suite, preset, dataset, data_root, download, device, threads, cuda_grap
     cuda = device != "cpu" if on_cluster else dev.type == "cuda"
     tasks = suite_tasks(suites, preset, dataset, out_root, seeds=seeds, labels=labels, star_extend=star_extend,
                         data_root=data_root, download=download, device=device, threads=threads,
-                        cuda_graphs=cuda_graphs)
+                        cuda_graphs=cuda_graphs, networks=networks)
     desc = f"{'+'.join(suites)}/{preset}/{'+'.join(resolve_datasets(dataset, preset))}"
     errors, killed = 0, None
     try:  # before any worker starts: nothing it would write or wipe leads out of --out
