@@ -282,14 +282,14 @@ def plan_suite(suite_name: str, preset: str, dataset: str, device_name: str, out
                seeds: int | None = None, labels: str = "true", star_extend: float = 0.0,
                bench_results: str | Path | None = None, device: str = "cpu",
                committed: str | Path | None = COMMITTED_REPORTS, timings: dict | None = None,
-               networks: tuple[str, ...] | None = None) -> list[PlannedRun]:
+               networks: tuple[str, ...] | None = None, variants: tuple[str, ...] | None = None) -> list[PlannedRun]:
     """Every run of the suite with its steps and its estimated time on ``device_name`` (of type
     ``device``: "cpu" or "cuda"). ``timings``: a cache of timed steps shared between calls."""
-    suite = get_suite(suite_name, preset, seeds, networks)
+    suite = get_suite(suite_name, preset, seeds, networks, variants)
     p = PRESET_TABLE[preset]
     n_train = p.train_subset or DATASET_SHAPE[dataset][1]
     extras = extras_for(preset, star_extend).to_dict()
-    folder = report_dir(out_root, suite_name, preset, dataset, labels, networks)
+    folder = report_dir(out_root, suite_name, preset, dataset, labels, networks, variants)
     measured = _measured_runs(Path(out_root))
     if committed is not None and Path(committed).resolve() != Path(out_root).resolve():
         measured += [{**m, "committed": True} for m in _measured_runs(Path(committed))]

@@ -60,11 +60,11 @@ def resolve_datasets(dataset: str | None, preset: str) -> list[str]:
 
 
 def report_dir(out_root: str | os.PathLike, suite: str, preset: str, dataset: str, labels: str = "true",
-               networks: tuple[str, ...] | None = None) -> Path:
-    """``OUT/<suite>-<preset>-<dataset>[-<network>+<network>...][-random-labels]``: a suite measured
-    on some of its networks only (``--networks``) has a folder of its own, so its report never
-    shrinks the report of the whole suite."""
-    only = "-" + "+".join(networks) if networks else ""
+               networks: tuple[str, ...] | None = None, variants: tuple[str, ...] | None = None) -> Path:
+    """``OUT/<suite>-<preset>-<dataset>[-<network>+...][-<variant>+...][-random-labels]``: a suite
+    measured on some of its networks or variants only (``--networks``, ``--variants``) has a folder
+    of its own, so its report never shrinks the report of the whole suite."""
+    only = ("-" + "+".join(networks) if networks else "") + ("-" + "+".join(variants) if variants else "")
     return Path(out_root) / (f"{suite}-{preset}-{dataset}{only}" + ("-random-labels" if labels == "random" else ""))
 
 
@@ -264,10 +264,12 @@ class RunTask:
     threads: int | None = None
     cuda_graphs: bool | None = None  #: None: on a CUDA device, yes
     networks: tuple[str, ...] | None = None  #: only these networks of the suite (None: all)
+    variants: tuple[str, ...] | None = None  #: only these variants (None: all)
 
     @property
     def out(self) -> Path:
-        return report_dir(self.out_root, self.suite, self.preset, self.dataset, self.labels, self.networks)
+        return report_dir(self.out_root, self.suite, self.preset, self.dataset, self.labels, self.networks,
+                          self.variants)
 
     @property
     def workdir(self) -> Path:
@@ -281,16 +283,19 @@ class RunTask:
 def suite_tasks(suites, preset: str, dataset: str | None, out_root, *, seeds: int | None = None,
                 labels: str = "true", star_extend: float = 0.0, data_root=None, download: bool = False,
                 device: str | None = None, threads: int | None = None,
-                cuda_graphs: bool | None = None, networks: tuple[str, ...] | None = None) -> list[RunTask]:
+                cuda_graphs: bool | None = None, networks: tuple[str, ...] | None = None,
+                variants: tuple[str, ...] | None = None) -> list[RunTask]:
     """Every run of ``suites`` (a name or a list) on each data set of ``dataset``, in one queue:
     suite by suite, data set by data set, run by run; ``networks``: only these networks (of one
     suite; ValueError names the suite's networks)."""
     suites = [suites] if isinstance(suites, str) else list(suites)
     networks = None if networks is None else tuple(dict.fromkeys(networks))
+    variants = None if variants is None else tuple(dict.fromkeys(variants))
     return [RunTask(s, preset, ds, spec.name, str(out_root), seeds, labels, star_extend,
-                    None if data_root is None else str(data_root), download, device, threads, cuda_graphs, networks)
+                    None if data_root is None else str(data_root), download, device, threads, cuda_graphs, networks,
+                    variants)
             for s in suites for ds in resolve_datasets(dataset, preset)
-            for spec in get_suite(s, preset, seeds, networks).runs]
+            for spec in get_suite(s, preset, seeds, networks, variants).runs]
 
 
 def suite_dirs(tasks: list[RunTask]) -> list[Path]:
@@ -333,7 +338,7 @@ def open_suite(task: RunTask, command: str | None = None) -> _OpenSuite:
     """Load the task's data (once per process) and describe its suite. ``suite.json`` is written
     (:meth:`_OpenSuite.measuring`) only when a run of it is measured: an invocation that finds
     every run finished leaves the facts of the invocations that measured them as they are."""
-    suite = get_suite(task.suite, task.preset, task.seeds, task.networks)
+    suite = get_suite(task.suite, task.preset, task.seeds, task.networks, task.variants)
     dev = resolve_device(task.device)
     extras = extras_for(task.preset, task.star_extend)
     data, num_classes, data_desc = _data_for(task.dataset, task.preset, dev, task.data_root, task.download, task.labels)
@@ -349,6 +354,7 @@ def open_suite(task: RunTask, command: str | None = None) -> _OpenSuite:
         "command": command or f"gpcheck deep --suite {task.suite} --preset {task.preset} --dataset {task.dataset}",
         "runs": [r.to_dict() for r in suite.runs],
         **({"networks": list(task.networks)} if task.networks else {}),
+        **({"variants": list(task.variants)} if task.variants else {}),
         "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     meta = {"suite": task.suite, "preset": task.preset, "dataset": task.dataset, "data": data_desc}

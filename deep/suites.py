@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 SUITES = ("activation", "bn", "skip", "optimizer")
-PRESETS = ("paper", "lite", "cpu", "long", "smoke")
+PRESETS = ("paper", "lite", "cpu", "long", "rate", "smoke")
 
 ASSUMPTIONS = [
     "Epochs of the bn and optimizer suites are not stated in the paper: 150, as the activation and skip suites.",
@@ -115,6 +115,12 @@ PRESET_TABLE = {
                    "VGGs, one seed: so that the variants that do not converge under cpu can, and their gamma orders "
                    "can be decided; a ResNet-18 run with the skeptic's checks and --star-extend 0.25 took about an hour on one core of a busy 2-core machine (pass 1 15 min, the extension 6, pass 2 38)",
                    {"alexnet": 900, "resnet": 120, "vgg": 300}, 512, 0.25, None, "cifar10-jpeg", seeds=1),
+    "rate": Preset("rate", "longer paths for the per-step violation rate of converged runs: width-1/4 networks on a "
+                   "class-balanced 2,048-image CIFAR-10 subset, batch 128; 100 epochs for the ResNets and VGGs (1,600 "
+                   "steps, 10x the cpu preset's ResNet path), 300 for AlexNet (which needed 150 epochs of 4 steps to "
+                   "fit 512 images); one seed; meant for one run at a time (e.g. --suite bn --networks resnet18 "
+                   "--variants all)", {"alexnet": 300, "resnet": 100, "vgg": 100}, 2048, 0.25, None, "cifar10-jpeg",
+                   seeds=1),
     "smoke": Preset("smoke", "tiny networks (width 1/8), a class-balanced 256-image subset, 2 epochs, "
                     "batch 64: checks the machinery end to end in minutes on 2 CPU cores; "
                     "its numbers are no evidence about the paper", 2, 256, 0.125, 64, "cifar10-jpeg",
@@ -225,10 +231,12 @@ _BUILDERS = {"activation": _suite_activation, "bn": _suite_bn, "skip": _suite_sk
 
 
 def get_suite(name: str, preset: str = "paper", seeds: int | None = None,
-              networks: tuple[str, ...] | list[str] | None = None) -> Suite:
+              networks: tuple[str, ...] | list[str] | None = None,
+              variants: tuple[str, ...] | list[str] | None = None) -> Suite:
     """The suite with its runs resolved for ``preset``, each from ``seeds`` initializations
     (default: the preset's), seed-major: every configuration of seed 0, then of seed 1, ...
-    ``networks``: only these networks of the suite (None: all). ValueError lists the choices."""
+    ``networks``, ``variants``: only these networks and variants of the suite (None: all).
+    ValueError lists the choices."""
     if name not in _BUILDERS:
         raise ValueError(f"unknown suite {name!r}; choose one of {', '.join(SUITES)}")
     if preset not in PRESET_TABLE:
@@ -253,4 +261,15 @@ def get_suite(name: str, preset: str = "paper", seeds: int | None = None,
         runs = [r for r in runs if r.network in networks]
         suite = replace(suite, networks=keep(suite.networks), expected_order=keep(suite.expected_order),
                         order_by_dataset={ds: keep(o) for ds, o in suite.order_by_dataset.items()})
+    if variants is not None:
+        variants = list(dict.fromkeys(variants))
+        have = list(dict.fromkeys(v for vs in suite.networks.values() for v in vs))
+        unknown = [v for v in variants if v not in have]
+        if unknown or not variants:
+            raise ValueError(f"the {name} suite has no variant {', '.join(map(repr, unknown)) or '(none given)'}; "
+                             f"choose from {', '.join(have)}")
+        runs = [r for r in runs if r.variant in variants]
+        # an order or comparison needs two variants: what is left of it is kept, the report says what it lacks
+        suite = replace(suite, networks={n: [v for v in vs if v in variants] for n, vs in suite.networks.items()
+                                         if any(v in variants for v in vs)})
     return replace(suite, runs=runs)

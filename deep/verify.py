@@ -55,6 +55,7 @@ SUITE_JSON = {
     "extras": Opt({"star_extend": Opt(Num(0, 10)), "sensitivity": Opt(ListOf(Num(0, 1)))}),
     "runs": Opt(ListOf(dict)), "assumptions": Opt(ListOf(str)), "jobs": Opt(Int(1)),
     "networks": Opt(ListOf(str)),  # --networks: the suite measured on these of its networks only
+    "variants": Opt(ListOf(str)),  # --variants: and these of its variants
 }
 
 #: ``setup.json`` of a run folder: the settings it was measured with (compared key by key)

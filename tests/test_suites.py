@@ -45,7 +45,7 @@ def test_unknown_names_list_the_choices():
 
 @pytest.mark.parametrize("args, match", [
     (["--suite", "dropout"], "unknown suite 'dropout'; choose one of: activation, bn, skip, optimizer"),
-    (["--suite", "bn", "--preset", "huge"], "unknown preset 'huge'; choose one of: paper, lite, cpu, long, smoke"),
+    (["--suite", "bn", "--preset", "huge"], "unknown preset 'huge'; choose one of: paper, lite, cpu, long, rate, smoke"),
     (["--suite", "bn", "--dataset", "mnist"], "unknown data set 'mnist'"),
     (["--suite", "bn", "--device", "quantum"], "unknown device 'quantum'"),
     (["--suite", "bn", "--preset", "paper"], "needs a GPU"),
@@ -403,3 +403,11 @@ def test_networks_filter_gets_a_folder_of_its_own(tmp_path):
     tasks = suite_tasks("skip", "smoke", None, tmp_path, networks=("resnet18",))
     assert {t.out.name for t in tasks} == {"skip-smoke-cifar10-jpeg-resnet18"}
     assert [t.name for t in tasks] == [r.name for r in get_suite("skip", "smoke").runs if r.network == "resnet18"]
+
+
+def test_variants_filter_and_the_rate_preset():
+    one = get_suite("bn", "rate", None, ["resnet18"], ["all"])
+    assert [r.name for r in one.runs] == ["resnet18-all"]
+    assert (one.runs[0].epochs, one.runs[0].width) == (100, 0.25) and one.networks == {"resnet18": ["all"]}
+    with pytest.raises(ValueError, match="no variant 'al'.*all"):
+        get_suite("bn", "cpu", 1, None, ["al"])

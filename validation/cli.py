@@ -287,7 +287,7 @@ def _choice_error(kind: str, value: str, choices) -> NoReturn:
 
 @main.command()
 @click.option("--suite", required=True, help="activation, bn, skip, optimizer, or all (every suite, in one queue)")
-@click.option("--preset", default="smoke", show_default=True, help="paper, lite, cpu, long or smoke")
+@click.option("--preset", default="smoke", show_default=True, help="paper, lite, cpu, long, rate or smoke")
 @click.option("--dataset", default=None,
               help="cifar10, cifar100, both (one queue), or cifar10-jpeg (the offline JPEG copy); default: the "
                    "preset's (cifar10-jpeg for cpu and smoke, cifar10 otherwise)")
@@ -308,6 +308,8 @@ def _choice_error(kind: str, value: str, choices) -> NoReturn:
 @click.option("--networks", default=None, metavar="NAME[,NAME...]",
               help="only these networks of the suite (e.g. resnet18), into a folder of its own: "
                    "OUT/<suite>-<preset>-<dataset>-<networks>/ (one suite at a time)")
+@click.option("--variants", default=None, metavar="NAME[,NAME...]",
+              help="only these variants of the suite (e.g. all), into a folder of its own, as --networks")
 @click.option("--seeds", default=None, type=click.IntRange(1, 1000),
               help="initializations (with their samplers) per configuration; default: the preset's "
                    "(1 for paper and smoke, 3 for lite and cpu)")
@@ -339,7 +341,8 @@ def _choice_error(kind: str, value: str, choices) -> NoReturn:
               help="slurm: any other submitit slurm_ parameter, e.g. account=abc or mem_gb=32 (repeatable)")
 @click.option("--slurm-cluster", default="slurm", show_default=True,
               help="slurm, or local: submitit's local executor (the same job array as processes on this machine)")
-def deep(suite, preset, dataset, data_root, download, device, threads, cuda_graphs, networks, seeds, labels, star_extend,
+def deep(suite, preset, dataset, data_root, download, device, threads, cuda_graphs, networks, variants, seeds, labels,
+         star_extend,
          out_root,
          quiet, plan, executor, jobs, ray_address, slurm_partition, slurm_time, slurm_args, slurm_cluster) -> None:
     """Measure a suite of the paper's CIFAR experiments exactly and write its report.
@@ -384,14 +387,16 @@ def deep(suite, preset, dataset, data_root, download, device, threads, cuda_grap
             fail(f"--slurm-arg {kv!r}: give KEY=VALUE, e.g. --slurm-arg account=abc")
         extra[k.strip()] = v
     suites = list(SUITES) if suite == "all" else [suite]
-    if networks is not None:
-        networks = tuple(n.strip() for n in networks.split(",") if n.strip())
+    if networks is not None or variants is not None:
+        networks, variants = ((None if v is None else tuple(n.strip() for n in v.split(",") if n.strip()))
+                              for v in (networks, variants))
         if suite == "all":
-            fail("--networks picks networks of one suite; give --suite activation, bn, skip or optimizer with it")
+            fail("--networks and --variants pick networks and variants of one suite; give --suite activation, bn, "
+                 "skip or optimizer with them")
         try:
-            get_suite(suite, preset, 1, networks)
+            get_suite(suite, preset, 1, networks, variants)
         except ValueError as exc:
-            fail(f"--networks: {exc}")
+            fail(f"--{'networks' if 'network' in str(exc) else 'variants'}: {exc}")
     try:
         dev = resolve_device(device)
     except ValueError as exc:
@@ -421,7 +426,7 @@ def deep(suite, preset, dataset, data_root, download, device, threads, cuda_grap
         for s in suites:
             for ds in resolve_datasets(dataset, preset):
                 planned = plan_suite(s, preset, ds, name, out_root, seeds, labels, star_extend, device=dev.type,
-                                     timings=timings, networks=networks)
+                                     timings=timings, networks=networks, variants=variants)
                 everything += planned
                 click.echo(render_plan(planned, f"Plan: `{s}` suite, `{preset}` preset, {ds}, on {name} ({dev})",
                                        name, dev.type == "cuda") + "\n")
@@ -450,7 +455,7 @@ def deep(suite, preset, dataset, data_root, download, device, threads, cuda_grap
     cuda = device != "cpu" if on_cluster else dev.type == "cuda"
     tasks = suite_tasks(suites, preset, dataset, out_root, seeds=seeds, labels=labels, star_extend=star_extend,
                         data_root=data_root, download=download, device=device, threads=threads,
-                        cuda_graphs=cuda_graphs, networks=networks)
+                        cuda_graphs=cuda_graphs, networks=networks, variants=variants)
     desc = f"{'+'.join(suites)}/{preset}/{'+'.join(resolve_datasets(dataset, preset))}"
     errors, killed = 0, None
     try:  # before any worker starts: nothing it would write or wipe leads out of --out

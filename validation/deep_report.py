@@ -255,7 +255,8 @@ def build_report(out_dir: str | Path) -> dict:
             suite_info = {k: meta.get(k) for k in ("suite", "preset", "dataset", "data")}
             break
     suite_name, preset_name = suite_info.get("suite"), suite_info.get("preset") or "paper"
-    suite = (get_suite(suite_name, preset_name, suite_info.get("seeds") or 1, suite_info.get("networks"))
+    suite = (get_suite(suite_name, preset_name, suite_info.get("seeds") or 1, suite_info.get("networks"),
+                       suite_info.get("variants"))
              if suite_name in SUITES else None)
     specs = {r.name: r.to_dict() for r in suite.runs} if suite else {}
     rerun = f"rerun `{suite_info['command']}`" if suite_info.get("command") else "rerun the suite's command"
