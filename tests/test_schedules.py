@@ -321,3 +321,19 @@ def test_a_constant_schedule_is_the_constant_lr_run():
     for name in ("loss", "loss_star", "inner", "update_sq", "dist_sq", "grad_inner", "grad_sq", "sample_gap_max"):
         assert getattr(a, name).tobytes() == getattr(b, name).tobytes(), name
     assert _everything(a) == _everything(b)
+
+
+def test_rate_bound_by_hand():
+    """Item 3 with eta_k on numbers exact in binary: sum eta_k gap_k / H_K <= 1 / (2 gamma H_K)."""
+    t = Trace(loss=[1.0, 2.0, 0.5, 0.25], loss_star=[0.0, 0.0, 0.0, 0.0], inner=[4.0, 4.0, 4.0, 4.0],
+              update_sq=[1.0, 1.0, 1.0, 1.0], dist_sq=[8.0, 6.0, 5.0, 4.5], lr=0.5, dist0_sq=8.0,
+              epoch=[0, 0, 1, 1], eta=[0.5, 0.25, 0.125, 0.125])
+    rb = rate_bound(t, 0.25)
+    # epoch 0: sum eta gap = 0.5 + 0.5 = 1, H = 0.75; epoch 1: + 0.0625 + 0.03125, H = 1
+    assert rb.K == [2, 4] and rb.eta_weighted
+    assert rb.lhs == [1.0 / 0.75, 1.09375]
+    assert rb.rhs == [1.0 / (2 * 0.25 * 0.75), 2.0]
+    assert rb.holds and rb.to_dict()["eta_weighted"] is True
+    # the constant-lr reading of the same columns: mean gap <= 1 / (2 lr gamma K)
+    c = rate_bound(dataclasses.replace(t, eta=None), 0.25)
+    assert c.lhs == [1.5, 0.9375] and c.rhs == [2.0, 1.0] and "eta_weighted" not in c.to_dict()
