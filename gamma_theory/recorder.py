@@ -246,11 +246,13 @@ class PathRecorder:
         rows = np.concatenate(self._host) if self._host else np.zeros((0, width))
         return rows, np.arange(self.first_step, self.first_step + len(rows)), np.asarray(self._epochs, dtype=np.int64)
 
-    def etas(self) -> np.ndarray | None:
+    def etas(self, always: bool = False) -> np.ndarray | None:
         """``eta_k`` of every step recorded so far, or None when every step used the base ``lr``
-        (a constant-lr path: its trace has no ``eta`` column, as before schedules existed)."""
+        (a constant-lr path: its trace has no ``eta`` column, as before schedules existed).
+        ``always``: the array even then (to store beside :meth:`rows` and join segments; give the
+        joined array to :func:`trace_from_rows`, which drops a constant one)."""
         eta = np.asarray(self._etas, dtype=np.float64)
-        return None if (eta == self.lr).all() else eta
+        return eta if always or not (eta == self.lr).all() else None
 
     def trace(self, j: int = 0, meta: dict | None = None) -> Trace:
         """The trace of the steps recorded so far against ``theta*_j``."""
@@ -282,14 +284,19 @@ def trace_from_rows(rows: np.ndarray, step: np.ndarray, epoch: np.ndarray, j: in
                     until: int | None = None, has_grad: bool = False, meta: dict | None = None,
                     eta: np.ndarray | None = None) -> Trace:
     """The trace against ``theta*_j`` from a :class:`PathRecorder`'s rows: the steps before ``until``.
-    ``eta``: ``eta_k`` of every row when a schedule set them (:meth:`PathRecorder.etas`), or None."""
+    ``eta``: ``eta_k`` of every row when a schedule set them (:meth:`PathRecorder.etas`), or None;
+    an ``eta`` equal to ``lr`` on every kept row gives the trace without the column."""
     keep = slice(None) if until is None else step < until
     r, c = rows[keep], BASE + PER_STAR * j
+    if eta is not None:
+        eta = np.asarray(eta, dtype=np.float64)[keep]
+        if (eta == float(lr)).all():
+            eta = None  # a constant schedule is the constant-lr trace
     return Trace(
         loss=r[:, 0], loss_star=r[:, c], inner=r[:, c + 1], update_sq=r[:, 1], dist_sq=r[:, c + 2],
         lr=lr, dist0_sq=dist0_sq, step=step[keep], epoch=epoch[keep],
         grad_inner=r[:, c + 3] if has_grad else None, grad_sq=r[:, 2] if has_grad else None,
-        eta=None if eta is None else np.asarray(eta, dtype=np.float64)[keep],
+        eta=eta,
         meta=dict(meta or {}),
     )
 

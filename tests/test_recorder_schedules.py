@@ -133,3 +133,25 @@ def test_recorder_refuses_a_step_without_a_learning_rate():
     with pytest.raises(ValueError, match="positive"):
         rec.push(torch.zeros(7, dtype=torch.float64), 0, lr=-1.0)
     assert len(rec) == 0
+
+
+def test_segments_join_with_their_etas():
+    """A resumed pass: two recorders, rows and eta_k joined, give the one-recorder trace."""
+    data = batches(4, epochs=2)
+    _, thetas, _, _, _ = train("sgd", 0.3, "step", data)
+    star = thetas[-1].float()
+    star_model = small_mlp(1)
+    torch.nn.utils.vector_to_parameters(star, star_model.parameters())
+    whole = train("sgd", 0.3, "step", data, record=star, star_model=star_model)[-1]
+    rows, step, epoch = whole.rows()
+    eta = whole.etas(always=True)
+    assert np.array_equal(eta, whole.trace().eta)
+    half = len(rows) // 2
+    from gamma_theory.recorder import trace_from_rows
+    joined = trace_from_rows(np.concatenate([rows[:half], rows[half:]]), step, epoch, 0, 0.3, whole.dist0_sq[0],
+                             eta=np.concatenate([eta[:half], eta[half:]]))
+    ref = whole.trace()
+    for col in ("loss", "inner", "update_sq", "dist_sq", "eta"):
+        assert getattr(joined, col).tobytes() == getattr(ref, col).tobytes()
+    # the first steps of a StepLR all ran at the base lr: cut there, the trace has no column
+    assert trace_from_rows(rows, step, epoch, 0, 0.3, whole.dist0_sq[0], until=4, eta=eta).eta is None
