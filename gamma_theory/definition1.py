@@ -86,6 +86,7 @@ class Definition1Result:
     undecidable_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  #: (module doc)
     holds_without_undecidable: bool | None = None  #: the verdict on the decidable steps alone
     upper_mask: np.ndarray | None = None  #: the steps whose bound is an upper bound (gap > 0)
+    eta_per_step: bool = False  #: read with a schedule's eta_k (the trace's eta column), not one constant lr
 
     @property
     def violating_steps(self) -> np.ndarray:
@@ -121,6 +122,7 @@ class Definition1Result:
             "holds_without_undecidable": self.holds_without_undecidable,
             "rests_on_undecidable": self.rests_on_undecidable,
             "roundoff_bound": "|num| <= 2 eps (|inner| + eta/2 update_sq); bounds tying within their own round-off",
+            **({"eta_per_step": True} if self.eta_per_step else {}),  # a constant-lr report is unchanged
         }
 
     @property
@@ -180,6 +182,7 @@ def definition_1(trace: Trace) -> Definition1Result:
         undecidable_steps=steps[undecidable],
         holds_without_undecidable=bool(holds_decided),
         upper_mask=b.is_upper,
+        eta_per_step=not trace.constant_lr,
     )
 
 

@@ -8,6 +8,7 @@ scheduled path with the constant lr gives a wrong verdict (the tests that fail i
 
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
@@ -19,7 +20,9 @@ from gamma_theory import problems as P
 from gamma_theory import schedules as S
 from gamma_theory.trace import Trace, TraceError
 
-SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: GPCHECK_SCHEDULE_EXAMPLES=N multiplies every property test's examples by N (default 1)
+SCALE = int(os.environ.get("GPCHECK_SCHEDULE_EXAMPLES", "1"))
+SETTINGS = settings(max_examples=20 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 # -- independent references --------------------------------------------------------------------
@@ -233,7 +236,7 @@ def _everything(t: Trace):
                 repr(I.end_dist_sq(t)), repr(rate_bound(t, 0.37)))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150 * SCALE, deadline=None)
 @given(t=traces())
 def test_a_constant_eta_column_reduces_bitwise_to_the_constant_lr_checkers(t):
     same = dataclasses.replace(t, eta=np.full(len(t), t.lr))
@@ -241,7 +244,7 @@ def test_a_constant_eta_column_reduces_bitwise_to_the_constant_lr_checkers(t):
     assert _everything(same) == _everything(t)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60 * SCALE, deadline=None)
 @given(t=traces(), data=st.data())
 def test_scheduled_checkers_agree_with_their_definitions(t, data):
     """On any trace with eta_k: num_k and the rate bound are the formulas of docs/schedules.md."""
@@ -266,7 +269,7 @@ def test_scheduled_checkers_agree_with_their_definitions(t, data):
     np.testing.assert_allclose(rb.rhs, [1.0 / (2 * 0.5 * np.sum(eta[:k])) for k in ends], rtol=1e-14)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30 * SCALE, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(t=traces())
 def test_a_constant_schedule_writes_the_constant_lr_file_byte_for_byte(tmp_path, t):
     a = t.save(tmp_path / "plain")
@@ -337,3 +340,50 @@ def test_rate_bound_by_hand():
     # the constant-lr reading of the same columns: mean gap <= 1 / (2 lr gamma K)
     c = rate_bound(dataclasses.replace(t, eta=None), 0.25)
     assert c.lhs == [1.5, 0.9375] and c.rhs == [2.0, 1.0] and "eta_weighted" not in c.to_dict()
+
+
+@SETTINGS
+@given(eta_s=st.lists(st.floats(0.01, 1.9), min_size=1, max_size=40), seed=st.integers(0, 1000),
+       d=st.integers(1, 6))
+def test_one_sample_least_squares_in_closed_form(eta_s, seed, d):
+    """One sample x, l(theta) = (x^T theta - y)^2 / 2, any schedule with eta_k ||x||^2 < 2: the whole
+    path is a closed form. With s = ||x||^2 and r_k the residual, r_{k+1} = (1 - eta_k s) r_k,
+    theta_k - theta* = (r_k / s) x, and so gamma_k = (2 - eta_k s) / D0, d_k = D0 prod_{j<k} (1 - eta_j s)^2,
+    and sum_{k<K} eta_k gap_k = (s D0 / 2) sum_{k<K} eta_k prod_{j<k} (1 - eta_j s)^2."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(d) + 0.1
+    s = float(x @ x)
+    eta = np.array(eta_s) / s  # eta_k s in [0.01, 1.9]
+    K = len(eta)
+    r0 = 1.5
+    shrink = np.concatenate([[1.0], np.cumprod(1 - eta * s)])  # r_k / r_0, k = 0..K
+    star = np.zeros(d)  # theta* = 0 keeps theta_k - theta* exact even when r_k is tiny (eta_k s near 1)
+    thetas = star + np.outer(r0 * shrink / s, x)
+    loss = 0.5 * (r0 * shrink[:-1]) ** 2
+    t = trace_from_iterates(thetas, loss, np.zeros(K), float(eta[0]), epoch=np.arange(K), theta_star=star, eta=eta)
+    D0 = r0**2 / s
+    assert t.dist0_sq == pytest.approx(D0, rel=1e-13)
+    assume(loss.min() > 1e-200)
+    d1 = definition_1(t)
+    np.testing.assert_allclose(d1.per_step_gamma, (2 - eta * s) / D0, rtol=1e-9)
+    assert d1.holds and d1.gamma_max == pytest.approx((2 - eta.max() * s) / D0, rel=1e-9)
+    rep = check_trace(t)
+    assert rep.distance.holds and rep.identity.max_rel_residual < 1e-12
+    np.testing.assert_allclose(t.dist_sq, D0 * shrink[:-1] ** 2, rtol=1e-9, atol=1e-300)
+    ws = np.cumsum(eta * shrink[:-1] ** 2) * s * D0 / 2  # sum_{k<K} eta_k gap_k, closed form
+    H = np.cumsum(eta)
+    np.testing.assert_allclose(rep.rate.lhs, ws / H, rtol=1e-9)
+    np.testing.assert_allclose(rep.rate.rhs, 1 / (2 * d1.gamma_max * H), rtol=1e-12)
+    assert rep.rate.holds and rep.rate.eta_weighted == (not t.constant_lr)
+    si = I.speed_identity(t, d1.gamma_max)
+    assert si.gamma_bar == pytest.approx((1 - shrink[-1] ** 2) / (2 * ws[-1]), rel=1e-9)
+    assert si.rel_residual < 1e-9
+
+
+def test_reports_say_when_eta_k_was_read_per_step():
+    thetas, loss, loss_star, eta = warmup_path()
+    t = trace_from_iterates(thetas, loss, loss_star, 1.0, theta_star=np.zeros(2), eta=eta)
+    d = check_trace(t).to_dict()
+    assert d["definition_1"]["eta_per_step"] is True and d["theorem_1"]["rate_bound"]["eta_weighted"] is True
+    c = check_trace(dataclasses.replace(t, eta=None)).to_dict()
+    assert "eta_per_step" not in c["definition_1"] and "eta_weighted" not in c["theorem_1"]["rate_bound"]
