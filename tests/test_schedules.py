@@ -387,3 +387,20 @@ def test_reports_say_when_eta_k_was_read_per_step():
     assert d["definition_1"]["eta_per_step"] is True and d["theorem_1"]["rate_bound"]["eta_weighted"] is True
     c = check_trace(dataclasses.replace(t, eta=None)).to_dict()
     assert "eta_per_step" not in c["definition_1"] and "eta_weighted" not in c["theorem_1"]["rate_bound"]
+
+
+def test_issue_22_symptom_a_cosine_read_with_the_constant_lr():
+    """Issue 22's symptom on least squares: with a cosine to 1e-4 of the base rate, the constant-lr
+    reading puts gamma_max near 1e-4 of the one read with eta_k, which sits on the closed-form
+    floor side of 2 / dist0_sq like the constant-lr run."""
+    prob = P.least_squares(n=40, d=120, batch_size=4, epochs=30, seed=0)
+    lr = prob.lr["sgd"]
+    eta = S.cosine(lr, 300, floor=1e-4 * lr)
+    res = S.run_scheduled_path(prob, "sgd", eta, seed=0)
+    t = res.trace
+    right = definition_1(t).gamma_max * t.dist0_sq
+    misread = trace_from_iterates(res.thetas, t.loss, t.loss_star, lr, epoch=t.epoch, theta_star=res.theta_star)
+    wrong = definition_1(misread).gamma_max * t.dist0_sq
+    const = P.run_path(prob, "sgd", seed=0).trace
+    assert 1.0 < right < 2.0 and 1.0 < definition_1(const).gamma_max * const.dist0_sq < 2.0
+    assert wrong < 3e-4 * right
