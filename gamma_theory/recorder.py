@@ -162,7 +162,7 @@ class PathRecorder:
         schedule: a number, or the optimizer itself (its ``param_groups``' one learning rate,
         read now: record before ``scheduler.step()`` moves it to ``eta_{k+1}``); default the
         constructor's ``lr``. The same as ``push(row(loss, loss_star, eta), epoch, eta)``."""
-        eta = None if lr is None else step_lr(lr)
+        eta = None if lr is None else lr_of(lr)
         self.push(self.row(loss, loss_star, eta), epoch, eta)
 
     @torch.no_grad()
@@ -221,7 +221,7 @@ class PathRecorder:
         """The host half of :meth:`record`: append step k's ``row`` (kept as given: pass a copy of
         a tensor that will be overwritten, such as a CUDA graph's output) and move on to step k+1.
         ``lr``: the ``eta_k`` the row was computed with (default the constructor's ``lr``)."""
-        eta = self.lr if lr is None else step_lr(lr)
+        eta = self.lr if lr is None else lr_of(lr)
         if not (np.isfinite(eta) and eta > 0):
             raise ValueError(f"step {self.next_step}: the learning rate must be a positive number, got {eta}")
         self._pending.append(row)
@@ -261,7 +261,7 @@ class PathRecorder:
                                self.record_grad, meta, eta=self.etas())
 
 
-def step_lr(lr) -> float:
+def lr_of(lr) -> float:
     """``eta_k`` as a number: ``lr`` itself, a 0-d tensor's value, or the one learning rate of an
     optimizer's ``param_groups`` (a ``torch.optim.Optimizer``, or anything with ``param_groups``).
 

@@ -21,7 +21,6 @@ checker reads ``eta_k`` as :attr:`Trace.step_lr`: the constant ``lr`` when the t
 schedule, so a constant-lr trace gives bitwise the numbers it gave before.
 """
 
-
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -10,7 +10,7 @@ import torch
 from gamma_theory import PathRecorder, check_trace, flatten_params, load_trace, trace_from_iterates
 from gamma_theory.flat import FlatParams
 from gamma_theory.problems import make_optimizer
-from gamma_theory.recorder import step_lr
+from gamma_theory.recorder import lr_of
 
 from test_recorder import batches, small_mlp
 
@@ -116,13 +116,13 @@ def test_a_constant_schedule_records_every_byte_the_constant_lr_recorder_does(tm
     assert load_trace(b).eta is None
 
 
-def test_step_lr_reads_one_rate_and_refuses_several():
+def test_lr_of_reads_one_rate_and_refuses_several():
     p = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))]
     opt = torch.optim.SGD([{"params": [p[0]]}, {"params": [p[1]]}], lr=0.1)
-    assert step_lr(opt) == 0.1 and step_lr(torch.tensor(0.25)) == 0.25 and step_lr(3) == 3.0
+    assert lr_of(opt) == 0.1 and lr_of(torch.tensor(0.25)) == 0.25 and lr_of(3) == 3.0
     opt.param_groups[1]["lr"] = 0.2
     with pytest.raises(ValueError, match="2 learning rates"):
-        step_lr(opt)
+        lr_of(opt)
 
 
 def test_recorder_refuses_a_step_without_a_learning_rate():
