@@ -6,8 +6,10 @@ For every step ``k`` the principle asks, for one ``gamma > 0`` shared by all ste
     \langle \theta_k - \theta^*, U_k \rangle - \tfrac{\eta}{2}\|U_k\|^2
     \;\ge\; \gamma\,\|\theta_0 - \theta^*\|^2\,\bigl(\ell(\theta_k; z_k) - \ell(\theta^*; z_k)\bigr).
 
-With ``num_k = inner_k - eta/2 * update_sq_k`` and ``gap_k = loss_k - loss_star_k`` each step
-gives one constraint on gamma:
+With ``num_k = inner_k - eta_k/2 * update_sq_k`` and ``gap_k = loss_k - loss_star_k`` each step
+gives one constraint on gamma. ``eta_k`` is the step's own learning rate: the trace's ``eta``
+column under a schedule (``U_k = (theta_k - theta_{k+1}) / eta_k``), the constant ``lr``
+otherwise (computed then exactly as before schedules existed; ``docs/schedules.md``):
 
 * ``gap_k > 0``: an upper bound ``gamma <= num_k / (dist0_sq * gap_k)`` (the per-step gamma the
   paper plots);
@@ -19,7 +21,7 @@ empty and no zero-gap step has ``num_k < 0``. Nothing is smoothed or dropped: ev
 
 Verdicts at round-off. The columns are float64 numbers; ``num_k`` is computed from them with two
 roundings, so its computed sign can differ from the exact one when ``|num_k|`` is within
-``ROUNDOFF * (|inner_k| + eta/2 * update_sq_k)`` of zero (the gap's sign is always exact: a
+``ROUNDOFF * (|inner_k| + eta_k/2 * update_sq_k)`` of zero (the gap's sign is always exact: a
 floating-point subtraction never rounds a nonzero difference to zero or across it). Such steps,
 and conflicts between bounds that tie within their own round-off, are *undecidable at float64*:
 they are listed apart, and the verdict computed without them says whether a FAIL (or a PASS)
@@ -43,7 +45,7 @@ ROUNDOFF = 2 * EPS
 class StepBounds:
     """Per-step pieces of inequality (2); arrays have one entry per step."""
 
-    num: np.ndarray  #: ``inner - lr/2 * update_sq``
+    num: np.ndarray  #: ``inner - eta_k/2 * update_sq``
     gap: np.ndarray  #: ``loss - loss_star``
     bound: np.ndarray  #: ``num / (dist0_sq * gap)``; NaN where ``gap == 0``
     is_upper: np.ndarray  #: ``gap > 0``
@@ -53,7 +55,7 @@ class StepBounds:
 
 def step_bounds(trace: Trace) -> StepBounds:
     """The constraint each step puts on gamma (see the module docstring)."""
-    num = trace.inner - 0.5 * trace.lr * trace.update_sq
+    num = trace.inner - 0.5 * trace.step_lr * trace.update_sq
     gap = trace.loss - trace.loss_star
     with np.errstate(divide="ignore", invalid="ignore"):
         bound = np.where(gap != 0, num / (trace.dist0_sq * gap), np.nan)
@@ -84,6 +86,7 @@ class Definition1Result:
     undecidable_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  #: (module doc)
     holds_without_undecidable: bool | None = None  #: the verdict on the decidable steps alone
     upper_mask: np.ndarray | None = None  #: the steps whose bound is an upper bound (gap > 0)
+    eta_per_step: bool = False  #: read with a schedule's eta_k (the trace's eta column), not one constant lr
 
     @property
     def violating_steps(self) -> np.ndarray:
@@ -119,6 +122,7 @@ class Definition1Result:
             "holds_without_undecidable": self.holds_without_undecidable,
             "rests_on_undecidable": self.rests_on_undecidable,
             "roundoff_bound": "|num| <= 2 eps (|inner| + eta/2 update_sq); bounds tying within their own round-off",
+            **({"eta_per_step": True} if self.eta_per_step else {}),  # a constant-lr report is unchanged
         }
 
     @property
@@ -178,6 +182,7 @@ def definition_1(trace: Trace) -> Definition1Result:
         undecidable_steps=steps[undecidable],
         holds_without_undecidable=bool(holds_decided),
         upper_mask=b.is_upper,
+        eta_per_step=not trace.constant_lr,
     )
 
 
@@ -185,7 +190,7 @@ def _undecidable(trace: Trace, b: StepBounds) -> np.ndarray:
     """Steps whose sign of ``num`` float64 cannot decide, and the binding lower and upper bound
     when they tie within their own round-off (repeated on what is left, until no tie binds)."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        num_tol = ROUNDOFF * (np.abs(trace.inner) + 0.5 * trace.lr * trace.update_sq)
+        num_tol = ROUNDOFF * (np.abs(trace.inner) + 0.5 * trace.step_lr * trace.update_sq)
         out = np.abs(b.num) <= num_tol
         slack = (np.where(b.num != 0, num_tol / np.abs(b.num), np.inf) + 4 * EPS) * np.abs(b.bound)
     while True:

@@ -24,6 +24,19 @@ median). Theorem 1 item 3 at the whole run, ``mean_gap <= 1/(2 eta gamma K)``, i
 ``gamma_k``, which is at most their weighted mean: item 3 at K cannot fail once Definition 1
 holds. Both are consequences, never evidence.
 
+**Under a schedule** (the trace's ``eta`` column) the recording identity is
+``dist_sq[k+1] = dist_sq[k] - 2 eta_k num_k`` with ``num_k = inner_k - eta_k/2 update_sq_k``, so
+``sum_k eta_k num_k = (||theta_0-theta*||^2 - ||theta_K-theta*||^2) / 2``, and the mean that
+follows the algebra weighs each ``gamma_k`` by ``eta_k gap_k``:
+
+.. math::
+    \bar\gamma_\eta = \frac{\sum_k \eta_k gap_k\,\gamma_k}{\sum_k \eta_k gap_k}
+                     = \frac{\sum_k \eta_k num_k}{dist0\_sq \sum_k \eta_k gap_k}
+                     = \frac{1 - \|\theta_K-\theta^*\|^2/\|\theta_0-\theta^*\|^2}{2 \sum_k \eta_k gap_k},
+
+which is ``gamma_bar`` when every ``eta_k = eta`` (computed then exactly as before). Theorem 1
+item 3 at K under a schedule (``sum eta_k gap_k <= 1/(2 gamma)``) is again ``gamma <= gamma_bar``.
+
 Against a theta* that does *not* end the path (trained longer, another seed's end point), the
 factor ``1 - ||theta_K - theta*||^2 / ||theta_0 - theta*||^2`` is no longer 1 and the link
 between gamma and speed is no longer algebra: only there can "gamma tracks speed" fail.
@@ -54,12 +67,14 @@ from .trace import Trace
 class SpeedIdentity:
     """The gamma-speed identity on one path (module docstring)."""
 
-    gamma_bar: float | None  #: gap-weighted mean of the per-step gammas (None: the gaps sum to 0)
-    predicted: float | None  #: (1 - end_ratio) / (2 eta sum gap): what the algebra says gamma_bar is
+    gamma_bar: float | None  #: gap-weighted mean of the per-step gammas (None: the gaps sum to 0); eta_k gap_k-weighted under a schedule
+    predicted: float | None  #: (1 - end_ratio) / (2 eta sum gap): what the algebra says gamma_bar is; (1 - end_ratio) / (2 sum eta_k gap_k) under a schedule
     rel_residual: float | None  #: |gamma_bar - predicted| / |predicted|
     end_ratio: float  #: ||theta_K - theta*||^2 / ||theta_0 - theta*||^2 (0: theta* ends the path)
     sum_gap: float  #: sum_k gap_k = K x the mean accumulated gap of Theorem 1 item 3
     gamma_max_over_bar: float | None  #: Definition 1's largest gamma / gamma_bar (item 3 at K: <= 1)
+    #: under a schedule only: sum_k eta_k gap_k, what item 3 bounds by 1 / (2 gamma); None at a constant lr
+    sum_eta_gap: float | None = None
 
     @property
     def ends_at_star(self) -> bool:
@@ -67,14 +82,17 @@ class SpeedIdentity:
         return self.end_ratio <= 1e-10
 
     def to_dict(self) -> dict:
+        extra = {} if self.sum_eta_gap is None else {"sum_eta_gap": self.sum_eta_gap, "eta_weighted": True}
         return {"gamma_bar": self.gamma_bar, "predicted": self.predicted, "rel_residual": self.rel_residual,
                 "end_ratio": self.end_ratio, "ends_at_star": self.ends_at_star, "sum_gap": self.sum_gap,
-                "gamma_max_over_bar": self.gamma_max_over_bar}
+                "gamma_max_over_bar": self.gamma_max_over_bar, **extra}
 
 
 def end_dist_sq(trace: Trace) -> float:
-    """``||theta_K - theta*||^2``: the distance after the last recorded step (recording identity)."""
-    return float(trace.dist_sq[-1] - 2 * trace.lr * trace.inner[-1] + trace.lr**2 * trace.update_sq[-1])
+    """``||theta_K - theta*||^2``: the distance after the last recorded step (recording identity,
+    with the last step's own ``eta_{K-1}``)."""
+    lr = trace.lr if trace.constant_lr else float(trace.eta[-1])
+    return float(trace.dist_sq[-1] - 2 * lr * trace.inner[-1] + lr**2 * trace.update_sq[-1])
 
 
 def speed_identity(trace: Trace, gamma_max: float | None = None) -> SpeedIdentity:
@@ -83,15 +101,34 @@ def speed_identity(trace: Trace, gamma_max: float | None = None) -> SpeedIdentit
     b = step_bounds(trace)
     sum_gap = float(b.gap.sum())
     end_ratio = max(end_dist_sq(trace), 0.0) / trace.dist0_sq
+    if not trace.constant_lr:
+        return _speed_identity_scheduled(trace, b, sum_gap, end_ratio, gamma_max)
     if sum_gap == 0:
         return SpeedIdentity(None, None, None, end_ratio, sum_gap, None)
     gamma_bar = float(b.num.sum() / (trace.dist0_sq * sum_gap))
     predicted = (1.0 - end_ratio) / (2.0 * trace.lr * sum_gap)
     rel = abs(gamma_bar - predicted) / abs(predicted) if predicted != 0 else abs(gamma_bar)
-    ratio = None
+    return SpeedIdentity(gamma_bar, float(predicted), float(rel), float(end_ratio), sum_gap,
+                         _over(gamma_max, gamma_bar))
+
+
+def _over(gamma_max: float | None, gamma_bar: float) -> float | None:
     if gamma_max is not None and math.isfinite(gamma_max) and gamma_bar != 0:
-        ratio = float(gamma_max / gamma_bar)
-    return SpeedIdentity(gamma_bar, float(predicted), float(rel), float(end_ratio), sum_gap, ratio)
+        return float(gamma_max / gamma_bar)
+    return None
+
+
+def _speed_identity_scheduled(trace: Trace, b, sum_gap: float, end_ratio: float,
+                              gamma_max: float | None) -> SpeedIdentity:
+    """The eta-weighted identity (module docstring): weights ``eta_k gap_k``."""
+    sum_eta_gap = float((trace.eta * b.gap).sum())
+    if sum_eta_gap == 0:
+        return SpeedIdentity(None, None, None, end_ratio, sum_gap, None, sum_eta_gap)
+    gamma_bar = float((trace.eta * b.num).sum() / (trace.dist0_sq * sum_eta_gap))
+    predicted = (1.0 - end_ratio) / (2.0 * sum_eta_gap)
+    rel = abs(gamma_bar - predicted) / abs(predicted) if predicted != 0 else abs(gamma_bar)
+    return SpeedIdentity(gamma_bar, float(predicted), float(rel), float(end_ratio), sum_gap,
+                         _over(gamma_max, gamma_bar), sum_eta_gap)
 
 
 def bound_quantiles(trace: Trace, qs=(0.01, 0.05, 0.5)) -> dict[str, float | None]:

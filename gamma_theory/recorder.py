@@ -7,11 +7,15 @@ Two ways to get a :class:`~gamma_theory.trace.Trace`:
   random baseline, earlier iterates for a sensitivity check), each until a step of its own. The
   update comes from the parameters alone, ``U_k = (theta_k - theta_{k+1}) / eta``, so any
   optimizer works. Every inner product of a step is one float64 reduction: the Gram matrix of
-  ``M = [delta; g; theta_k - theta*_1; ...; theta_k - theta*_m]`` (``delta = eta U_k``, ``g`` the
+  ``M = [delta; g; theta_k - theta*_1; ...; theta_k - theta*_m]`` (``delta = eta_k U_k``, ``g`` the
   stochastic gradient when it is recorded), taken over fixed chunks of the entries so that the
   float64 temporaries stay small. With the parameters in one flat buffer
   (:class:`~gamma_theory.flat.FlatParams`) nothing is copied per step. Results stay on the device until
   :meth:`PathRecorder.flush` (once per epoch): nothing syncs the host inside an epoch.
+  Under a learning-rate schedule, pass each step's ``eta_k`` (``record(..., lr=eta_k)``, or
+  ``lr=optimizer`` to read it from the optimizer's ``param_groups``): ``U_k`` is then
+  ``(theta_k - theta_{k+1}) / eta_k`` and the trace gets the ``eta`` column. Without it every
+  step uses the constructor's ``lr``, and the trace is byte for byte what it always was.
 * :func:`trace_from_iterates` is the store-everything path for small problems: all iterates in
   memory, ``theta*`` the last one unless given. It is also the float64 brute force the tests
   hold the recorder to.
@@ -56,7 +60,11 @@ class PathRecorder:
             rec.capture_grad()                                    # only with record_grad=True
             opt.step()
             rec.record(loss, loss_star, epoch)                    # reads theta_{k+1}
+            # with a schedule: rec.record(loss, loss_star, epoch, lr=opt) before sched.step()
         trace = rec.trace()
+
+    ``lr``: the base learning rate, ``eta_k`` of every step recorded without its own ``lr``
+    (see :meth:`record`).
 
     ``params``: the parameters (concatenated at every step), or a
     :class:`~gamma_theory.flat.FlatParams`, whose buffer *is* ``theta_k`` (no copy per step; with
@@ -119,6 +127,7 @@ class PathRecorder:
         self.next_step = self.first_step
         self._pending: list[torch.Tensor] = []  # one row per step, still on the device
         self._epochs: list[int] = []
+        self._etas: list[float] = []  # eta_k of every step (the base lr unless a step gave its own)
         self._host: list[np.ndarray] = []
 
     def _theta(self) -> torch.Tensor:
@@ -145,21 +154,35 @@ class PathRecorder:
         ])
 
     @torch.no_grad()
-    def record(self, loss: torch.Tensor | float, loss_star, epoch: int = 0) -> None:
+    def record(self, loss: torch.Tensor | float, loss_star, epoch: int = 0, lr=None) -> None:
         """Record step k; call it right after the optimizer produced ``theta_{k+1}``.
 
         ``loss_star``: the loss at each active ``theta*`` on this step's batch (a scalar when
-        there is one). The same as ``push(row(loss, loss_star), epoch)``."""
-        self.push(self.row(loss, loss_star), epoch)
+        there is one). ``lr``: ``eta_k``, the learning rate this step was taken with, under a
+        schedule: a number, or the optimizer itself (its ``param_groups``' one learning rate,
+        read now: record before ``scheduler.step()`` moves it to ``eta_{k+1}``); default the
+        constructor's ``lr``. The same as ``push(row(loss, loss_star, eta), epoch, eta)``."""
+        eta = None if lr is None else lr_of(lr)
+        self.push(self.row(loss, loss_star, eta), epoch, eta)
 
     @torch.no_grad()
-    def row(self, loss: torch.Tensor | float, loss_star) -> torch.Tensor:
+    def row(self, loss: torch.Tensor | float, loss_star, lr: float | torch.Tensor | None = None) -> torch.Tensor:
         """The device half of :meth:`record`: step k's row of the trace (a float64 tensor on the
         parameters' device, see ``BASE``/``PER_STAR``), and ``theta_{k+1}`` kept for the next
         step. It runs only device work with fixed shapes, no host sync and no indexed
         assignment, so it can be captured in a CUDA graph with the training step
         (:mod:`deep.graphs`); every replay then computes the row of its own step, which
-        :meth:`push` (the host half, not captured) appends."""
+        :meth:`push` (the host half, not captured) appends.
+
+        ``lr``: ``eta_k`` (default the constructor's ``lr``); inside a CUDA graph a 0-d float64
+        tensor on the device, which the caller sets before each replay (a number would be baked
+        into the graph), and then :meth:`push` gets the same ``eta_k`` as a number."""
+        eta = self.lr if lr is None else lr
+        if not isinstance(eta, torch.Tensor):
+            eta = float(eta)
+            if not (np.isfinite(eta) and eta > 0):
+                raise ValueError(f"step {self.next_step}: the learning rate must be a positive number, got {eta}; "
+                                 "a step with eta_k = 0 does not move theta and has no U_k: do not record it")
         active = self.n_active()
         ls = [loss_star] if not isinstance(loss_star, (list, tuple)) else list(loss_star)
         if len(ls) != active:
@@ -183,10 +206,10 @@ class PathRecorder:
             return torch.full(shape, float("nan"), dtype=f64, device=dev)
 
         # [loss, update_sq, grad_sq] + per theta*: [loss_star, inner, dist_sq, grad_inner]
-        parts = [torch.stack([scalar(loss), G[0, 0] / self.lr**2, G[1, 1] if self.record_grad else nan()])]
+        parts = [torch.stack([scalar(loss), G[0, 0] / eta**2, G[1, 1] if self.record_grad else nan()])]
         if active:
             on = slice(off, off + active)
-            per_star = [torch.stack([scalar(x) for x in ls]), G[0, on] / self.lr, torch.diagonal(G)[on],
+            per_star = [torch.stack([scalar(x) for x in ls]), G[0, on] / eta, torch.diagonal(G)[on],
                         G[1, on] if self.record_grad else nan(active)]
             parts.append(torch.stack(per_star, dim=1).reshape(-1))
         if active < self.num_stars:
@@ -194,11 +217,16 @@ class PathRecorder:
         self.prev.copy_(cur)
         return torch.cat(parts)
 
-    def push(self, row: torch.Tensor, epoch: int = 0) -> None:
+    def push(self, row: torch.Tensor, epoch: int = 0, lr: float | None = None) -> None:
         """The host half of :meth:`record`: append step k's ``row`` (kept as given: pass a copy of
-        a tensor that will be overwritten, such as a CUDA graph's output) and move on to step k+1."""
+        a tensor that will be overwritten, such as a CUDA graph's output) and move on to step k+1.
+        ``lr``: the ``eta_k`` the row was computed with (default the constructor's ``lr``)."""
+        eta = self.lr if lr is None else lr_of(lr)
+        if not (np.isfinite(eta) and eta > 0):
+            raise ValueError(f"step {self.next_step}: the learning rate must be a positive number, got {eta}")
         self._pending.append(row)
         self._epochs.append(int(epoch))
+        self._etas.append(eta)
         self._grad = None
         self.next_step += 1
 
@@ -218,22 +246,57 @@ class PathRecorder:
         rows = np.concatenate(self._host) if self._host else np.zeros((0, width))
         return rows, np.arange(self.first_step, self.first_step + len(rows)), np.asarray(self._epochs, dtype=np.int64)
 
+    def etas(self, always: bool = False) -> np.ndarray | None:
+        """``eta_k`` of every step recorded so far, or None when every step used the base ``lr``
+        (a constant-lr path: its trace has no ``eta`` column, as before schedules existed).
+        ``always``: the array even then (to store beside :meth:`rows` and join segments; give the
+        joined array to :func:`trace_from_rows`, which drops a constant one)."""
+        eta = np.asarray(self._etas, dtype=np.float64)
+        return eta if always or not (eta == self.lr).all() else None
+
     def trace(self, j: int = 0, meta: dict | None = None) -> Trace:
         """The trace of the steps recorded so far against ``theta*_j``."""
         rows, step, epoch = self.rows()
         return trace_from_rows(rows, step, epoch, j, self.lr, self.dist0_sq[j], self.until[j],
-                               self.record_grad, meta)
+                               self.record_grad, meta, eta=self.etas())
+
+
+def lr_of(lr) -> float:
+    """``eta_k`` as a number: ``lr`` itself, a 0-d tensor's value, or the one learning rate of an
+    optimizer's ``param_groups`` (a ``torch.optim.Optimizer``, or anything with ``param_groups``).
+
+    Groups with different learning rates are refused: the SA form ``theta_{k+1} = theta_k - eta_k
+    U_k`` of the paper has one scalar ``eta_k`` per step, and dividing each group by its own rate
+    is another ``U_k``, which no checker here assumes."""
+    groups = getattr(lr, "param_groups", None)
+    if groups is not None:
+        rates = {float(g["lr"]) for g in groups}
+        if len(rates) != 1:
+            raise ValueError(f"the optimizer's param_groups have {len(rates)} learning rates ({sorted(rates)}); "
+                             "pass the step's eta_k as a number: the paper's step has one scalar learning rate")
+        return rates.pop()
+    if isinstance(lr, torch.Tensor):
+        return float(lr.detach().reshape(()).item())
+    return float(lr)
 
 
 def trace_from_rows(rows: np.ndarray, step: np.ndarray, epoch: np.ndarray, j: int, lr: float, dist0_sq: float,
-                    until: int | None = None, has_grad: bool = False, meta: dict | None = None) -> Trace:
-    """The trace against ``theta*_j`` from a :class:`PathRecorder`'s rows: the steps before ``until``."""
+                    until: int | None = None, has_grad: bool = False, meta: dict | None = None,
+                    eta: np.ndarray | None = None) -> Trace:
+    """The trace against ``theta*_j`` from a :class:`PathRecorder`'s rows: the steps before ``until``.
+    ``eta``: ``eta_k`` of every row when a schedule set them (:meth:`PathRecorder.etas`), or None;
+    an ``eta`` equal to ``lr`` on every kept row gives the trace without the column."""
     keep = slice(None) if until is None else step < until
     r, c = rows[keep], BASE + PER_STAR * j
+    if eta is not None:
+        eta = np.asarray(eta, dtype=np.float64)[keep]
+        if (eta == float(lr)).all():
+            eta = None  # a constant schedule is the constant-lr trace
     return Trace(
         loss=r[:, 0], loss_star=r[:, c], inner=r[:, c + 1], update_sq=r[:, 1], dist_sq=r[:, c + 2],
         lr=lr, dist0_sq=dist0_sq, step=step[keep], epoch=epoch[keep],
         grad_inner=r[:, c + 3] if has_grad else None, grad_sq=r[:, 2] if has_grad else None,
+        eta=eta,
         meta=dict(meta or {}),
     )
 
@@ -248,13 +311,24 @@ def trace_from_iterates(
     sample_gap_max: np.ndarray | None = None,
     grads: np.ndarray | None = None,
     meta: dict | None = None,
+    eta: np.ndarray | None = None,
 ) -> Trace:
     """Brute-force trace from all iterates ``thetas[0..K]`` (shape ``(K+1, d)``) in float64.
 
     ``loss[k]`` and ``loss_star[k]`` are the batch losses of step k at ``theta_k`` and
     ``theta*``; ``theta*`` is ``thetas[-1]`` unless given; ``grads[k]`` (optional, shape
-    ``(K, d)``) the stochastic gradient of step k.
+    ``(K, d)``) the stochastic gradient of step k. ``eta`` (optional, shape ``(K,)``): the
+    learning rate of every step under a schedule, so ``U_k = (theta_k - theta_{k+1}) / eta_k``;
+    ``lr`` is then the base rate the trace records (an ``eta`` equal to ``lr`` everywhere is the
+    constant-lr trace, without the column).
     """
+    if eta is not None:
+        eta = np.asarray(eta, dtype=np.float64).reshape(-1)
+        if (eta == float(lr)).all():
+            eta = None
+    if eta is not None:
+        return _trace_from_iterates_scheduled(thetas, loss, loss_star, lr, epoch, theta_star, sample_gap_max,
+                                              grads, meta, eta)
     thetas = np.asarray(thetas, dtype=np.float64)
     star = thetas[-1] if theta_star is None else np.asarray(theta_star, dtype=np.float64)
     a = thetas[:-1] - star
@@ -272,5 +346,32 @@ def trace_from_iterates(
         sample_gap_max=sample_gap_max,
         grad_inner=None if g is None else np.einsum("kd,kd->k", g, a),
         grad_sq=None if g is None else np.einsum("kd,kd->k", g, g),
+        meta=dict(meta or {}),
+    )
+
+
+def _trace_from_iterates_scheduled(thetas, loss, loss_star, lr, epoch, theta_star, sample_gap_max, grads, meta,
+                                   eta: np.ndarray) -> Trace:
+    """:func:`trace_from_iterates` with ``eta_k`` per step (the same float64 brute force)."""
+    thetas = np.asarray(thetas, dtype=np.float64)
+    if len(eta) != len(thetas) - 1:
+        raise ValueError(f"eta has {len(eta)} entries for {len(thetas) - 1} steps")
+    star = thetas[-1] if theta_star is None else np.asarray(theta_star, dtype=np.float64)
+    a = thetas[:-1] - star
+    delta = thetas[:-1] - thetas[1:]
+    g = None if grads is None else np.asarray(grads, dtype=np.float64)
+    return Trace(
+        loss=loss,
+        loss_star=loss_star,
+        inner=np.einsum("kd,kd->k", a, delta) / eta,
+        update_sq=np.einsum("kd,kd->k", delta, delta) / eta**2,
+        dist_sq=np.einsum("kd,kd->k", a, a),
+        lr=lr,
+        dist0_sq=float(np.dot(thetas[0] - star, thetas[0] - star)),
+        epoch=epoch,
+        sample_gap_max=sample_gap_max,
+        grad_inner=None if g is None else np.einsum("kd,kd->k", g, a),
+        grad_sq=None if g is None else np.einsum("kd,kd->k", g, g),
+        eta=eta,
         meta=dict(meta or {}),
     )

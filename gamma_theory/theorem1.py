@@ -11,8 +11,14 @@ r"""Theorem 1 of the paper and the recording identity, as pure functions of a tr
   once, so ``mean(loss_star[:K])`` is ``f(theta*)`` (exactly, for equal batches), and it is the
   quantity the proof (Appendix A, eq. 5) actually bounds.
 
-The recording identity ``dist_sq[k+1] = dist_sq[k] - 2*eta*inner[k] + eta^2*update_sq[k]`` is
-exact algebra for ``U_k = (theta_k - theta_{k+1}) / eta``, so it checks any recording.
+  Under a learning-rate schedule (the trace's ``eta`` column) Appendix A's telescoping gives the
+  eta-weighted form ``sum_k eta_k gap_k / sum_k eta_k <= 1 / (2 * gamma * sum_k eta_k)``
+  (``docs/schedules.md``), checked at the same epoch ends; for a constant eta it is the line above.
+
+The recording identity ``dist_sq[k+1] = dist_sq[k] - 2*eta_k*inner[k] + eta_k^2*update_sq[k]`` is
+exact algebra for ``U_k = (theta_k - theta_{k+1}) / eta_k``, so it checks any recording. Every
+checker reads ``eta_k`` as :attr:`Trace.step_lr`: the constant ``lr`` when the trace has no
+schedule, so a constant-lr trace gives bitwise the numbers it gave before.
 """
 
 from __future__ import annotations
@@ -22,6 +28,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from .trace import Trace
+
+
+def _last(lr):
+    """``eta_{K-1}``, the learning rate of the last recorded step (``lr`` itself when constant)."""
+    return lr if np.ndim(lr) == 0 else lr[-1]
+
+
+def _head(lr):
+    """``eta_k`` for every step but the last (``lr`` itself when constant)."""
+    return lr if np.ndim(lr) == 0 else lr[:-1]
 
 
 def _steps(idx: np.ndarray, trace: Trace, limit: int = 50) -> list[int]:
@@ -52,13 +68,14 @@ def distance_monotone(trace: Trace, rtol: float = 1e-9) -> DistanceMonotone:
     """Item 1: ``dist_sq`` never increases, beyond round-off.
 
     Round-off is judged per step, relative to the terms of that step,
-    ``rtol * (dist_sq[k] + 2*eta*|inner[k]| + eta^2*update_sq[k])``, so an increase late in a
+    ``rtol * (dist_sq[k] + 2*eta_k*|inner[k]| + eta_k^2*update_sq[k])``, so an increase late in a
     run, when the distance itself is small, is still seen. The distance after the last
     recorded step, ``||theta_K - theta*||^2``, is not a column; it follows exactly from the last
     row (recording identity) and is checked too.
     """
-    lr = trace.lr
-    last = trace.dist_sq[-1] - 2 * lr * trace.inner[-1] + (lr * lr) * trace.update_sq[-1]
+    lr = trace.step_lr
+    lr_last = _last(lr)
+    last = trace.dist_sq[-1] - 2 * lr_last * trace.inner[-1] + (lr_last * lr_last) * trace.update_sq[-1]
     d = np.append(trace.dist_sq, max(last, 0.0))
     inc = np.diff(d)
     tol_k = rtol * (trace.dist_sq + 2 * lr * np.abs(trace.inner) + (lr * lr) * trace.update_sq)
@@ -132,14 +149,17 @@ class RateBound:
     gamma: float | None
     epochs: list[int]
     K: list[int]
-    lhs: list[float]  #: mean(loss[:K]) - mean(loss_star[:K])
-    rhs: list[float]  #: 1 / (2 eta gamma K)
+    lhs: list[float]  #: mean(loss[:K]) - mean(loss_star[:K]); eta-weighted under a schedule
+    rhs: list[float]  #: 1 / (2 eta gamma K); 1 / (2 gamma sum_{k<K} eta_k) under a schedule
     n_violations: int
     min_slack: float | None  #: min(rhs - lhs)
     max_ratio: float | None  #: max(lhs / rhs): how close the path comes to the bound
+    #: the schedule's form: lhs = sum eta_k gap_k / sum eta_k, rhs = 1 / (2 gamma sum eta_k)
+    eta_weighted: bool = False
 
     def to_dict(self) -> dict:
-        return {
+        extra = {"eta_weighted": True} if self.eta_weighted else {}  # a constant-lr report is unchanged
+        return {**extra,
             "holds": self.holds,
             "gamma": self.gamma,
             "n_epochs_checked": len(self.K),
@@ -159,15 +179,26 @@ def epoch_ends(trace: Trace) -> np.ndarray:
 
 
 def rate_bound(trace: Trace, gamma: float | None, rtol: float = 1e-9) -> RateBound:
-    """Item 3 at every whole epoch, for ``gamma`` (normally Definition 1's largest gamma)."""
+    """Item 3 at every whole epoch, for ``gamma`` (normally Definition 1's largest gamma); under a
+    schedule in its eta-weighted form (module docstring)."""
     ends = epoch_ends(trace)
     epochs = [int(trace.epoch[k - 1]) for k in ends]
-    cum_gap = np.cumsum(trace.gap)
-    lhs = cum_gap[ends - 1] / ends
+    weighted = not trace.constant_lr
+    if weighted:  # sum eta_k gap_k / sum eta_k <= 1 / (2 gamma sum eta_k)  (docs/schedules.md)
+        cum_eta = np.cumsum(trace.eta)[ends - 1]
+        cum_gap = np.cumsum(trace.eta * trace.gap)
+        lhs = cum_gap[ends - 1] / cum_eta
+    else:
+        cum_gap = np.cumsum(trace.gap)
+        lhs = cum_gap[ends - 1] / ends
     if gamma is None or not gamma > 0:
-        return RateBound(None, None, epochs, ends.tolist(), lhs.tolist(), [], 0, None, None)
-    rhs = 1.0 / (2.0 * trace.lr * gamma * ends)  # gamma = inf gives 0: then every gap is <= 0
-    scale = np.abs(cum_gap[ends - 1]).max() / ends + rhs
+        return RateBound(None, None, epochs, ends.tolist(), lhs.tolist(), [], 0, None, None, weighted)
+    if weighted:
+        rhs = 1.0 / (2.0 * gamma * cum_eta)
+        scale = np.abs(cum_gap[ends - 1]).max() / cum_eta + rhs
+    else:
+        rhs = 1.0 / (2.0 * trace.lr * gamma * ends)  # gamma = inf gives 0: then every gap is <= 0
+        scale = np.abs(cum_gap[ends - 1]).max() / ends + rhs
     bad = lhs > rhs + rtol * scale
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(rhs > 0, lhs / rhs, np.where(lhs > 0, np.inf, 0.0))
@@ -181,6 +212,7 @@ def rate_bound(trace: Trace, gamma: float | None, rtol: float = 1e-9) -> RateBou
         n_violations=int(bad.sum()),
         min_slack=float((rhs - lhs).min()),
         max_ratio=float(ratio.max()),
+        eta_weighted=weighted,
     )
 
 
@@ -201,9 +233,9 @@ class RecordingIdentity:
 
 
 def recording_identity(trace: Trace, rtol: float = 1e-9) -> RecordingIdentity:
-    """``dist_sq[k+1] == dist_sq[k] - 2*lr*inner[k] + lr^2*update_sq[k]``, and
+    """``dist_sq[k+1] == dist_sq[k] - 2*eta_k*inner[k] + eta_k^2*update_sq[k]``, and
     ``dist_sq[0] == dist0_sq``, to ``rtol`` relative to the size of the terms."""
-    lr = trace.lr
+    lr = _head(trace.step_lr)
     d, inner, upd = trace.dist_sq, trace.inner, trace.update_sq
     pred = d[:-1] - 2 * lr * inner[:-1] + (lr * lr) * upd[:-1]
     scale = d[:-1] + 2 * lr * np.abs(inner[:-1]) + (lr * lr) * upd[:-1]

@@ -1,6 +1,6 @@
 """The trace: what a path records, step by step, for the checkers to judge.
 
-A trace of a path ``theta_0, ..., theta_K`` of ``theta_{k+1} = theta_k - lr * U_k`` holds,
+A trace of a path ``theta_0, ..., theta_K`` of ``theta_{k+1} = theta_k - eta_k * U_k`` holds,
 for every step ``k`` on the mini-batch ``z_k`` that step used:
 
 ==========  ==============================================
@@ -23,10 +23,21 @@ grad_inner   ``<g_k, theta_k - theta*>``
 grad_sq      ``||g_k||^2``
 ===========  =============================================
 
-and the scalars ``lr`` (the constant base learning rate ``eta``) and
-``dist0_sq = ||theta_0 - theta*||^2``. On disk a trace is ``NAME.npz`` (columns and
-scalars) with an optional sidecar ``NAME.json`` of metadata (config, seeds, versions,
-hardware, timings). Loading validates the schema and says what is wrong with which file.
+optionally the learning rate of every step, for a schedule (see ``docs/schedules.md``):
+
+===========  =============================================
+eta          ``eta_k``, the learning rate step k was taken with: ``theta_{k+1} = theta_k - eta_k U_k``,
+             so ``inner`` and ``update_sq`` hold ``U_k = (theta_k - theta_{k+1}) / eta_k``
+===========  =============================================
+
+and the scalars ``lr`` (the base learning rate ``eta``: the constant one, or the schedule's base)
+and ``dist0_sq = ||theta_0 - theta*||^2``. A trace without the ``eta`` column means
+``eta_k = lr`` for every k (every trace written before schedules existed, and every constant-lr
+trace gpcheck writes now: :meth:`Trace.save` writes the column only when some ``eta_k`` differs
+from ``lr``, so a constant schedule's file is byte for byte a constant-lr run's). On disk a trace
+is ``NAME.npz`` (columns and scalars) with an optional sidecar ``NAME.json`` of metadata (config,
+seeds, versions, hardware, timings). Loading validates the schema and says what is wrong with
+which file.
 """
 
 from __future__ import annotations
@@ -45,6 +56,8 @@ from .files import BadFile, parse_json, sha256_file, write_bytes, write_text
 FLOAT_COLUMNS = ("loss", "loss_star", "inner", "update_sq", "dist_sq")
 INT_COLUMNS = ("step", "epoch")
 GRAD_COLUMNS = ("grad_inner", "grad_sq")
+#: the optional per-step learning rate eta_k of a schedule (absent: eta_k = lr for every k)
+ETA_COLUMN = "eta"
 SCALARS = ("lr", "dist0_sq")
 #: columns whose values are squared norms and so can never be negative
 SQUARE_COLUMNS = ("update_sq", "dist_sq")
@@ -72,6 +85,8 @@ class Trace:
     sample_gap_max: np.ndarray | None = None
     grad_inner: np.ndarray | None = None  #: <g_k, theta_k - theta*> (optional)
     grad_sq: np.ndarray | None = None  #: ||g_k||^2 (optional)
+    #: optional: eta_k, the learning rate of every step (a schedule); None means eta_k = lr for all k
+    eta: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -89,6 +104,8 @@ class Trace:
         for name in GRAD_COLUMNS:
             if getattr(self, name) is not None:
                 setattr(self, name, np.asarray(getattr(self, name), dtype=np.float64).reshape(-1))
+        if self.eta is not None:
+            self.eta = np.asarray(self.eta, dtype=np.float64).reshape(-1)
         self.lr = float(self.lr)
         self.dist0_sq = float(self.dist0_sq)
 
@@ -99,6 +116,23 @@ class Trace:
     def has_grad(self) -> bool:
         """Whether the gradient's columns were recorded."""
         return self.grad_inner is not None and self.grad_sq is not None
+
+    @property
+    def constant_lr(self) -> bool:
+        """Every step was taken with the base ``lr`` (no ``eta`` column, or one equal to ``lr``
+        everywhere): the checkers then compute exactly as they did before schedules existed."""
+        return self.eta is None or bool((self.eta == self.lr).all())
+
+    @property
+    def step_lr(self) -> float | np.ndarray:
+        """``eta_k`` as the checkers use it: the scalar ``lr`` when :attr:`constant_lr` (so a
+        constant-lr trace gives bitwise the numbers it gave before), else the ``eta`` column."""
+        return self.lr if self.constant_lr else self.eta
+
+    @property
+    def eta_k(self) -> np.ndarray:
+        """``eta_k`` for every step, as an array (``lr`` repeated when there is no ``eta`` column)."""
+        return np.full(len(self.loss), self.lr) if self.eta is None else self.eta
 
     @property
     def gap(self) -> np.ndarray:
@@ -147,6 +181,16 @@ class Trace:
                     f"{where}: column '{name}' is a squared norm but is negative at row "
                     f"{bad[0]} ({col[bad[0]]})"
                 )
+        if self.eta is not None:
+            if len(self.eta) != n:
+                raise TraceError(f"{where}: column 'eta' has {len(self.eta)} rows but 'loss' has {n}; "
+                                 "it needs the learning rate of every step")
+            bad = np.flatnonzero(~(np.isfinite(self.eta) & (self.eta > 0)))
+            if bad.size:
+                raise TraceError(
+                    f"{where}: column 'eta' must be a positive number at every step, got {self.eta[bad[0]]} at row "
+                    f"{bad[0]} ({bad.size} step(s)); a step with eta_k = 0 has no update U_k = (theta_k - "
+                    "theta_{k+1}) / eta_k: leave it out of the trace (theta does not move)")
         if not (np.isfinite(self.lr) and self.lr > 0):
             raise TraceError(f"{where}: scalar 'lr' must be a positive number, got {self.lr}")
         if not (np.isfinite(self.dist0_sq) and self.dist0_sq > 0):
@@ -169,6 +213,8 @@ class Trace:
         for name in ("sample_gap_max",) + GRAD_COLUMNS:
             if getattr(self, name) is not None:
                 arrays[name] = getattr(self, name)
+        if not self.constant_lr:  # eta_k = lr everywhere is what a trace without the column means
+            arrays[ETA_COLUMN] = self.eta
         arrays["lr"] = np.float64(self.lr)
         arrays["dist0_sq"] = np.float64(self.dist0_sq)
         buf = io.BytesIO()
@@ -260,7 +306,7 @@ def load_trace(path: str | os.PathLike) -> Trace:
             raise TraceError(f"{where}: '{k}' must be a scalar, got shape {arrays[k].shape}")
         if not _real(arrays[k]):
             raise TraceError(f"{where}: scalar '{k}' must be a real number, got dtype {arrays[k].dtype}")
-    optional = [k for k in INT_COLUMNS + ("sample_gap_max",) + GRAD_COLUMNS if k in arrays]
+    optional = [k for k in INT_COLUMNS + ("sample_gap_max",) + GRAD_COLUMNS + (ETA_COLUMN,) if k in arrays]
     for k in FLOAT_COLUMNS + tuple(optional):
         if arrays[k].ndim != 1:
             raise TraceError(f"{where}: column '{k}' must be 1-D, got shape {arrays[k].shape}")
@@ -271,7 +317,7 @@ def load_trace(path: str | os.PathLike) -> Trace:
         if col is not None and np.issubdtype(col.dtype, np.floating) and not (
                 np.isfinite(col).all() and (col == np.round(col)).all() and (np.abs(col) < 2**62).all()):
             raise TraceError(f"{where}: column '{k}' must hold whole numbers")
-    lengths = {k: len(arrays[k]) for k in FLOAT_COLUMNS + INT_COLUMNS if k in arrays}
+    lengths = {k: len(arrays[k]) for k in FLOAT_COLUMNS + INT_COLUMNS + (ETA_COLUMN,) if k in arrays}
     if len(set(lengths.values())) > 1:
         detail = ", ".join(f"{k}={v}" for k, v in lengths.items())
         raise TraceError(f"{where}: columns have unequal lengths ({detail}); the file may be truncated")
@@ -284,6 +330,7 @@ def load_trace(path: str | os.PathLike) -> Trace:
         sample_gap_max=arrays.get("sample_gap_max"),
         grad_inner=arrays.get("grad_inner"),
         grad_sq=arrays.get("grad_sq"),
+        eta=arrays.get(ETA_COLUMN),
         meta=meta,
     )
     return trace.validate(where)
