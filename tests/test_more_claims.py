@@ -124,7 +124,7 @@ def test_suite_claims_carry_the_further_checks():
 
 
 def test_the_link_against_a_theta_star_near_the_path_end_is_not_evidence():
-    from validation.claims import link_claims
+    from validation.companion_claims import link_claims
 
     fast = dict(gamma_theory=2.0, gamma_paper=2.0, speed=0.2)
     slow = dict(gamma_theory=1.0, gamma_paper=1.0, speed=0.4)

@@ -46,9 +46,10 @@ CONVERGED_FRACTION = 0.05  #: converged: last epoch's mean training loss <= this
 READINGS = ("theory", "paper")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunNumbers:
-    """What the claims need from one run."""
+    """What the claims need from one path against one theta*: a frozen view, built from a run's
+    summary by :func:`validation.run_summary.run_numbers` (the one reader of that layout)."""
 
     network: str
     variant: str
@@ -77,6 +78,9 @@ class RunNumbers:
     directions: dict | None = None  #: per-step angles to theta_k - theta* (identity.directions)
     star_batch_loss: float | None = None  #: mean loss_star over the last epoch (batch statistics)
     first_loss: float | None = None  #: the first epoch's mean training loss
+    name: str = ""  #: the run's folder name (network-variant[-sN])
+    n_negative_gap: int = 0  #: steps whose loss is below theta*'s on their batch
+    gamma_bar: float | None = None  #: the gap-weighted mean of the per-step gammas (identity.py)
 
     @property
     def label(self) -> str:
@@ -94,19 +98,28 @@ class RunNumbers:
         return None if g is None or self.dist0 is None else g * self.dist0**2
 
     def speed_key(self) -> float | None:
-        """Lower is faster; diverged runs rank after every run that did not diverge."""
+        """Lower is faster; diverged runs rank after every run that did not diverge (+inf)."""
         if self.status == "diverged":
             return math.inf
         return self.speed
 
+    def speed_text(self) -> str:
+        """The speed as a report shows it: "diverged" for a diverged run (whose key is +inf)."""
+        return "diverged" if self.status == "diverged" else fmt(self.speed)
+
 
 def fmt(x) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+    """A number in a claim's numbers and reasons: 3 significant digits, ``n/a`` for a missing one
+    (None), and a non-finite float as what it is (``inf``, ``-inf``, ``nan``): an unbounded gamma
+    reads "inf", never "diverged" (a diverged run's speed is shown by :meth:`RunNumbers.speed_text`)."""
+    if x is None:
         return "n/a"
     if isinstance(x, bool):
         return "yes" if x else "no"
+    if isinstance(x, float) and math.isnan(x):
+        return "nan"
     if isinstance(x, float) and math.isinf(x):
-        return "diverged" if x > 0 else "-inf"
+        return "inf" if x > 0 else "-inf"
     if isinstance(x, float) and x != 0 and not 0.01 <= abs(x) < 1000:
         return f"{x:.2e}"
     return f"{x:.3g}" if isinstance(x, float) else str(x)
@@ -120,9 +133,10 @@ def _groups_text(groups: list[list[str]]) -> str:
     return " < ".join("(" + ", ".join(g) + ")" if len(g) > 1 else g[0] for g in groups)
 
 
-def _broken(groups, values, larger_is_better: bool) -> list[str]:
+def _broken(groups, values, larger_is_better: bool, show=None) -> list[str]:
     """The adjacent groups whose order fails: each member of a group strictly below (worse than)
-    each member of the next."""
+    each member of the next. ``show(v)``: how a variant's value reads (default ``fmt``)."""
+    show = show or (lambda v: fmt(values[v]))
     out = []
     for lo, hi in zip(groups, groups[1:]):
         lo, hi = [v for v in lo if v in values], [v for v in hi if v in values]
@@ -131,8 +145,7 @@ def _broken(groups, values, larger_is_better: bool) -> list[str]:
         key = (lambda v: values[v]) if larger_is_better else (lambda v: -values[v])
         a, b = max(lo, key=key), min(hi, key=key)
         if not key(a) < key(b):
-            out.append(f"{a} ({fmt(values[a])}) is not {'below' if larger_is_better else 'slower than'} "
-                       f"{b} ({fmt(values[b])})")
+            out.append(f"{a} ({show(a)}) is not {'below' if larger_is_better else 'slower than'} {b} ({show(b)})")
     return out
 
 
@@ -154,13 +167,13 @@ def speed_order_claim(network: str, groups: list[list[str]], runs: dict[str, Run
                  "every member of a group above every member of the next)")
     variants = [v for g in groups for v in g]
     values = {v: runs[v].speed_key() for v in variants if v in runs and runs[v].speed_key() is not None}
-    numbers = {v: fmt(values.get(v)) for v in variants}
+    numbers = {v: runs[v].speed_text() if v in values else "n/a" for v in variants}
     missing = [v for v in variants if v not in values]
     if missing:
         return _verdict(name, "order", statement, NA, numbers, f"no measured run for {', '.join(missing)}")
     finite = {v: x for v, x in values.items() if math.isfinite(x)}
     margin = _margin(groups, finite, larger_is_better=False) if len(finite) == len(values) else None
-    broken = _broken(groups, values, larger_is_better=False)
+    broken = _broken(groups, values, larger_is_better=False, show=lambda v: numbers[v])
     if broken:
         return {**_verdict(name, "order", statement, FAIL, numbers, "; ".join(broken)), "margin": margin}
     return {**_verdict(name, "order", statement, PASS, numbers, "the order holds"), "margin": margin}
@@ -331,40 +344,9 @@ def _network_claims(expected_order: dict[str, list[list[str]]], runs: list[RunNu
     return claims
 
 
-NEAR_END = 0.01  #: a theta* whose ||theta_K - theta*||^2 is below this x ||theta_0 - theta*||^2 still "ends" the path
-
-
-def link_claims(runs: list[RunNumbers], label: str) -> list[dict]:
-    """"Gamma tracks speed" per network and reading, judged against a theta* that does not end the
-    path (``runs`` built against that theta*; ``label`` names it), decided per seed. The identity
-    gives the average gamma as ``(1 - end_ratio) / (2 eta sum gap)``: a theta* so close to the path's
-    end that ``end_ratio`` < NEAR_END still forces it to within that factor, and cannot test the link
-    (NOT APPLICABLE, with the ratio)."""
-    seeds = sorted({r.seed for r in runs})
-    per_seed = {}
-    for s in seeds:
-        per_seed[s] = []
-        for net, variants in _by_network([r for r in runs if r.seed == s]).items():
-            ratios = [r.end_ratio for r in variants.values() if r.judged and r.end_ratio is not None]
-            for reading in READINGS:
-                c = agreement_claim(net, variants, reading)
-                c["claim"] = f"{c['claim']} vs theta* {label}"
-                c["statement"] += (f"; judged against theta* {label}, which does not end the path, so that the "
-                                   "gamma-speed identity does not force it (it leaves the average gamma free by the "
-                                   "factor 1 - ||theta_K - theta*||^2 / ||theta_0 - theta*||^2)")
-                if ratios:
-                    c["numbers"]["largest ||theta_K - theta*||^2 / ||theta_0 - theta*||^2"] = fmt(max(ratios))
-                if c["verdict"] != NA and ratios and max(ratios) < NEAR_END:
-                    c = {**c, "verdict": NA, "margin": None,
-                         "why": f"theta* {label} lies too near the path's end to test the link: "
-                                f"||theta_K - theta*||^2 / ||theta_0 - theta*||^2 is at most {max(ratios):.1e} "
-                                f"(< {NEAR_END:g}), so the identity still fixes the average gamma to within that "
-                                f"factor (as computed: {c['verdict']}, {c['why']})"}
-                per_seed[s].append(c)
-    return _over_all_seeds(per_seed)
-
-
-def _over_all_seeds(per_seed: dict[int, list[dict]]) -> list[dict]:
+def over_all_seeds(per_seed: dict[int, list[dict]]) -> list[dict]:
+    """Claims decided per seed (``per_seed``: seed -> its claims), each summarized over the seeds
+    (:func:`over_seeds`); with one seed, that seed's claims."""
     seeds = sorted(per_seed)
     if len(seeds) == 1:
         return per_seed[seeds[0]]
@@ -422,4 +404,4 @@ def suite_claims(expected_order: dict[str, list[list[str]]], runs: list[RunNumbe
     claims.insert(next(i for i, c in enumerate(claims) if c["kind"] == "premise") + 1, premise_batch_claim(runs))
     seeds = sorted({r.seed for r in runs})
     per_seed = {s: _network_claims(expected_order, [r for r in runs if r.seed == s], checks) for s in seeds}
-    return claims + _over_all_seeds(per_seed)
+    return claims + over_all_seeds(per_seed)

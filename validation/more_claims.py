@@ -132,7 +132,7 @@ def equivalence_claim(network: str, a: str, b: str, runs: dict[str, RunNumbers])
     if ra is None or rb is None or ra.speed_key() is None or rb.speed_key() is None:
         return _verdict(name, "equivalence", statement, NA, {}, f"no measured run for {a if ra is None else b}")
     sa, sb = ra.speed_key(), rb.speed_key()
-    numbers = {a: fmt(sa), b: fmt(sb)}
+    numbers = {a: ra.speed_text(), b: rb.speed_text()}
     if not (math.isfinite(sa) and math.isfinite(sb)) or min(sa, sb) <= 0:
         return _verdict(name, "equivalence", statement, FAIL if math.isinf(sa) != math.isinf(sb) else NA, numbers,
                         "one of them diverged" if math.isinf(sa) != math.isinf(sb) else "no finite positive speeds")

@@ -6,19 +6,9 @@ statements, numbers and per-run tables follow, the long ones folded."""
 from __future__ import annotations
 
 from .claims import CONVERGED_FRACTION, FAIL, NA, PASS
+from .companion_claims import along_the_path, candidate_label
 from .util import (CONDITIONS_NOTE, conditions_table, feasible_set, fmt3, identity_cell, item1_cell, item2_cell,
                    item3_cell, pct)
-
-
-def candidate_label(s: dict, name: str) -> str:
-    """A companion theta* named for how far into the run it lies: "50%" for the iterate half-way,
-    "last + 50%" for one trained half the epochs longer."""
-    epochs = (s.get("run") or {}).get("epochs") or 1
-    if name.startswith("epoch"):
-        return f"{round(100 * int(name[5:]) / epochs)}%"
-    if name == "extended":
-        return "trained longer"
-    return name
 
 
 def _verdict_cell(v: str, evidence: bool) -> str:
@@ -156,7 +146,8 @@ def _sensitivity_section(rep: dict) -> list[str]:
     for s in rep["runs"]:
         if "check" not in s:
             continue
-        by_label = {candidate_label(s, c): x for c, x in (s.get("companions") or {}).items() if c != "random"}
+        epochs = (s.get("run") or {}).get("epochs")
+        by_label = {candidate_label(epochs, c): x for c, x in (s.get("companions") or {}).items() if along_the_path(c)}
         out.append(f"| {s['name']} | {_d1_cell(s)} | "
                    + " | ".join(_d1_cell(by_label[t]) if t in by_label else "n/a" for t in stars[1:]) + " |")
     return out
