@@ -14,7 +14,8 @@ committed folder is never written. Then, per report:
   a difference there is listed as a CHANGE (and fails with ``--strict``);
 
 ``report.md`` rendered from the rebuilt ``report.json`` against the committed one, and the
-README's results block rendered from the rebuilt reports against the committed README
+README's results block rendered from the rebuilt reports against the committed README; and the
+ladder's ``report.md`` re-rendered from its committed ``report.json``
 (``validation.readme_results``). Exit status 0 when no verdict changed.
 """
 
@@ -135,6 +136,14 @@ def main(argv=None) -> int:
             md_same = (src / "report.md").read_text() == md
             print(f"  report.md (without the new rows) {'identical' if md_same else 'DIFFERS'}")
             rebuilt[folder] = bare
+        if (reports / "ladder" / "report.json").exists() and not args.folders:  # the ladder's renderer
+            from validation import ladder
+
+            lad = json.loads((reports / "ladder" / "report.json").read_text())
+            same_md = ladder.render_markdown(lad) == (reports / "ladder" / "report.md").read_text()
+            print(f"ladder: report.md re-rendered from its report.json {'identical' if same_md else 'DIFFERS'} "
+                  "(its verdicts come from rerunning the problems, `gpcheck ladder`, not from traces)")
+            total_change += not same_md
         readme = (ROOT / "README.md").read_text()
         for folder in readme_results.SUITES:  # the README's block reads every evidence report
             if (reports / folder).exists():

@@ -28,7 +28,7 @@ from gamma_theory.trace import Trace
 
 from .figures import plot_paths
 from .util import (
-    CONDITIONS_NOTE,
+    conditions_note,
     conditions_table,
     environment,
     feasible_set,
@@ -299,7 +299,7 @@ def render_markdown(report: dict) -> str:
         "",
         "## Related path conditions",
         "",
-        CONDITIONS_NOTE,
+        conditions_note(),
         "",
         *conditions_table([(f"{r['rung']} / {r['optimizer']}", r["related"]) for r in report["runs"]
                            if r.get("related")]),

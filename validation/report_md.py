@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .claims import CONVERGED_FRACTION, FAIL, NA, PASS
 from .companion_claims import along_the_path, candidate_label
-from .util import (CONDITIONS_NOTE, conditions_table, feasible_set, fmt3, identity_cell, item1_cell, item2_cell,
+from .util import (conditions_note, conditions_table, feasible_set, fmt3, identity_cell, item1_cell, item2_cell,
                    item3_cell, pct)
 
 
@@ -178,7 +178,7 @@ def _related_section(rep: dict) -> list[str]:
     rows = [(s["name"], s["related"]) for s in rep["runs"] if s.get("related")]
     if not rows:
         return []
-    return ["", "## Related path conditions", "", CONDITIONS_NOTE, "", *conditions_table(rows)]
+    return ["", "## Related path conditions", "", conditions_note(), "", *conditions_table(rows)]
 
 
 def _seeds_section(rep: dict) -> list[str]:
