@@ -210,16 +210,16 @@ def test_the_first_screen_answers_what_held(tmp_path):
 
 
 def test_the_wall_time_table_says_how_the_steps_ran_only_where_graphs_ran():
-    from validation.report_md import _timing_rows
+    from validation.report_sections import timing_rows
 
     def run(name, p1, p2):
         return {"name": name, "run": {"epochs": 2}, "steps": 8, "num_params": 10,
                 "pass1": {"wall_s": 1.0, "ms_per_step": 2.0, **({"step_path": {"path": p1}} if p1 else {})},
                 "pass2": {"wall_s": 1.0, "ms_per_step": 2.0, **({"step_path": {"path": p2}} if p2 else {})}}
 
-    plain = _timing_rows([run("a", "eager", "eager"), run("b", None, None)])
+    plain = timing_rows([run("a", "eager", "eager"), run("b", None, None)])
     assert len(plain) == 4 and "steps ran as" not in plain[0] and plain[0].count("|") == 9
-    rows = _timing_rows([run("a", "cuda-graphs", "cuda-graphs, then eager"), run("b", None, None)])
+    rows = timing_rows([run("a", "cuda-graphs", "cuda-graphs, then eager"), run("b", None, None)])
     assert "steps ran as (pass 1 / pass 2)" in rows[0] and rows[1].count("|") == rows[0].count("|") == 10
     assert rows[2].endswith("| cuda-graphs / cuda-graphs, then eager |") and rows[3].endswith("| ? / ? |")
 
