@@ -125,15 +125,16 @@ def fmt(x) -> str:
     return f"{x:.3g}" if isinstance(x, float) else str(x)
 
 
-def _verdict(name: str, kind: str, statement: str, verdict: str, numbers: dict, why: str) -> dict:
+def claim_row(name: str, kind: str, statement: str, verdict: str, numbers: dict, why: str) -> dict:
+    """One claim as a report holds it."""
     return {"claim": name, "kind": kind, "statement": statement, "verdict": verdict, "numbers": numbers, "why": why}
 
 
-def _groups_text(groups: list[list[str]]) -> str:
+def groups_text(groups: list[list[str]]) -> str:
     return " < ".join("(" + ", ".join(g) + ")" if len(g) > 1 else g[0] for g in groups)
 
 
-def _broken(groups, values, larger_is_better: bool, show=None) -> list[str]:
+def broken_order(groups, values, larger_is_better: bool, show=None) -> list[str]:
     """The adjacent groups whose order fails: each member of a group strictly below (worse than)
     each member of the next. ``show(v)``: how a variant's value reads (default ``fmt``)."""
     show = show or (lambda v: fmt(values[v]))
@@ -149,7 +150,7 @@ def _broken(groups, values, larger_is_better: bool, show=None) -> list[str]:
     return out
 
 
-def _margin(groups, values, larger_is_better: bool) -> float | None:
+def order_margin(groups, values, larger_is_better: bool) -> float | None:
     """How far the order holds: the smallest gap between adjacent groups (positive: it holds)."""
     gaps = []
     for lo, hi in zip(groups, groups[1:]):
@@ -163,20 +164,20 @@ def _margin(groups, values, larger_is_better: bool) -> float | None:
 def speed_order_claim(network: str, groups: list[list[str]], runs: dict[str, RunNumbers]) -> dict:
     """The variants get faster from each group to the next (speed = mean training loss)."""
     name = f"{network} speed order"
-    statement = (f"{network}: convergence gets faster {_groups_text(groups)} (mean training loss over the run: "
+    statement = (f"{network}: convergence gets faster {groups_text(groups)} (mean training loss over the run: "
                  "every member of a group above every member of the next)")
     variants = [v for g in groups for v in g]
     values = {v: runs[v].speed_key() for v in variants if v in runs and runs[v].speed_key() is not None}
     numbers = {v: runs[v].speed_text() if v in values else "n/a" for v in variants}
     missing = [v for v in variants if v not in values]
     if missing:
-        return _verdict(name, "order", statement, NA, numbers, f"no measured run for {', '.join(missing)}")
+        return claim_row(name, "order", statement, NA, numbers, f"no measured run for {', '.join(missing)}")
     finite = {v: x for v, x in values.items() if math.isfinite(x)}
-    margin = _margin(groups, finite, larger_is_better=False) if len(finite) == len(values) else None
-    broken = _broken(groups, values, larger_is_better=False, show=lambda v: numbers[v])
+    margin = order_margin(groups, finite, larger_is_better=False) if len(finite) == len(values) else None
+    broken = broken_order(groups, values, larger_is_better=False, show=lambda v: numbers[v])
     if broken:
-        return {**_verdict(name, "order", statement, FAIL, numbers, "; ".join(broken)), "margin": margin}
-    return {**_verdict(name, "order", statement, PASS, numbers, "the order holds"), "margin": margin}
+        return {**claim_row(name, "order", statement, FAIL, numbers, "; ".join(broken)), "margin": margin}
+    return {**claim_row(name, "order", statement, PASS, numbers, "the order holds"), "margin": margin}
 
 
 def _comparable(variants: list[str], runs: dict[str, RunNumbers], reading: str) -> tuple[dict, dict]:
@@ -209,18 +210,18 @@ def gamma_order_claim(network: str, groups: list[list[str]], runs: dict[str, Run
     """gamma (``reading``) increases from each group to the next, among converged runs."""
     what = "Definition 1's largest feasible gamma" if reading == "theory" else "the median per-step gamma bound"
     name = f"{network} gamma order ({reading})"
-    statement = f"{network}: {what} increases {_groups_text(groups)}, compared between converged runs"
+    statement = f"{network}: {what} increases {groups_text(groups)}, compared between converged runs"
     variants = [v for g in groups for v in g]
     values, why = _comparable(variants, runs, reading)
     numbers = {v: _gamma_cell(runs.get(v), reading, why.get(v)) for v in variants}
     if why:
-        return _verdict(name, "order", statement, NA, numbers,
+        return claim_row(name, "order", statement, NA, numbers,
                         "not comparable: " + "; ".join(f"{v} {w}" for v, w in why.items()))
-    margin = _margin(groups, values, larger_is_better=True)
-    broken = _broken(groups, values, larger_is_better=True)
+    margin = order_margin(groups, values, larger_is_better=True)
+    broken = broken_order(groups, values, larger_is_better=True)
     if broken:
-        return {**_verdict(name, "order", statement, FAIL, numbers, "; ".join(broken)), "margin": margin}
-    return {**_verdict(name, "order", statement, PASS, numbers, "the order holds"), "margin": margin}
+        return {**claim_row(name, "order", statement, FAIL, numbers, "; ".join(broken)), "margin": margin}
+    return {**claim_row(name, "order", statement, PASS, numbers, "the order holds"), "margin": margin}
 
 
 def agreement_claim(network: str, runs: dict[str, RunNumbers], reading: str) -> dict:
@@ -234,20 +235,20 @@ def agreement_claim(network: str, runs: dict[str, RunNumbers], reading: str) -> 
     numbers = {v: f"gamma {fmt(g)}, mean loss {fmt(runs[v].speed)}" for v, g in values.items()}
     why = [f"{v} {w}" for v, w in why.items()]
     if len(values) < 2:
-        return _verdict(name, "agreement", statement, NA, numbers,
+        return claim_row(name, "agreement", statement, NA, numbers,
                         "fewer than 2 comparable variants" + (f" ({'; '.join(why)})" if why else ""))
     v = list(values)
     g = [values[x] for x in v]
     s = [-runs[x].speed for x in v]  # larger = faster
     if len(set(g)) == 1 or len(set(s)) == 1:
-        return _verdict(name, "agreement", statement, NA, numbers, "ties: nothing to rank")
+        return claim_row(name, "agreement", statement, NA, numbers, "ties: nothing to rank")
     tau = float(stats.kendalltau(g, s).statistic)
     numbers["kendall_tau"] = round(tau, 3)
     left_out = f" ({'; '.join(why)}: left out)" if why else ""
     if tau == 1.0:
-        return {**_verdict(name, "agreement", statement, PASS, numbers, f"same order, tau = 1{left_out}"),
+        return {**claim_row(name, "agreement", statement, PASS, numbers, f"same order, tau = 1{left_out}"),
                 "margin": tau}
-    return {**_verdict(name, "agreement", statement, FAIL, numbers, f"tau = {tau:.2f}{left_out}"), "margin": tau}
+    return {**claim_row(name, "agreement", statement, FAIL, numbers, f"tau = {tau:.2f}{left_out}"), "margin": tau}
 
 
 def principle_claims(runs: list[RunNumbers]) -> list[dict]:
@@ -283,7 +284,7 @@ def principle_claims(runs: list[RunNumbers]) -> list[dict]:
     for name, kind, statement, get, ok in specs:
         rows = [r for r in judged if get(r) is not None]
         if not rows:
-            out.append(_verdict(name, kind, statement, NA, {}, "no run could be judged"))
+            out.append(claim_row(name, kind, statement, NA, {}, "no run could be judged"))
             continue
         failing = [r.label for r in rows if not ok(get(r))]
         numbers = {r.label: fmt(get(r)) for r in rows}
@@ -296,14 +297,14 @@ def principle_claims(runs: list[RunNumbers]) -> list[dict]:
                 if failing and set(failing) <= set(shaky):
                     edge += ": this FAIL rests on them alone"
         if failing:
-            out.append(_verdict(name, kind, statement, FAIL, numbers,
+            out.append(claim_row(name, kind, statement, FAIL, numbers,
                                 f"{len(failing)} of {len(rows)} runs break it: {', '.join(failing)}{edge}"))
         else:
-            out.append(_verdict(name, kind, statement, PASS, numbers, f"all {len(rows)} runs{edge}"))
+            out.append(claim_row(name, kind, statement, PASS, numbers, f"all {len(rows)} runs{edge}"))
     return out
 
 
-def _by_network(runs: list[RunNumbers]) -> dict[str, dict[str, RunNumbers]]:
+def by_network(runs: list[RunNumbers]) -> dict[str, dict[str, RunNumbers]]:
     by_net: dict[str, dict[str, RunNumbers]] = {}
     for r in runs:
         by_net.setdefault(r.network, {})[r.variant] = r
@@ -320,7 +321,7 @@ def _network_claims(expected_order: dict[str, list[list[str]]], runs: list[RunNu
                               vanishing_claim)
 
     checks = checks or {}
-    by_net = _by_network(runs)
+    by_net = by_network(runs)
     claims = []
     for net, variants in by_net.items():
         groups = expected_order.get(net)
@@ -344,53 +345,6 @@ def _network_claims(expected_order: dict[str, list[list[str]]], runs: list[RunNu
     return claims
 
 
-def over_all_seeds(per_seed: dict[int, list[dict]]) -> list[dict]:
-    """Claims decided per seed (``per_seed``: seed -> its claims), each summarized over the seeds
-    (:func:`over_seeds`); with one seed, that seed's claims."""
-    seeds = sorted(per_seed)
-    if len(seeds) == 1:
-        return per_seed[seeds[0]]
-    names = list(dict.fromkeys(c["claim"] for s in seeds for c in per_seed[s]))
-    return [over_seeds({s: next(c for c in per_seed[s] if c["claim"] == name) for s in seeds
-                        if any(c["claim"] == name for c in per_seed[s])}) for name in names]
-
-
-def over_seeds(per_seed: dict[int, dict]) -> dict:
-    """One claim decided in several seeds: the share of seeds in which it holds (95% Clopper-Pearson
-    interval) and a one-sided paired Wilcoxon signed-rank test that its margin is positive."""
-    first = next(iter(per_seed.values()))
-    decided = {s: c for s, c in per_seed.items() if c["verdict"] != NA}
-    held = [s for s, c in decided.items() if c["verdict"] == PASS]
-    numbers = {f"s{s}": c["verdict"] for s, c in per_seed.items()}
-    out = {k: first[k] for k in ("claim", "kind", "statement")}
-    out["per_seed"] = {f"s{s}": {"verdict": c["verdict"], "numbers": c["numbers"], "why": c["why"]}
-                       for s, c in per_seed.items()}
-    if not decided:
-        return {**out, "verdict": NA, "numbers": numbers, "why": f"not decidable in any of {len(per_seed)} seeds: "
-                + per_seed[min(per_seed)]["why"]}
-    n, k = len(decided), len(held)
-    ci = stats.binomtest(k, n).proportion_ci(0.95)
-    numbers.update({"holds in": f"{k} of {n} seeds", "95% CI": f"{ci.low:.2f}-{ci.high:.2f}"})
-    margins = [c["margin"] for c in decided.values() if c.get("margin") is not None]
-    test = ""
-    if len(margins) == n and n >= 2 and any(m != 0 for m in margins):
-        kind = "tau" if first["kind"] == "agreement" else "margin"
-        p = float(stats.wilcoxon(margins, alternative="greater").pvalue) if first["kind"] != "agreement" else None
-        numbers[f"mean {kind}"] = fmt(float(sum(margins) / n))
-        if p is not None:
-            numbers["paired Wilcoxon p"] = fmt(p)
-            test = (f"; paired Wilcoxon signed-rank p = {p:.3g} (one-sided"
-                    + (f"; with {n} seeds p cannot go below {0.5 ** n:.3g})" if 0.5 ** n >= ALPHA else ")"))
-    undecided = len(per_seed) - n
-    extra = f", not decidable in {undecided}" if undecided else ""
-    verdict = PASS if k == n else FAIL
-    return {**out, "verdict": verdict, "numbers": numbers,
-            "why": f"holds in {k} of {n} seeds{extra} (95% CI {ci.low:.2f}-{ci.high:.2f}){test}"}
-
-
-ALPHA = 0.05
-
-
 def suite_claims(expected_order: dict[str, list[list[str]]], runs: list[RunNumbers],
                  checks: dict | None = None) -> list[dict]:
     """Every claim of a suite: the principle over the converged runs and over every run, its
@@ -402,6 +356,8 @@ def suite_claims(expected_order: dict[str, list[list[str]]], runs: list[RunNumbe
     claims = principle_claims(runs)
     claims.insert(2, identity_claim(runs))
     claims.insert(next(i for i, c in enumerate(claims) if c["kind"] == "premise") + 1, premise_batch_claim(runs))
+    from .seeds import over_all_seeds
+
     seeds = sorted({r.seed for r in runs})
     per_seed = {s: _network_claims(expected_order, [r for r in runs if r.seed == s], checks) for s in seeds}
     return claims + over_all_seeds(per_seed)

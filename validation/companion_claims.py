@@ -23,8 +23,8 @@ import re
 
 from scipy import stats
 
-from .claims import FAIL, NA, PASS, READINGS, RunNumbers, _by_network, _verdict, agreement_claim, fmt, over_all_seeds
-from .claims import over_seeds, suite_claims
+from .claims import FAIL, NA, PASS, READINGS, RunNumbers, agreement_claim, by_network, claim_row, fmt, suite_claims
+from .seeds import over_all_seeds, over_seeds
 
 NEAR_END = 0.01  #: a theta* whose ||theta_K - theta*||^2 is below this x ||theta_0 - theta*||^2 still "ends" the path
 STAR_SEED = re.compile(r"star_seed(\d+)$")  #: a companion whose theta* is another seed's final iterate
@@ -58,7 +58,7 @@ def baseline_claim(random: list[RunNumbers]) -> dict:
                  "meaningless point")
     name = "a random theta* is rejected (baseline)"
     if not rows:
-        return _verdict(name, "baseline", statement, NA, {}, "no run recorded a random theta*")
+        return claim_row(name, "baseline", statement, NA, {}, "no run recorded a random theta*")
     passing = [n for n, r in rows.items() if r.d1_holds]
     numbers = {n: ("passes" if r.d1_holds else "rejected") for n, r in rows.items()}
     if passing:
@@ -67,12 +67,12 @@ def baseline_claim(random: list[RunNumbers]) -> dict:
                            + (", none above: it passes only because the random point is no minimizer, which "
                               "Fact 1 rules out" if n in vacuous else "") + ")" for n in passing)
         premise = sum(rows[n].n_negative_gap > 0 for n in passing)
-        return _verdict(name, "baseline", statement, FAIL, numbers,
+        return claim_row(name, "baseline", statement, FAIL, numbers,
                         f"the random theta* satisfies Definition 1 in {len(passing)} of {len(rows)} runs: {detail}. "
                         "Definition 1 alone cannot reject a point whose loss is above the path's on every step: such "
                         "steps only bound gamma from below. The premise 'no loss gap is negative' (Fact 1) rejects "
                         f"the random theta* in {premise} of these {len(passing)} runs")
-    return _verdict(name, "baseline", statement, PASS, numbers, f"rejected in all {len(rows)} runs")
+    return claim_row(name, "baseline", statement, PASS, numbers, f"rejected in all {len(rows)} runs")
 
 
 # -- gamma tracks speed against a theta* that does not end the path ------------------------------
@@ -90,7 +90,7 @@ def link_claims(runs: list[RunNumbers], label: str) -> list[dict]:
     per_seed = {}
     for s in seeds:
         per_seed[s] = []
-        for net, variants in _by_network([r for r in runs if r.seed == s]).items():
+        for net, variants in by_network([r for r in runs if r.seed == s]).items():
             ratios = [r.end_ratio for r in variants.values() if r.judged and r.end_ratio is not None]
             for reading in READINGS:
                 c = agreement_claim(net, variants, reading)
@@ -114,7 +114,7 @@ def extended_link_claims(runs: list[RunNumbers]) -> list[dict]:
     """"Gamma tracks speed" against the theta* trained longer (``runs`` against the ``extended``
     companion), where the runs recorded one; else one NOT APPLICABLE row that says how to get it."""
     if not any(r.d1_holds is not None for r in runs):
-        return [_verdict("gamma tracks speed vs a theta* that does not end the path", "agreement",
+        return [claim_row("gamma tracks speed vs a theta* that does not end the path", "agreement",
                          "among a network's converged variants, ranking by gamma gives the order of speed when gamma "
                          "is judged against a theta* that does not end the path (there the gamma-speed identity does "
                          "not force it)", NA, {},
@@ -151,21 +151,21 @@ def _star_seed_claim(net: str, variants: dict[str, RunNumbers], other: int) -> d
             values[v] = r.gamma_bar
     left_out = f" ({'; '.join(why)}: left out)" if why else ""
     if len(values) < 2:
-        return _verdict(name, "agreement", statement, NA, numbers,
+        return claim_row(name, "agreement", statement, NA, numbers,
                         f"fewer than 2 comparable variants against seed {other}'s end point{left_out}")
     ratios = [variants[v].end_ratio for v in values if variants[v].end_ratio is not None]
     if ratios and max(ratios) < NEAR_END:
-        return _verdict(name, "agreement", statement, NA, numbers,
+        return claim_row(name, "agreement", statement, NA, numbers,
                         f"seed {other}'s end point lies too near the path's end to test the link: "
                         f"{_end_ratio_text()} is at most {max(ratios):.1e} (< {NEAR_END:g})")
     vs = list(values)
     g, s = [values[v] for v in vs], [-variants[v].speed for v in vs]  # larger = faster
     if len(set(g)) == 1 or len(set(s)) == 1:
-        return _verdict(name, "agreement", statement, NA, numbers, "ties: nothing to rank")
+        return claim_row(name, "agreement", statement, NA, numbers, "ties: nothing to rank")
     tau = float(stats.kendalltau(g, s).statistic)
     numbers["kendall_tau"] = round(tau, 3)
     verdict, text = (PASS, "same order, tau = 1") if tau == 1.0 else (FAIL, f"tau = {tau:.2f}")
-    return {**_verdict(name, "agreement", statement, verdict, numbers,
+    return {**claim_row(name, "agreement", statement, verdict, numbers,
                        f"{text} against seed {other}'s end point{left_out}"), "margin": tau}
 
 
@@ -179,10 +179,10 @@ def star_seed_claims(by_other: dict[int, list[RunNumbers]]) -> list[dict]:
     for other, runs in sorted(by_other.items()):
         for seed in sorted({r.seed for r in runs if r.judged and r.seed != other}):
             key = f"{seed} vs the end of s{other}"
-            for net, variants in _by_network([r for r in runs if r.seed == seed]).items():
+            for net, variants in by_network([r for r in runs if r.seed == seed]).items():
                 pairs.setdefault(key, []).append(_star_seed_claim(net, variants, other))
     if not pairs:
-        return [_verdict(STAR_SEED_CLAIM, "agreement",
+        return [claim_row(STAR_SEED_CLAIM, "agreement",
                          "among a network's converged variants, ranking by the gap-weighted mean gamma gives the "
                          "order of speed when each path is judged against theta* = another seed's final iterate of "
                          "the same network and variant", NA, {},
