@@ -30,6 +30,7 @@ or, for star-convexity, that satisfy it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -53,17 +54,6 @@ class ConditionResult:
                 "violating_steps": [int(s) for s in self.violating_steps[:max_steps]], "why": self.why}
 
 
-STATEMENTS = {
-    "regularity": "num_k >= gamma ||theta_k - theta*||^2, one gamma > 0 (the paper's Sec. 2 Discussion)",
-    "star-convex path": "<g_k, theta_k - theta*> >= l(theta_k; z_k) - l(theta*; z_k) at every step "
-                        "(Zhou et al. 2019, iterationwise)",
-    "RSI": "<g_k, theta_k - theta*> >= mu ||theta_k - theta*||^2, one mu > 0 (restricted secant inequality)",
-    "alpha-beta": "<g_k, theta_k - theta*> >= alpha gap_k - beta l(theta_k; z_k), one alpha > beta > 0 "
-                  "(Islamov et al. 2024, with theta_p = theta* and f_k^* = 0)",
-    "Definition 1 (gradient)": "inequality (2) with the stochastic gradient g_k in place of the update U_k",
-}
-
-
 def _steps(trace: Trace) -> np.ndarray:
     return trace.step if trace.step is not None else np.arange(len(trace))
 
@@ -83,7 +73,7 @@ def _ratio_condition(name: str, trace: Trace, lhs: np.ndarray, key: str) -> Cond
 
 
 def regularity(trace: Trace) -> ConditionResult:
-    num = trace.inner - 0.5 * trace.lr * trace.update_sq
+    num = trace.inner - 0.5 * trace.step_lr * trace.update_sq
     return _ratio_condition("regularity", trace, num, "gamma_max")
 
 
@@ -187,9 +177,52 @@ def definition_1_gradient(trace: Trace) -> ConditionResult:
                            len(trace), r.violating_steps)
 
 
-CHECKERS = (regularity, star_convex_path, rsi, alpha_beta, definition_1_gradient)
+@dataclass(frozen=True)
+class Condition:
+    """One related condition: everything gpcheck knows of it, in one place. The reports build their
+    column, their cell and their note from these fields, so a new condition is one new entry of
+    :data:`CONDITIONS` (its checker returns a :class:`ConditionResult` whose ``constants`` hold
+    ``key``)."""
+
+    name: str  #: the column's title and the result's ``condition``
+    statement: str  #: the condition exactly, in plain text
+    note: str  #: how the report's note reads it, after its name: ": <formula> (source)"
+    constant: str  #: what the reported constant is
+    key: str  #: the constant's key in ``ConditionResult.constants``
+    label: str  #: the constant's symbol in a report cell ("γ 0.12")
+    check: Callable[[Trace], ConditionResult]
+
+
+CONDITIONS: tuple[Condition, ...] = (
+    Condition("regularity", "num_k >= gamma ||theta_k - theta*||^2, one gamma > 0 (the paper's Sec. 2 Discussion)",
+              ": num_k >= γ ||θ_k − θ*||² (the paper's Sec. 2 Discussion)",
+              "the largest feasible gamma, min_k num_k / dist_sq_k", "gamma_max", "γ", regularity),
+    Condition("star-convex path", "<g_k, theta_k - theta*> >= l(theta_k; z_k) - l(theta*; z_k) at every step "
+              "(Zhou et al. 2019, iterationwise)",
+              ": <g_k, θ_k − θ*> >= l(θ_k; z_k) − l(θ*; z_k) at every step (Zhou et al. 2019; min margin = the "
+              "smallest left minus right side)",
+              "the smallest margin, min_k (grad_inner_k - gap_k)", "min_margin", "min margin", star_convex_path),
+    Condition("RSI", "<g_k, theta_k - theta*> >= mu ||theta_k - theta*||^2, one mu > 0 (restricted secant inequality)",
+              ": <g_k, θ_k − θ*> >= μ ||θ_k − θ*||²",
+              "the largest feasible mu, min_k grad_inner_k / dist_sq_k", "mu_max", "μ", rsi),
+    Condition("alpha-beta", "<g_k, theta_k - theta*> >= alpha gap_k - beta l(theta_k; z_k), one alpha > beta > 0 "
+              "(Islamov et al. 2024, with theta_p = theta* and f_k^* = 0)",
+              " (Islamov et al. 2024, with θ_p = θ* and f_k* = 0): <g_k, θ_k − θ*> >= α gap_k − β l(θ_k; z_k), "
+              "α > β > 0: it always holds when l(θ*; z_k) > 0 for large enough β, so the smallest β/(α−β) is given "
+              "(lower is stronger)",
+              "the smallest beta / (alpha - beta) it holds with", "rho_min", "min β/(α−β)", alpha_beta),
+    Condition("Definition 1 (gradient)", "inequality (2) with the stochastic gradient g_k in place of the update U_k",
+              ": inequality (2) with the stochastic gradient g_k in place of the update (equal to Definition 1 for "
+              "plain SGD)",
+              "the largest feasible gamma", "gamma_max", "γ", definition_1_gradient),
+)
 
 
 def related_conditions(trace: Trace) -> list[ConditionResult]:
-    """Every related condition on one path, in a fixed order."""
-    return [f(trace) for f in CHECKERS]
+    """Every condition of :data:`CONDITIONS` on one path, in its order (each result named as its
+    entry)."""
+    out = []
+    for c in CONDITIONS:
+        r = c.check(trace)
+        out.append(r if r.name == c.name else replace(r, name=c.name))
+    return out

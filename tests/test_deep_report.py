@@ -108,8 +108,6 @@ def test_manifest_catches_a_whole_run_folder_swapped(tmp_path):
 @pytest.mark.parametrize("suite_json, match", [
     ('{"suite": "bn", "pres', "suite.json is not readable JSON"),
     ("[1, 2]", "does not hold a JSON object"),
-    ('{"suite": "dropout", "preset": "smoke"}', "names suite 'dropout'"),
-    ('{"suite": "bn", "preset": "huge"}', "preset 'huge'"),
     ('{"suite": "bn", "preset": "smoke", "seeds": "3"}', "says seeds '3'"),
     ('{"suite": "bn", "preset": "smoke", "seeds": 0}', "says seeds 0"),
     ('{"suite": "bn", "preset": "smoke", "labels": "shuffled"}', "says labels 'shuffled'"),
@@ -156,28 +154,31 @@ def _summary(variant, main, **companions):
 
 
 def test_baseline_claim_passes_only_when_every_random_theta_star_is_rejected():
-    from validation.deep_report import baseline_claim
+    from validation.companion_claims import baseline_claim
+    from validation.run_summary import against
+
     ok = [_summary("a", _path(True), random=_path(False)), _summary("b", _path(True), random=_path(False))]
-    assert baseline_claim(ok)["verdict"] == "PASS"
+    assert baseline_claim(against(ok, "random"))["verdict"] == "PASS"
     vacuous = [ok[0], _summary("b", _path(True), random=_path(True, neg=10, median=None))]
-    c = baseline_claim(vacuous)
+    c = baseline_claim(against(vacuous, "random"))
     assert c["verdict"] == "FAIL" and "1 of 2 runs" in c["why"] and "Fact 1" in c["why"]
+    assert "net-b (10 steps with a loss below the random point's, none above" in c["why"]
     assert c["numbers"] == {"net-a": "rejected", "net-b": "passes"}
-    assert baseline_claim([_summary("a", _path(True))])["verdict"] == "NOT APPLICABLE"
+    assert baseline_claim(against([_summary("a", _path(True))], "random"))["verdict"] == "NOT APPLICABLE"
 
 
 def test_a_claim_that_flips_with_theta_star_is_fragile():
-    from validation.deep_report import baseline_claim, theta_star_sensitivity
     from validation.claims import suite_claims
-    from validation.deep_report import _numbers
+    from validation.companion_claims import baseline_claim, theta_star_sensitivity
+    from validation.run_summary import against, run_numbers, sensitivity_runs
     orders = {"net": [["none"], ["first"]]}
     runs = [_summary("none", _path(True, gamma=1.0, speed=0.3), epoch0005=_path(True, gamma=3.0, speed=0.5),
                      epoch0009=_path(True, gamma=1.0, speed=0.35)),
             _summary("first", _path(True, gamma=2.0, speed=0.2), epoch0005=_path(True, gamma=2.0, speed=0.4),
                      epoch0009=_path(True, gamma=2.0, speed=0.25))]
-    claims = suite_claims(orders, [_numbers(s) for s in runs])
-    claims.insert(1, baseline_claim(runs))
-    sens = theta_star_sensitivity(runs, orders, claims)
+    claims = suite_claims(orders, [run_numbers(s) for s in runs])
+    claims.insert(1, baseline_claim(against(runs, "random")))
+    sens = theta_star_sensitivity(sensitivity_runs(runs), orders, claims)
     assert sens["theta_stars"] == ["last iterate", "50%", "90%"]
     by = {c["claim"]: c for c in claims}
     order = by["net gamma order (theory)"]
@@ -209,15 +210,45 @@ def test_the_first_screen_answers_what_held(tmp_path):
 
 
 def test_the_wall_time_table_says_how_the_steps_ran_only_where_graphs_ran():
-    from validation.report_md import _timing_rows
+    from validation.report_sections import timing_rows
 
     def run(name, p1, p2):
         return {"name": name, "run": {"epochs": 2}, "steps": 8, "num_params": 10,
                 "pass1": {"wall_s": 1.0, "ms_per_step": 2.0, **({"step_path": {"path": p1}} if p1 else {})},
                 "pass2": {"wall_s": 1.0, "ms_per_step": 2.0, **({"step_path": {"path": p2}} if p2 else {})}}
 
-    plain = _timing_rows([run("a", "eager", "eager"), run("b", None, None)])
+    plain = timing_rows([run("a", "eager", "eager"), run("b", None, None)])
     assert len(plain) == 4 and "steps ran as" not in plain[0] and plain[0].count("|") == 9
-    rows = _timing_rows([run("a", "cuda-graphs", "cuda-graphs, then eager"), run("b", None, None)])
+    rows = timing_rows([run("a", "cuda-graphs", "cuda-graphs, then eager"), run("b", None, None)])
     assert "steps ran as (pass 1 / pass 2)" in rows[0] and rows[1].count("|") == rows[0].count("|") == 10
     assert rows[2].endswith("| cuda-graphs / cuda-graphs, then eager |") and rows[3].endswith("| ? / ? |")
+
+
+def test_a_report_for_a_suite_gpcheck_does_not_list_still_builds(tmp_path):
+    """A suite (and preset) this version does not know: the report is built from what suite.json
+    says (its runs' specs) and what the traces hold, with no order the code would have to know."""
+    d = _suite_folder(tmp_path)
+    runs = [spec("resnet18", v) for v in ("first", "all", "none")]
+    (d / "suite.json").write_text(json.dumps({"suite": "dropout", "preset": "huge", "dataset": "cifar10-jpeg",
+                                              "runs": runs, "command": "gpcheck deep --suite dropout"}))
+    res = CliRunner().invoke(main, ["report", str(d)])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((d / "report.json").read_text())
+    assert rep["suite"] == "dropout" and rep["preset"] == "huge" and rep["question"] is None
+    status = {r["name"]: r["status"] for r in rep["runs"]}
+    assert status == {"resnet18-first": "ok", "resnet18-all": "ok", "resnet18-none": "missing"}
+    names = {c["claim"] for c in rep["claims"]}
+    assert "principle holds on converged paths (Definition 1)" in names
+    assert not any(n.endswith("speed order") for n in names)  # no stated order: none is invented
+    assert "# gpcheck: `dropout` suite, `huge` preset" in (d / "report.md").read_text()
+
+
+def test_suite_info_is_the_validated_suite_json(tmp_path):
+    from validation.deep_report import ReportError, suite_info
+
+    assert suite_info(tmp_path) == {}
+    (tmp_path / "suite.json").write_text(json.dumps({"suite": "anything", "preset": "new", "seeds": 2}))
+    assert suite_info(tmp_path)["suite"] == "anything"
+    (tmp_path / "suite.json").write_text(json.dumps({"suite": "anything", "preset": "new", "seeds": 0}))
+    with pytest.raises(ReportError, match="says seeds 0"):
+        suite_info(tmp_path)

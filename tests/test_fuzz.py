@@ -252,13 +252,13 @@ def test_fuzzed_suite_json(tmp_path_factory, edits, raw, text):
     from pathlib import Path
 
     from deep.runner import write_suite_info
-    from validation.deep_report import ReportError, _suite_info
+    from validation.deep_report import ReportError, suite_info
 
     d = Path(tmp_path_factory.mktemp("sj"))
     base = {"suite": "skip", "preset": "smoke", "num_classes": 10, "seeds": 1, "wall_s": 1.0}
     (d / "suite.json").write_text(text if raw else json.dumps(_fuzzed(base, _SUITE_KEYS, edits)))
     try:
-        info = _suite_info(d)
+        info = suite_info(d)
         assert info.get("num_classes") is None or isinstance(info["num_classes"], int)  # what the report takes
     except ReportError as exc:
         assert "suite.json" in str(exc)

@@ -124,7 +124,7 @@ def test_suite_claims_carry_the_further_checks():
 
 
 def test_the_link_against_a_theta_star_near_the_path_end_is_not_evidence():
-    from validation.claims import link_claims
+    from validation.companion_claims import link_claims
 
     fast = dict(gamma_theory=2.0, gamma_paper=2.0, speed=0.2)
     slow = dict(gamma_theory=1.0, gamma_paper=1.0, speed=0.4)
@@ -136,3 +136,64 @@ def test_the_link_against_a_theta_star_near_the_path_end_is_not_evidence():
     # and one that can fail does
     wrong = [replace(far[0], gamma_theory=3.0, gamma_paper=3.0), far[1]]
     assert {c["verdict"] for c in link_claims(wrong, "trained longer")} == {FAIL}
+
+
+# -- gamma tracks speed vs another seed's end point -------------------------------------------------
+def _against(seed, variant, gamma_bar, speed, end_ratio=0.8, **kw):
+    """A path of seed ``seed`` judged against another seed's end point (a star_seed<N> companion)."""
+    return run(variant, seed=seed, gamma_bar=gamma_bar, speed=speed, ends_at_star=False, end_ratio=end_ratio,
+               name=f"net-{variant}" + (f"-s{seed}" if seed else ""), **kw)
+
+
+def test_gamma_tracks_speed_vs_another_seeds_end_point():
+    from validation.companion_claims import star_seed_claims
+
+    # seed 0's paths against seed 1's end points, and seed 1's against seed 0's
+    by_other = {1: [_against(0, "slow", 1.0, 0.4), _against(0, "fast", 2.0, 0.2),
+                    RunNumbers("net", "slow", "missing", seed=1), RunNumbers("net", "fast", "missing", seed=1)],
+                0: [RunNumbers("net", "slow", "missing", seed=0), RunNumbers("net", "fast", "missing", seed=0),
+                    _against(1, "slow", 1.5, 0.5), _against(1, "fast", 3.0, 0.25)]}
+    (c,) = star_seed_claims(by_other)
+    assert c["claim"] == "net gamma tracks speed vs another seed's end point" and c["kind"] == "agreement"
+    assert c["verdict"] == PASS and c["numbers"]["holds in"] == "2 of 2 seeds"
+    assert set(c["per_seed"]) == {"s0 vs the end of s1", "s1 vs the end of s0"}
+    assert "end_ratio 0.8" in c["per_seed"]["s0 vs the end of s1"]["numbers"]["fast"]  # reported for each
+    # one pair with the order reversed fails the row
+    by_other[0][3] = _against(1, "fast", 0.5, 0.25)
+    (c,) = star_seed_claims(by_other)
+    assert c["verdict"] == FAIL and c["per_seed"]["s1 vs the end of s0"]["verdict"] == FAIL
+    # a single pair is the row itself
+    (c,) = star_seed_claims({1: by_other[1]})
+    assert c["verdict"] == PASS and "same order, tau = 1 against seed 1's end point" in c["why"]
+
+
+def test_another_seeds_end_point_cannot_decide_when_absent_or_too_near_the_end():
+    from validation.companion_claims import NEAR_END, star_seed_claims
+
+    (c,) = star_seed_claims({})
+    assert c["verdict"] == NA and "star_seed" in c["why"]
+    near = {1: [_against(0, "slow", 1.0, 0.4, end_ratio=NEAR_END / 10), _against(0, "fast", 2.0, 0.2,
+                                                                                 end_ratio=NEAR_END / 20)]}
+    (c,) = star_seed_claims(near)
+    assert c["verdict"] == NA and "too near the path's end" in c["why"]
+    # a path that did not converge is left out, as in every gamma-speed row
+    lone = {1: [_against(0, "slow", 1.0, 0.4, converged=False), _against(0, "fast", 2.0, 0.2)]}
+    (c,) = star_seed_claims(lone)
+    assert c["verdict"] == NA and "slow did not converge" in c["why"]
+
+
+def test_the_report_reads_star_seed_companions_from_the_summaries():
+    from validation.run_summary import star_seed_runs
+
+    def summary(name, seed, companions):
+        path = {"dist0": 1.0, "steps": 4, "theory": {"holds": True, "gamma_max": 1.0, "n_violating": 0},
+                "paper": {"gamma_median": 1.0, "share_positive": 1.0}, "min_gap": 0.0, "distance_holds": True,
+                "identity": {"gamma_bar": 0.7, "end_ratio": 0.9, "ends_at_star": False},
+                "convergence": {"converged": True, "mean_loss": 0.3}}
+        return {"name": name, "status": "ok", "check": {}, "run": {"network": "net", "variant": "a", "seed": seed},
+                **path, "companions": {c: path for c in companions}}
+
+    got = star_seed_runs([summary("net-a", 0, ["random", "star_seed1"]), summary("net-a-s1", 1, ["star_seed0"])])
+    assert sorted(got) == [0, 1]
+    assert [r.status for r in got[1]] == ["ok", "missing"] and got[1][0].gamma_bar == 0.7
+    assert got[1][0].end_ratio == 0.9 and got[0][1].seed == 1

@@ -126,3 +126,53 @@ def test_alpha_beta_against_brute_force(t, points):
         assert feasible(res.constants["alpha"], res.constants["beta"], tol=1e-9)
     else:
         assert not found
+
+
+# -- the registry: one entry per condition -----------------------------------------------------------
+def test_every_condition_is_one_complete_entry():
+    from gamma_theory.related import CONDITIONS
+
+    names = [c.name for c in CONDITIONS]
+    assert len(set(names)) == len(names)
+    for c in CONDITIONS:
+        assert c.statement and c.note and c.constant and c.key and c.label and callable(c.check)
+
+
+@pytest.fixture
+def one_more_condition(monkeypatch):
+    """A new related condition, added the way the registry says: one entry."""
+    from gamma_theory import related
+
+    def descent(trace):  # every step lowers the batch loss below the first one's (a toy condition)
+        ok = trace.loss <= trace.loss[0]
+        return related.ConditionResult("descent", bool(ok.all()), {"worst": float(trace.loss.max())},
+                                       float(ok.mean()), len(trace))
+
+    entry = related.Condition("descent", "l(theta_k; z_k) <= l(theta_0; z_0) at every step",
+                              ": l(θ_k; z_k) <= l(θ_0; z_0) at every step (a test's condition)",
+                              "the largest batch loss", "worst", "max loss", descent)
+    monkeypatch.setattr(related, "CONDITIONS", related.CONDITIONS + (entry,))
+    return entry
+
+
+def test_a_new_condition_entry_reaches_the_report_table_and_note(one_more_condition, tmp_path):
+    from test_deep_report import _suite_folder
+    from validation.deep_report import build_report
+
+    d = _suite_folder(tmp_path)
+    rep = build_report(d)
+    assert all(r["related"][-1]["condition"] == "descent" for r in rep["runs"] if "check" in r)
+    md = (d / "report.md").read_text()
+    section = md.split("## Related path conditions")[1]
+    assert "*descent*: l(θ_k; z_k) <= l(θ_0; z_0) at every step (a test's condition)" in section
+    header = next(line for line in section.splitlines() if line.startswith("| run |"))
+    assert header.endswith("| Definition 1 (gradient) | descent |")
+    row = next(line for line in section.splitlines() if line.startswith("| resnet18-all |"))
+    assert row.split("|")[-2].strip().startswith("yes, max loss ")
+
+
+def test_a_condition_the_registry_lacks_is_shown_not_dropped():
+    from validation.util import conditions_table
+
+    rows = conditions_table([("p", [{"condition": "from another version", "holds": False, "share": 0.5}])])
+    assert rows[0].endswith("| from another version |") and rows[2].endswith("| no (50% of steps) |")

@@ -46,9 +46,10 @@ CONVERGED_FRACTION = 0.05  #: converged: last epoch's mean training loss <= this
 READINGS = ("theory", "paper")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunNumbers:
-    """What the claims need from one run."""
+    """What the claims need from one path against one theta*: a frozen view, built from a run's
+    summary by :func:`validation.run_summary.run_numbers` (the one reader of that layout)."""
 
     network: str
     variant: str
@@ -77,6 +78,9 @@ class RunNumbers:
     directions: dict | None = None  #: per-step angles to theta_k - theta* (identity.directions)
     star_batch_loss: float | None = None  #: mean loss_star over the last epoch (batch statistics)
     first_loss: float | None = None  #: the first epoch's mean training loss
+    name: str = ""  #: the run's folder name (network-variant[-sN])
+    n_negative_gap: int = 0  #: steps whose loss is below theta*'s on their batch
+    gamma_bar: float | None = None  #: the gap-weighted mean of the per-step gammas (identity.py)
 
     @property
     def label(self) -> str:
@@ -94,35 +98,46 @@ class RunNumbers:
         return None if g is None or self.dist0 is None else g * self.dist0**2
 
     def speed_key(self) -> float | None:
-        """Lower is faster; diverged runs rank after every run that did not diverge."""
+        """Lower is faster; diverged runs rank after every run that did not diverge (+inf)."""
         if self.status == "diverged":
             return math.inf
         return self.speed
 
+    def speed_text(self) -> str:
+        """The speed as a report shows it: "diverged" for a diverged run (whose key is +inf)."""
+        return "diverged" if self.status == "diverged" else fmt(self.speed)
+
 
 def fmt(x) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+    """A number in a claim's numbers and reasons: 3 significant digits, ``n/a`` for a missing one
+    (None), and a non-finite float as what it is (``inf``, ``-inf``, ``nan``): an unbounded gamma
+    reads "inf", never "diverged" (a diverged run's speed is shown by :meth:`RunNumbers.speed_text`)."""
+    if x is None:
         return "n/a"
     if isinstance(x, bool):
         return "yes" if x else "no"
+    if isinstance(x, float) and math.isnan(x):
+        return "nan"
     if isinstance(x, float) and math.isinf(x):
-        return "diverged" if x > 0 else "-inf"
+        return "inf" if x > 0 else "-inf"
     if isinstance(x, float) and x != 0 and not 0.01 <= abs(x) < 1000:
         return f"{x:.2e}"
     return f"{x:.3g}" if isinstance(x, float) else str(x)
 
 
-def _verdict(name: str, kind: str, statement: str, verdict: str, numbers: dict, why: str) -> dict:
+def claim_row(name: str, kind: str, statement: str, verdict: str, numbers: dict, why: str) -> dict:
+    """One claim as a report holds it."""
     return {"claim": name, "kind": kind, "statement": statement, "verdict": verdict, "numbers": numbers, "why": why}
 
 
-def _groups_text(groups: list[list[str]]) -> str:
+def groups_text(groups: list[list[str]]) -> str:
     return " < ".join("(" + ", ".join(g) + ")" if len(g) > 1 else g[0] for g in groups)
 
 
-def _broken(groups, values, larger_is_better: bool) -> list[str]:
+def broken_order(groups, values, larger_is_better: bool, show=None) -> list[str]:
     """The adjacent groups whose order fails: each member of a group strictly below (worse than)
-    each member of the next."""
+    each member of the next. ``show(v)``: how a variant's value reads (default ``fmt``)."""
+    show = show or (lambda v: fmt(values[v]))
     out = []
     for lo, hi in zip(groups, groups[1:]):
         lo, hi = [v for v in lo if v in values], [v for v in hi if v in values]
@@ -131,12 +146,11 @@ def _broken(groups, values, larger_is_better: bool) -> list[str]:
         key = (lambda v: values[v]) if larger_is_better else (lambda v: -values[v])
         a, b = max(lo, key=key), min(hi, key=key)
         if not key(a) < key(b):
-            out.append(f"{a} ({fmt(values[a])}) is not {'below' if larger_is_better else 'slower than'} "
-                       f"{b} ({fmt(values[b])})")
+            out.append(f"{a} ({show(a)}) is not {'below' if larger_is_better else 'slower than'} {b} ({show(b)})")
     return out
 
 
-def _margin(groups, values, larger_is_better: bool) -> float | None:
+def order_margin(groups, values, larger_is_better: bool) -> float | None:
     """How far the order holds: the smallest gap between adjacent groups (positive: it holds)."""
     gaps = []
     for lo, hi in zip(groups, groups[1:]):
@@ -150,20 +164,20 @@ def _margin(groups, values, larger_is_better: bool) -> float | None:
 def speed_order_claim(network: str, groups: list[list[str]], runs: dict[str, RunNumbers]) -> dict:
     """The variants get faster from each group to the next (speed = mean training loss)."""
     name = f"{network} speed order"
-    statement = (f"{network}: convergence gets faster {_groups_text(groups)} (mean training loss over the run: "
+    statement = (f"{network}: convergence gets faster {groups_text(groups)} (mean training loss over the run: "
                  "every member of a group above every member of the next)")
     variants = [v for g in groups for v in g]
     values = {v: runs[v].speed_key() for v in variants if v in runs and runs[v].speed_key() is not None}
-    numbers = {v: fmt(values.get(v)) for v in variants}
+    numbers = {v: runs[v].speed_text() if v in values else "n/a" for v in variants}
     missing = [v for v in variants if v not in values]
     if missing:
-        return _verdict(name, "order", statement, NA, numbers, f"no measured run for {', '.join(missing)}")
+        return claim_row(name, "order", statement, NA, numbers, f"no measured run for {', '.join(missing)}")
     finite = {v: x for v, x in values.items() if math.isfinite(x)}
-    margin = _margin(groups, finite, larger_is_better=False) if len(finite) == len(values) else None
-    broken = _broken(groups, values, larger_is_better=False)
+    margin = order_margin(groups, finite, larger_is_better=False) if len(finite) == len(values) else None
+    broken = broken_order(groups, values, larger_is_better=False, show=lambda v: numbers[v])
     if broken:
-        return {**_verdict(name, "order", statement, FAIL, numbers, "; ".join(broken)), "margin": margin}
-    return {**_verdict(name, "order", statement, PASS, numbers, "the order holds"), "margin": margin}
+        return {**claim_row(name, "order", statement, FAIL, numbers, "; ".join(broken)), "margin": margin}
+    return {**claim_row(name, "order", statement, PASS, numbers, "the order holds"), "margin": margin}
 
 
 def _comparable(variants: list[str], runs: dict[str, RunNumbers], reading: str) -> tuple[dict, dict]:
@@ -196,18 +210,18 @@ def gamma_order_claim(network: str, groups: list[list[str]], runs: dict[str, Run
     """gamma (``reading``) increases from each group to the next, among converged runs."""
     what = "Definition 1's largest feasible gamma" if reading == "theory" else "the median per-step gamma bound"
     name = f"{network} gamma order ({reading})"
-    statement = f"{network}: {what} increases {_groups_text(groups)}, compared between converged runs"
+    statement = f"{network}: {what} increases {groups_text(groups)}, compared between converged runs"
     variants = [v for g in groups for v in g]
     values, why = _comparable(variants, runs, reading)
     numbers = {v: _gamma_cell(runs.get(v), reading, why.get(v)) for v in variants}
     if why:
-        return _verdict(name, "order", statement, NA, numbers,
+        return claim_row(name, "order", statement, NA, numbers,
                         "not comparable: " + "; ".join(f"{v} {w}" for v, w in why.items()))
-    margin = _margin(groups, values, larger_is_better=True)
-    broken = _broken(groups, values, larger_is_better=True)
+    margin = order_margin(groups, values, larger_is_better=True)
+    broken = broken_order(groups, values, larger_is_better=True)
     if broken:
-        return {**_verdict(name, "order", statement, FAIL, numbers, "; ".join(broken)), "margin": margin}
-    return {**_verdict(name, "order", statement, PASS, numbers, "the order holds"), "margin": margin}
+        return {**claim_row(name, "order", statement, FAIL, numbers, "; ".join(broken)), "margin": margin}
+    return {**claim_row(name, "order", statement, PASS, numbers, "the order holds"), "margin": margin}
 
 
 def agreement_claim(network: str, runs: dict[str, RunNumbers], reading: str) -> dict:
@@ -221,20 +235,20 @@ def agreement_claim(network: str, runs: dict[str, RunNumbers], reading: str) -> 
     numbers = {v: f"gamma {fmt(g)}, mean loss {fmt(runs[v].speed)}" for v, g in values.items()}
     why = [f"{v} {w}" for v, w in why.items()]
     if len(values) < 2:
-        return _verdict(name, "agreement", statement, NA, numbers,
+        return claim_row(name, "agreement", statement, NA, numbers,
                         "fewer than 2 comparable variants" + (f" ({'; '.join(why)})" if why else ""))
     v = list(values)
     g = [values[x] for x in v]
     s = [-runs[x].speed for x in v]  # larger = faster
     if len(set(g)) == 1 or len(set(s)) == 1:
-        return _verdict(name, "agreement", statement, NA, numbers, "ties: nothing to rank")
+        return claim_row(name, "agreement", statement, NA, numbers, "ties: nothing to rank")
     tau = float(stats.kendalltau(g, s).statistic)
     numbers["kendall_tau"] = round(tau, 3)
     left_out = f" ({'; '.join(why)}: left out)" if why else ""
     if tau == 1.0:
-        return {**_verdict(name, "agreement", statement, PASS, numbers, f"same order, tau = 1{left_out}"),
+        return {**claim_row(name, "agreement", statement, PASS, numbers, f"same order, tau = 1{left_out}"),
                 "margin": tau}
-    return {**_verdict(name, "agreement", statement, FAIL, numbers, f"tau = {tau:.2f}{left_out}"), "margin": tau}
+    return {**claim_row(name, "agreement", statement, FAIL, numbers, f"tau = {tau:.2f}{left_out}"), "margin": tau}
 
 
 def principle_claims(runs: list[RunNumbers]) -> list[dict]:
@@ -270,7 +284,7 @@ def principle_claims(runs: list[RunNumbers]) -> list[dict]:
     for name, kind, statement, get, ok in specs:
         rows = [r for r in judged if get(r) is not None]
         if not rows:
-            out.append(_verdict(name, kind, statement, NA, {}, "no run could be judged"))
+            out.append(claim_row(name, kind, statement, NA, {}, "no run could be judged"))
             continue
         failing = [r.label for r in rows if not ok(get(r))]
         numbers = {r.label: fmt(get(r)) for r in rows}
@@ -283,14 +297,14 @@ def principle_claims(runs: list[RunNumbers]) -> list[dict]:
                 if failing and set(failing) <= set(shaky):
                     edge += ": this FAIL rests on them alone"
         if failing:
-            out.append(_verdict(name, kind, statement, FAIL, numbers,
+            out.append(claim_row(name, kind, statement, FAIL, numbers,
                                 f"{len(failing)} of {len(rows)} runs break it: {', '.join(failing)}{edge}"))
         else:
-            out.append(_verdict(name, kind, statement, PASS, numbers, f"all {len(rows)} runs{edge}"))
+            out.append(claim_row(name, kind, statement, PASS, numbers, f"all {len(rows)} runs{edge}"))
     return out
 
 
-def _by_network(runs: list[RunNumbers]) -> dict[str, dict[str, RunNumbers]]:
+def by_network(runs: list[RunNumbers]) -> dict[str, dict[str, RunNumbers]]:
     by_net: dict[str, dict[str, RunNumbers]] = {}
     for r in runs:
         by_net.setdefault(r.network, {})[r.variant] = r
@@ -307,7 +321,7 @@ def _network_claims(expected_order: dict[str, list[list[str]]], runs: list[RunNu
                               vanishing_claim)
 
     checks = checks or {}
-    by_net = _by_network(runs)
+    by_net = by_network(runs)
     claims = []
     for net, variants in by_net.items():
         groups = expected_order.get(net)
@@ -331,84 +345,6 @@ def _network_claims(expected_order: dict[str, list[list[str]]], runs: list[RunNu
     return claims
 
 
-NEAR_END = 0.01  #: a theta* whose ||theta_K - theta*||^2 is below this x ||theta_0 - theta*||^2 still "ends" the path
-
-
-def link_claims(runs: list[RunNumbers], label: str) -> list[dict]:
-    """"Gamma tracks speed" per network and reading, judged against a theta* that does not end the
-    path (``runs`` built against that theta*; ``label`` names it), decided per seed. The identity
-    gives the average gamma as ``(1 - end_ratio) / (2 eta sum gap)``: a theta* so close to the path's
-    end that ``end_ratio`` < NEAR_END still forces it to within that factor, and cannot test the link
-    (NOT APPLICABLE, with the ratio)."""
-    seeds = sorted({r.seed for r in runs})
-    per_seed = {}
-    for s in seeds:
-        per_seed[s] = []
-        for net, variants in _by_network([r for r in runs if r.seed == s]).items():
-            ratios = [r.end_ratio for r in variants.values() if r.judged and r.end_ratio is not None]
-            for reading in READINGS:
-                c = agreement_claim(net, variants, reading)
-                c["claim"] = f"{c['claim']} vs theta* {label}"
-                c["statement"] += (f"; judged against theta* {label}, which does not end the path, so that the "
-                                   "gamma-speed identity does not force it (it leaves the average gamma free by the "
-                                   "factor 1 - ||theta_K - theta*||^2 / ||theta_0 - theta*||^2)")
-                if ratios:
-                    c["numbers"]["largest ||theta_K - theta*||^2 / ||theta_0 - theta*||^2"] = fmt(max(ratios))
-                if c["verdict"] != NA and ratios and max(ratios) < NEAR_END:
-                    c = {**c, "verdict": NA, "margin": None,
-                         "why": f"theta* {label} lies too near the path's end to test the link: "
-                                f"||theta_K - theta*||^2 / ||theta_0 - theta*||^2 is at most {max(ratios):.1e} "
-                                f"(< {NEAR_END:g}), so the identity still fixes the average gamma to within that "
-                                f"factor (as computed: {c['verdict']}, {c['why']})"}
-                per_seed[s].append(c)
-    return _over_all_seeds(per_seed)
-
-
-def _over_all_seeds(per_seed: dict[int, list[dict]]) -> list[dict]:
-    seeds = sorted(per_seed)
-    if len(seeds) == 1:
-        return per_seed[seeds[0]]
-    names = list(dict.fromkeys(c["claim"] for s in seeds for c in per_seed[s]))
-    return [over_seeds({s: next(c for c in per_seed[s] if c["claim"] == name) for s in seeds
-                        if any(c["claim"] == name for c in per_seed[s])}) for name in names]
-
-
-def over_seeds(per_seed: dict[int, dict]) -> dict:
-    """One claim decided in several seeds: the share of seeds in which it holds (95% Clopper-Pearson
-    interval) and a one-sided paired Wilcoxon signed-rank test that its margin is positive."""
-    first = next(iter(per_seed.values()))
-    decided = {s: c for s, c in per_seed.items() if c["verdict"] != NA}
-    held = [s for s, c in decided.items() if c["verdict"] == PASS]
-    numbers = {f"s{s}": c["verdict"] for s, c in per_seed.items()}
-    out = {k: first[k] for k in ("claim", "kind", "statement")}
-    out["per_seed"] = {f"s{s}": {"verdict": c["verdict"], "numbers": c["numbers"], "why": c["why"]}
-                       for s, c in per_seed.items()}
-    if not decided:
-        return {**out, "verdict": NA, "numbers": numbers, "why": f"not decidable in any of {len(per_seed)} seeds: "
-                + per_seed[min(per_seed)]["why"]}
-    n, k = len(decided), len(held)
-    ci = stats.binomtest(k, n).proportion_ci(0.95)
-    numbers.update({"holds in": f"{k} of {n} seeds", "95% CI": f"{ci.low:.2f}-{ci.high:.2f}"})
-    margins = [c["margin"] for c in decided.values() if c.get("margin") is not None]
-    test = ""
-    if len(margins) == n and n >= 2 and any(m != 0 for m in margins):
-        kind = "tau" if first["kind"] == "agreement" else "margin"
-        p = float(stats.wilcoxon(margins, alternative="greater").pvalue) if first["kind"] != "agreement" else None
-        numbers[f"mean {kind}"] = fmt(float(sum(margins) / n))
-        if p is not None:
-            numbers["paired Wilcoxon p"] = fmt(p)
-            test = (f"; paired Wilcoxon signed-rank p = {p:.3g} (one-sided"
-                    + (f"; with {n} seeds p cannot go below {0.5 ** n:.3g})" if 0.5 ** n >= ALPHA else ")"))
-    undecided = len(per_seed) - n
-    extra = f", not decidable in {undecided}" if undecided else ""
-    verdict = PASS if k == n else FAIL
-    return {**out, "verdict": verdict, "numbers": numbers,
-            "why": f"holds in {k} of {n} seeds{extra} (95% CI {ci.low:.2f}-{ci.high:.2f}){test}"}
-
-
-ALPHA = 0.05
-
-
 def suite_claims(expected_order: dict[str, list[list[str]]], runs: list[RunNumbers],
                  checks: dict | None = None) -> list[dict]:
     """Every claim of a suite: the principle over the converged runs and over every run, its
@@ -420,6 +356,8 @@ def suite_claims(expected_order: dict[str, list[list[str]]], runs: list[RunNumbe
     claims = principle_claims(runs)
     claims.insert(2, identity_claim(runs))
     claims.insert(next(i for i, c in enumerate(claims) if c["kind"] == "premise") + 1, premise_batch_claim(runs))
+    from .seeds import over_all_seeds
+
     seeds = sorted({r.seed for r in runs})
     per_seed = {s: _network_claims(expected_order, [r for r in runs if r.seed == s], checks) for s in seeds}
-    return claims + _over_all_seeds(per_seed)
+    return claims + over_all_seeds(per_seed)

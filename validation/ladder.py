@@ -27,9 +27,8 @@ from gamma_theory.related import related_conditions
 from gamma_theory.trace import Trace
 
 from .figures import plot_paths
+from .md import related_section, table, verdict_cell
 from .util import (
-    CONDITIONS_NOTE,
-    conditions_table,
     environment,
     feasible_set,
     fmt3,
@@ -166,7 +165,7 @@ def _cells(run: dict) -> list[str]:
     base = [run["rung"], run["optimizer"], fmt3(run["lr"])]
     c = run.get("check")
     if c is None:
-        return base + ["diverged"] + ["n/a"] * 7 + [f"**{run['verdict']}**"]
+        return base + ["diverged"] + ["n/a"] * 7 + [verdict_cell(run["verdict"])]
     d1 = c["definition_1"]
     t1 = c["theorem_1"]
     return base + [
@@ -178,7 +177,7 @@ def _cells(run: dict) -> list[str]:
         item2_cell(t1["loss_convergence"]),
         item3_cell(t1["rate_bound"]),
         identity_cell(c["recording_identity"]),
-        f"**{run['verdict']}**",
+        verdict_cell(run["verdict"]),
     ]
 
 
@@ -250,8 +249,7 @@ def render_markdown(report: dict) -> str:
     header = ["rung", "optimizer", "lr", "feasible gamma set", "largest gamma", "share positive",
               "violating steps", "Thm1 item 1 (dist never grows)", "item 2 (last/first gap)",
               "item 3 (max lhs/rhs)", "recording identity (max rel residual)", "verdict"]
-    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    rows += ["| " + " | ".join(_cells(r)) + " |" for r in report["runs"]]
+    rows = table(header, [_cells(r) for r in report["runs"]])
     descr = {}
     for r in report["runs"]:
         descr.setdefault(r["rung"], r)
@@ -297,12 +295,7 @@ def render_markdown(report: dict) -> str:
         "",
         *[f"- {s}" for s in findings(report)],
         "",
-        "## Related path conditions",
-        "",
-        CONDITIONS_NOTE,
-        "",
-        *conditions_table([(f"{r['rung']} / {r['optimizer']}", r["related"]) for r in report["runs"]
-                           if r.get("related")]),
+        *related_section([(f"{r['rung']} / {r['optimizer']}", r["related"]) for r in report["runs"] if r.get("related")]),
         "",
         "## Figure",
         "",

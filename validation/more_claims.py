@@ -35,7 +35,8 @@ import math
 
 from scipy import stats
 
-from .claims import CONVERGED_FRACTION, FAIL, NA, PASS, RunNumbers, _broken, _groups_text, _margin, _verdict, fmt
+from .claims import (CONVERGED_FRACTION, FAIL, NA, PASS, RunNumbers, broken_order, claim_row, fmt, groups_text,
+                     order_margin)
 
 IDENTITY_RTOL = 1e-9  #: the recording identity's own tolerance (gamma_theory.theorem1)
 EQUIVALENCE_FACTOR = 1.25  #: "as fast as": the slower's mean training loss at most this x the faster's
@@ -55,7 +56,7 @@ def identity_claim(runs: list[RunNumbers]) -> dict:
                  "theta* = theta_K, checked here on every trace; not evidence for the paper")
     rows = [r for r in runs if r.judged and r.identity_residual is not None and r.ends_at_star]
     if not rows:
-        return _verdict(name, "consequence", statement, NA, {}, "no trace whose theta* ends its path")
+        return claim_row(name, "consequence", statement, NA, {}, "no trace whose theta* ends its path")
     worst = max(rows, key=lambda r: r.identity_residual)
     bad = [r.label for r in rows if not r.identity_residual <= IDENTITY_RTOL]
     ratios = [r.gamma_max_over_bar for r in rows if r.gamma_max_over_bar is not None and r.d1_holds
@@ -64,10 +65,10 @@ def identity_claim(runs: list[RunNumbers]) -> dict:
                "gamma_max / gamma_bar (Definition 1 holds, no negative gap)":
                    f"{fmt(max(ratios))} at most, over {len(ratios)} runs" if ratios else "n/a"}
     if bad:
-        return _verdict(name, "consequence", statement, FAIL, numbers,
+        return claim_row(name, "consequence", statement, FAIL, numbers,
                         f"the identity fails beyond round-off in {len(bad)} of {len(rows)} traces ({', '.join(bad)}): "
                         "their columns are not one consistent recording")
-    return _verdict(name, "consequence", statement, PASS, numbers,
+    return claim_row(name, "consequence", statement, PASS, numbers,
                     f"holds in all {len(rows)} traces to {worst.identity_residual:.1e} (largest in {worst.label})")
 
 
@@ -87,12 +88,12 @@ def matched_gamma_order_claim(network: str, groups: list[list[str]], runs: dict[
     what = "Definition 1's largest gamma" if reading == "theory" else "the median per-step gamma"
     name = f"{network} gamma order at matched loss ({reading}, {form})"
     statement = (f"{network}: {what}{'' if form == 'raw' else ' x ||theta_0 - theta*||^2'} increases "
-                 f"{_groups_text(groups)}, each variant's taken over its steps until it first reaches the lowest "
+                 f"{groups_text(groups)}, each variant's taken over its steps until it first reaches the lowest "
                  "epoch-mean training loss that every variant reaches (against its own theta*)")
     variants = [v for g in groups for v in g]
     missing = [v for v in variants if v not in runs or not runs[v].judged or runs[v].prefix is None]
     if missing:
-        return _verdict(name, "order", statement, NA, {}, f"no measured trace for {', '.join(missing)}")
+        return claim_row(name, "order", statement, NA, {}, f"no measured trace for {', '.join(missing)}")
     level = max(min(runs[v].prefix["epoch_loss"]) for v in variants)
     first = max(runs[v].prefix["epoch_loss"][0] for v in variants)
     key = "gamma_max_x_d0" if reading == "theory" else "median_x_d0"
@@ -110,16 +111,16 @@ def matched_gamma_order_claim(network: str, groups: list[list[str]], runs: dict[
         else:
             values[v] = g
     if why:
-        return _verdict(name, "order", statement, NA, numbers, "; ".join(why))
+        return claim_row(name, "order", statement, NA, numbers, "; ".join(why))
     if not level < 0.5 * first:
-        return _verdict(name, "order", statement, NA, numbers,
+        return claim_row(name, "order", statement, NA, numbers,
                         f"the loss every variant reaches ({fmt(level)}) is not below half the first epoch's "
                         f"({fmt(first)}): the variants share no stretch of progress to compare")
-    margin = _margin(groups, values, larger_is_better=True)
-    broken = _broken(groups, values, larger_is_better=True)
+    margin = order_margin(groups, values, larger_is_better=True)
+    broken = broken_order(groups, values, larger_is_better=True)
     if broken:
-        return {**_verdict(name, "order", statement, FAIL, numbers, "REVERSED: " + "; ".join(broken)), "margin": margin}
-    return {**_verdict(name, "order", statement, PASS, numbers, "the order holds"), "margin": margin}
+        return {**claim_row(name, "order", statement, FAIL, numbers, "REVERSED: " + "; ".join(broken)), "margin": margin}
+    return {**claim_row(name, "order", statement, PASS, numbers, "the order holds"), "margin": margin}
 
 
 # -- equivalences, depth, vanishing gradient, directions -----------------------------------------
@@ -130,19 +131,19 @@ def equivalence_claim(network: str, a: str, b: str, runs: dict[str, RunNumbers])
                  f"within a factor {EQUIVALENCE_FACTOR:g} of each other")
     ra, rb = runs.get(a), runs.get(b)
     if ra is None or rb is None or ra.speed_key() is None or rb.speed_key() is None:
-        return _verdict(name, "equivalence", statement, NA, {}, f"no measured run for {a if ra is None else b}")
+        return claim_row(name, "equivalence", statement, NA, {}, f"no measured run for {a if ra is None else b}")
     sa, sb = ra.speed_key(), rb.speed_key()
-    numbers = {a: fmt(sa), b: fmt(sb)}
+    numbers = {a: ra.speed_text(), b: rb.speed_text()}
     if not (math.isfinite(sa) and math.isfinite(sb)) or min(sa, sb) <= 0:
-        return _verdict(name, "equivalence", statement, FAIL if math.isinf(sa) != math.isinf(sb) else NA, numbers,
+        return claim_row(name, "equivalence", statement, FAIL if math.isinf(sa) != math.isinf(sb) else NA, numbers,
                         "one of them diverged" if math.isinf(sa) != math.isinf(sb) else "no finite positive speeds")
     ratio = max(sa, sb) / min(sa, sb)
     numbers["ratio"] = fmt(ratio)
     margin = EQUIVALENCE_FACTOR - ratio
     if ratio <= EQUIVALENCE_FACTOR:
-        return {**_verdict(name, "equivalence", statement, PASS, numbers, f"ratio {ratio:.3g}"), "margin": margin}
+        return {**claim_row(name, "equivalence", statement, PASS, numbers, f"ratio {ratio:.3g}"), "margin": margin}
     slower = a if sa > sb else b
-    return {**_verdict(name, "equivalence", statement, FAIL, numbers,
+    return {**claim_row(name, "equivalence", statement, FAIL, numbers,
                        f"ratio {ratio:.3g} > {EQUIVALENCE_FACTOR:g}: {slower} is slower"), "margin": margin}
 
 
@@ -156,14 +157,14 @@ def deeper_claim(shallow: str, deep: str, weak: str, strong: str, by_net: dict[s
         rs = by_net.get(net, {})
         w, s = rs.get(weak), rs.get(strong)
         if w is None or s is None or w.speed_key() is None or s.speed_key() is None or not s.speed_key() > 0:
-            return _verdict(name, "order", statement, NA, {}, f"no measured {weak}/{strong} pair for {net}")
+            return claim_row(name, "order", statement, NA, {}, f"no measured {weak}/{strong} pair for {net}")
         ratios[net] = w.speed_key() / s.speed_key()
     numbers = {net: fmt(x) for net, x in ratios.items()}
     margin = ratios[deep] - ratios[shallow]
     if not all(math.isfinite(x) for x in ratios.values()):
-        return _verdict(name, "order", statement, NA, numbers, "a run diverged")
+        return claim_row(name, "order", statement, NA, numbers, "a run diverged")
     ok = ratios[deep] > ratios[shallow]
-    return {**_verdict(name, "order", statement, PASS if ok else FAIL, numbers,
+    return {**claim_row(name, "order", statement, PASS if ok else FAIL, numbers,
                        f"{deep} {ratios[deep]:.3g} {'>' if ok else '<='} {shallow} {ratios[shallow]:.3g}"),
             "margin": margin}
 
@@ -176,7 +177,7 @@ def vanishing_claim(network: str, variant: str, runs: dict[str, RunNumbers]) -> 
                  f"first epoch's while the epoch's loss is above {CONVERGED_FRACTION:g} x the first epoch's")
     r = runs.get(variant)
     if r is None or not r.judged or r.update_sq_by_epoch is None:
-        return _verdict(name, "observation", statement, NA, {}, "no measured trace")
+        return claim_row(name, "observation", statement, NA, {}, "no measured trace")
     u, loss = r.update_sq_by_epoch, r.prefix["epoch_loss"]
     ratio = [x / u[0] for x in u]
     at = next((e for e, (q, lo) in enumerate(zip(ratio, loss)) if q <= VANISH_FRACTION
@@ -184,10 +185,10 @@ def vanishing_claim(network: str, variant: str, runs: dict[str, RunNumbers]) -> 
     numbers = {"smallest ||U||^2 / first epoch's": fmt(min(ratio)), "at epoch": ratio.index(min(ratio)) + 1,
                "epochs": len(u)}
     if at is None:
-        return _verdict(name, "observation", statement, FAIL, numbers,
+        return claim_row(name, "observation", statement, FAIL, numbers,
                         f"it does not: the epoch-mean ||U||^2 stays above {VANISH_FRACTION:g} x the first epoch's "
                         "while the loss is unconverged")
-    return _verdict(name, "observation", statement, PASS, {**numbers, "vanished at epoch": at + 1},
+    return claim_row(name, "observation", statement, PASS, {**numbers, "vanished at epoch": at + 1},
                     f"vanished at epoch {at + 1} of {len(u)}")
 
 
@@ -202,7 +203,7 @@ def directions_claim(network: str, variant: str, runs: dict[str, RunNumbers]) ->
     r = runs.get(variant)
     d = r.directions if r is not None and r.judged else None
     if d is None or d.get("angle_lower_bound_median") is None:
-        return _verdict(name, "observation", statement, NA, {}, "no gradient columns recorded")
+        return claim_row(name, "observation", statement, NA, {}, "no gradient columns recorded")
     lo = d["angle_lower_bound_median"]
     hi = d["update_angle_median"] + d["grad_angle_median"]
     numbers = {"angle(U, theta_k - theta*)": f"{d['update_angle_median']:.0f} deg",
@@ -210,12 +211,12 @@ def directions_claim(network: str, variant: str, runs: dict[str, RunNumbers]) ->
                "lower bound, median": f"{lo:.0f} deg", f"steps with lower bound > {DIRECTION_DEG:g} deg":
                    f"{100 * d['share_lower_bound_over_45']:.0f}%"}
     if lo > DIRECTION_DEG:
-        return {**_verdict(name, "observation", statement, PASS, numbers, f"median lower bound {lo:.0f} deg"),
+        return {**claim_row(name, "observation", statement, PASS, numbers, f"median lower bound {lo:.0f} deg"),
                 "margin": lo - DIRECTION_DEG}
     if hi < DIRECTION_DEG:
-        return {**_verdict(name, "observation", statement, FAIL, numbers, f"median upper bound {hi:.0f} deg"),
+        return {**claim_row(name, "observation", statement, FAIL, numbers, f"median upper bound {hi:.0f} deg"),
                 "margin": hi - DIRECTION_DEG}
-    return _verdict(name, "observation", statement, NA, numbers,
+    return claim_row(name, "observation", statement, NA, numbers,
                     f"undecided: the median bounds {lo:.0f}-{hi:.0f} deg straddle {DIRECTION_DEG:g}")
 
 
@@ -227,13 +228,13 @@ def premise_batch_claim(runs: list[RunNumbers]) -> dict:
                  f"{CONVERGED_FRACTION:g} x the first epoch's mean training loss")
     rows = [r for r in runs if r.judged and r.star_batch_loss is not None and r.first_loss]
     if not rows:
-        return _verdict(name, "premise", statement, NA, {}, "no run could be judged")
+        return claim_row(name, "premise", statement, NA, {}, "no run could be judged")
     failing = [r.label for r in rows if not r.star_batch_loss <= CONVERGED_FRACTION * r.first_loss]
     numbers = {r.label: fmt(r.star_batch_loss) for r in rows}
     if failing:
-        return _verdict(name, "premise", statement, FAIL, numbers,
+        return claim_row(name, "premise", statement, FAIL, numbers,
                         f"{len(failing)} of {len(rows)} runs break it: {', '.join(failing)}")
-    return _verdict(name, "premise", statement, PASS, numbers, f"all {len(rows)} runs")
+    return claim_row(name, "premise", statement, PASS, numbers, f"all {len(rows)} runs")
 
 
 def violation_rate(runs: list[RunNumbers]) -> dict | None:

@@ -105,17 +105,20 @@ def identity_cell(ri: dict) -> str:
     return f"{'yes' if ri['holds'] else 'NO'} ({fmt3(ri['max_rel_residual'])})"
 
 
-# -- JSON and files ------------------------------------------------------------------------------
-CONDITION_KEYS = {"regularity": ("gamma_max", "γ"), "star-convex path": ("min_margin", "min margin"),
-                  "RSI": ("mu_max", "μ"), "alpha-beta": ("rho_min", "min β/(α−β)"),
-                  "Definition 1 (gradient)": ("gamma_max", "γ")}
+# -- related conditions (their registry: gamma_theory/related.py CONDITIONS) ----------------------
+def _conditions():
+    """The related conditions' registry, read when a report is rendered (one entry per condition)."""
+    from gamma_theory import related
+
+    return related.CONDITIONS
 
 
 def condition_cell(c: dict) -> str:
     """One related condition on one path: holds or not, its constant, and the share of steps."""
     if c.get("holds") is None:
         return "not measured"
-    key, label = CONDITION_KEYS.get(c["condition"], (None, ""))
+    entry = next((e for e in _conditions() if e.name == c["condition"]), None)
+    key, label = (entry.key, entry.label) if entry else (None, "")
     const = (c.get("constants") or {}).get(key)
     share = f"{pct(c['share'])} of steps" if c.get("share") is not None else ""
     if c["holds"]:
@@ -124,8 +127,11 @@ def condition_cell(c: dict) -> str:
 
 
 def conditions_table(rows: list[tuple[str, list[dict]]]) -> list[str]:
-    """Markdown lines: one row per path (label, its conditions), one column per condition."""
-    names = list(CONDITION_KEYS)
+    """Markdown lines: one row per path (label, its conditions), one column per condition of the
+    registry, and one more for a condition a path holds that the registry does not (a trace
+    judged by another version: shown, never dropped)."""
+    names = [e.name for e in _conditions()]
+    names += list(dict.fromkeys(c["condition"] for _, conds in rows for c in conds if c["condition"] not in names))
     out = ["| run | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for label, conds in rows:
         by = {c["condition"]: c for c in conds}
@@ -133,18 +139,15 @@ def conditions_table(rows: list[tuple[str, list[dict]]]) -> list[str]:
     return out
 
 
-CONDITIONS_NOTE = (
-    "Each condition judged on the same recorded path (gamma_theory/related.py states each exactly). "
-    "*regularity*: num_k >= γ ||θ_k − θ*||² (the paper's Sec. 2 Discussion); *star-convex path*: "
-    "<g_k, θ_k − θ*> >= l(θ_k; z_k) − l(θ*; z_k) at every step (Zhou et al. 2019; min margin = the smallest "
-    "left minus right side); *RSI*: <g_k, θ_k − θ*> >= μ ||θ_k − θ*||²; *alpha-beta* (Islamov et al. 2024, "
-    "with θ_p = θ* and f_k* = 0): <g_k, θ_k − θ*> >= α gap_k − β l(θ_k; z_k), α > β > 0: it always holds "
-    "when l(θ*; z_k) > 0 for large enough β, so the smallest β/(α−β) is given (lower is stronger); "
-    "*Definition 1 (gradient)*: inequality (2) with the stochastic gradient g_k in place of the update "
-    "(equal to Definition 1 for plain SGD). g_k is taken after backward, before the optimizer step. "
-    "A \"no\" gives the share of steps that satisfy the condition on their own.")
+def conditions_note() -> str:
+    """The note above the related-conditions table, from the registry's entries."""
+    return ("Each condition judged on the same recorded path (gamma_theory/related.py states each exactly). "
+            + "; ".join(f"*{e.name}*{e.note}" for e in _conditions())
+            + ". g_k is taken after backward, before the optimizer step. A \"no\" gives the share of steps that "
+            "satisfy the condition on their own.")
 
 
+# -- JSON --------------------------------------------------------------------------------------
 def jsonable(obj: Any) -> Any:
     """``obj`` with numpy scalars/arrays turned into Python and non-finite floats into the
     strings ``'inf'``, ``'-inf'``, ``'nan'`` (strict JSON has no infinity), as the checkers do."""
