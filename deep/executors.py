@@ -30,12 +30,13 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gamma_theory.files import PathEscape, read_json
 
-from .runner import RunTask, suite_dirs, write_suite_info
+from .runner import write_suite_info
+from .tasks import SUITE_FILE, RunTask, queue_desc, suite_dirs, with_threads
 from .verify import SUITE_JSON
 
 EXECUTORS = ("local", "slurm", "ray")
@@ -101,7 +102,7 @@ def finish_suites(tasks: list[RunTask], walls: dict[Path, float], command: str |
     """After an executor: add to each ``suite.json`` the wall time from the start of this
     invocation until its last run finished, the command, and which executor ran it."""
     for out in suite_dirs(tasks):
-        path = out / "suite.json"
+        path = out / SUITE_FILE
         if not path.is_file():
             continue  # nothing of it was measured (every task failed before opening it)
         info = read_json(path, SUITE_JSON, "a suite.json")
@@ -117,8 +118,8 @@ def run_local(tasks: list[RunTask], jobs: int, *, cuda: bool, threads: int | Non
     import torch
 
     per = max(1, (threads or torch.get_num_threads()) // jobs)
-    tasks = [RunTask(**{**asdict(t), "threads": None if cuda else per}) for t in tasks]
-    queue = (json.dumps([asdict(t) for t in tasks]) + "\n").encode("utf-8")
+    tasks = with_threads(tasks, None if cuda else per)
+    queue = (json.dumps([t.to_dict() for t in tasks]) + "\n").encode("utf-8")
     procs = []
     try:
         for j in range(jobs):
@@ -217,9 +218,9 @@ def _worker_main(queue_file: str) -> int:
         if not line.endswith(b"\n"):  # the parent died before the queue was whole
             return 130
         _die_with_parent(sys.stdin.buffer)
-        tasks = [RunTask(**t) for t in json.loads(line)]
+        tasks = [RunTask.from_dict(t) for t in json.loads(line)]
     else:
-        tasks = [RunTask(**t) for t in json.loads(Path(queue_file).read_text())]
+        tasks = [RunTask.from_dict(t) for t in json.loads(Path(queue_file).read_text())]
     if tasks and tasks[0].threads:
         torch.set_num_threads(tasks[0].threads)
     try:
@@ -336,23 +337,100 @@ def run_ray(tasks: list[RunTask], *, address: str | None, local_cpus: int | None
             ray.shutdown()
 
 
-def run_queue_with(executor: str, tasks: list[RunTask], *, jobs: int, cuda: bool, threads: int | None, quiet: bool,
-                   desc: str, gpus: int = 0, out_root: str | os.PathLike = "reports", ray_address: str | None = None,
-                   slurm_cluster: str = "slurm", slurm_time: int = 1440, slurm_partition: str | None = None,
-                   slurm_extra: dict[str, str] | None = None) -> dict[Path, float]:
-    """Hand ``tasks`` to ``executor``; returns each suite folder's wall time (see :class:`_Watch`)."""
-    per = threads or 1  # CPU threads of each remote task
-    if executor == "local":
-        return run_local(tasks, jobs, cuda=cuda, threads=threads, quiet=quiet, desc=desc, gpus=gpus)
-    tasks = [RunTask(**{**asdict(t), "threads": None if cuda else per}) for t in tasks]
-    if executor == "slurm":
-        return run_slurm(tasks, folder=Path(out_root) / ".slurm", cluster=slurm_cluster,
-                         parallelism=jobs if jobs > 1 else None, time_min=slurm_time, partition=slurm_partition,
-                         gpus=1 if cuda else 0, cpus=per, extra=slurm_extra or {}, quiet=quiet, desc=desc)
-    if executor == "ray":
-        return run_ray(tasks, address=ray_address, local_cpus=None if ray_address else max(jobs, 1) * per,
-                       gpus=1 if cuda else 0, cpus=per, quiet=quiet, desc=desc)
-    raise ExecutorError(f"unknown executor {executor!r}; choose one of: {', '.join(EXECUTORS)}")
+# -- the executors, as objects built from their options ----------------------------------------
+@dataclass
+class LocalExecutor:
+    """This machine: the queue in this process (``jobs=1``), or ``jobs`` worker processes
+    (:func:`run_local`), on CUDA pinned round-robin to ``gpus`` GPUs."""
+
+    jobs: int = 1
+    threads: int | None = None  #: CPU threads, shared by the workers (None: torch's)
+    cuda: bool = False
+    gpus: int = 0
+    quiet: bool = False
+    command: str | None = None  #: what suite.json records as the command
+
+    @property
+    def record(self) -> dict:
+        """What ``suite.json`` records of the executor."""
+        return {"executor": "local", "jobs": self.jobs}
+
+    def run(self, tasks: list[RunTask]) -> dict[Path, float | None]:
+        """Measure ``tasks``; per suite folder its wall time (see :class:`_Watch`), or None where
+        this process measured it itself (``jobs=1``: ``suite.json`` got its wall time as it went)."""
+        if self.jobs == 1:
+            from . import runner  # looked up when run: a test may stand in for the queue
+
+            return dict.fromkeys(runner.run_queue(tasks, progress=not self.quiet, command=self.command))
+        return run_local(tasks, self.jobs, cuda=self.cuda, threads=self.threads, quiet=self.quiet,
+                         desc=queue_desc(tasks), gpus=self.gpus)
+
+
+@dataclass
+class SlurmExecutor:
+    """One submitit job array, one task per run (:func:`run_slurm`); ``cluster="local"``: the same
+    array as processes on this machine."""
+
+    folder: Path
+    cluster: str = "slurm"
+    jobs: int = 1  #: at most this many array tasks at once (1: no limit)
+    time_min: int = 1440
+    partition: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+    cuda: bool = False
+    threads: int | None = None  #: CPU threads of each task (None: 1)
+    quiet: bool = False
+
+    @property
+    def record(self) -> dict:
+        return {"executor": "slurm", "jobs": self.jobs, "cluster": self.cluster}
+
+    def run(self, tasks: list[RunTask]) -> dict[Path, float]:
+        per = self.threads or 1
+        return run_slurm(with_threads(tasks, None if self.cuda else per), folder=Path(self.folder),
+                         cluster=self.cluster, parallelism=self.jobs if self.jobs > 1 else None, time_min=self.time_min,
+                         partition=self.partition, gpus=1 if self.cuda else 0, cpus=per, extra=self.extra,
+                         quiet=self.quiet, desc=queue_desc(tasks))
+
+
+@dataclass
+class RayExecutor:
+    """One Ray task per run (:func:`run_ray`) on the cluster at ``address``, or on one started here
+    with ``jobs x threads`` CPUs."""
+
+    address: str | None = None
+    jobs: int = 1
+    cuda: bool = False
+    threads: int | None = None  #: CPU threads of each task (None: 1)
+    quiet: bool = False
+
+    @property
+    def record(self) -> dict:
+        return {"executor": "ray", "jobs": self.jobs}
+
+    def run(self, tasks: list[RunTask]) -> dict[Path, float]:
+        per = self.threads or 1
+        return run_ray(with_threads(tasks, None if self.cuda else per), address=self.address,
+                       local_cpus=None if self.address else max(self.jobs, 1) * per, gpus=1 if self.cuda else 0,
+                       cpus=per, quiet=self.quiet, desc=queue_desc(tasks))
+
+
+Executor = LocalExecutor | SlurmExecutor | RayExecutor
+
+
+def build_executor(name: str, *, jobs: int = 1, threads: int | None = None, cuda: bool = False, gpus: int = 0,
+                   quiet: bool = False, command: str | None = None, out_root: str | os.PathLike = "reports",
+                   ray_address: str | None = None, slurm_cluster: str = "slurm", slurm_time: int = 1440,
+                   slurm_partition: str | None = None, slurm_extra: dict[str, str] | None = None) -> Executor:
+    """The executor ``name`` (one of :data:`EXECUTORS`) from the command's options."""
+    if name == "local":
+        return LocalExecutor(jobs, threads, cuda, gpus, quiet, command)
+    if name == "slurm":
+        return SlurmExecutor(Path(out_root) / ".slurm", slurm_cluster, jobs, slurm_time, slurm_partition,
+                             dict(slurm_extra or {}), cuda, threads, quiet)
+    if name == "ray":
+        return RayExecutor(ray_address, jobs, cuda, threads, quiet)
+    raise ExecutorError(f"unknown executor {name!r}; choose one of: {', '.join(EXECUTORS)}", 2)
 
 
 if __name__ == "__main__":

@@ -34,8 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runner import DATASET_SHAPE, extras_for, report_dir
-from .suites import PRESET_TABLE, get_suite
+from .tasks import DATASET_SHAPE, SuiteConfig, resolve_suites
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH_RESULTS = REPO / "bench" / "results"
@@ -285,18 +284,25 @@ def plan_suite(suite_name: str, preset: str, dataset: str, device_name: str, out
                networks: tuple[str, ...] | None = None, variants: tuple[str, ...] | None = None) -> list[PlannedRun]:
     """Every run of the suite with its steps and its estimated time on ``device_name`` (of type
     ``device``: "cpu" or "cuda"). ``timings``: a cache of timed steps shared between calls."""
-    suite = get_suite(suite_name, preset, seeds, networks, variants)
-    p = PRESET_TABLE[preset]
-    n_train = p.train_subset or DATASET_SHAPE[dataset][1]
-    extras = extras_for(preset, star_extend).to_dict()
-    folder = report_dir(out_root, suite_name, preset, dataset, labels, networks, variants)
+    config, = resolve_suites(suite_name, preset, dataset, out_root, seeds=seeds, labels=labels, star_extend=star_extend,
+                             networks=networks, variants=variants)
+    return plan_config(config, device_name, bench_results, device, committed, timings)
+
+
+def plan_config(config: SuiteConfig, device_name: str, bench_results: str | Path | None = None, device: str = "cpu",
+                committed: str | Path | None = COMMITTED_REPORTS, timings: dict | None = None) -> list[PlannedRun]:
+    """:func:`plan_suite` for a resolved suite folder (:class:`deep.tasks.SuiteConfig`)."""
+    out_root = config.out_root
+    n_train = config.settings.train_subset or DATASET_SHAPE[config.dataset][1]
+    extras = config.extras.to_dict()
+    folder = config.out
     measured = _measured_runs(Path(out_root))
     if committed is not None and Path(committed).resolve() != Path(out_root).resolve():
         measured += [{**m, "committed": True} for m in _measured_runs(Path(committed))]
     bench = _bench_costs(Path(BENCH_RESULTS if bench_results is None else bench_results))
     timings = {} if timings is None else timings
     planned = []
-    for r in suite.runs:
+    for r in config.runs:
         steps = r.epochs * math.ceil(n_train / r.batch_size)
         done = (folder / "runs" / r.name / "trace.json").is_file()
         key = (device_name, r.network, r.width, r.batch_size)

@@ -38,35 +38,12 @@ from .env import resolve_device
 from .measure import EnvironmentMismatch, Extras, MeasuredRun, RecordingError, ReplayMismatch, measure
 from .models import model_for_run
 from .state import StateDamaged
-from .suites import ASSUMPTIONS, PRESET_TABLE, RunSpec, get_suite
+from .suites import ASSUMPTIONS, PRESET_TABLE, RunSpec
+from .tasks import (DATASET_CHOICES, DATASET_SHAPE, DEFAULT_OUT, LABELS, MANIFEST_FILE,  # noqa: F401 (re-exported)
+                    RANDOM_LABELS_SEED, SUITE_FILE, RunTask, SuiteConfig, _digest, describe_outcome, outcomes,
+                    queue_desc, report_dir, resolve_datasets, resolve_suites, run_states, suite_dirs, suite_tasks,
+                    tasks_of, touched)
 from .verify import SUITE_JSON, manifest_entry_for, manifest_problem, read_manifest_file, read_trace_json
-
-DATASET_CHOICES = ("cifar10", "cifar100", "cifar10-jpeg", "both")
-#: where `gpcheck deep` writes by default: a git-ignored folder, so a run never rewrites the
-#: committed reports/ (pass --out reports to add to those)
-DEFAULT_OUT = "gpcheck-out"
-LABELS = ("true", "random")
-#: seed of the permutation behind ``--labels random`` (stated in every report)
-RANDOM_LABELS_SEED = 0
-#: classes and training images of the full data sets
-DATASET_SHAPE = {"cifar10": (10, 50_000), "cifar100": (100, 50_000), "cifar10-jpeg": (10, 50_000)}
-
-
-def resolve_datasets(dataset: str | None, preset: str) -> list[str]:
-    dataset = dataset or PRESET_TABLE[preset].default_dataset
-    if dataset not in DATASET_CHOICES:
-        raise ValueError(f"unknown data set {dataset!r}; choose one of {', '.join(DATASET_CHOICES)}")
-    return ["cifar10", "cifar100"] if dataset == "both" else [dataset]
-
-
-def report_dir(out_root: str | os.PathLike, suite: str, preset: str, dataset: str, labels: str = "true",
-               networks: tuple[str, ...] | None = None, variants: tuple[str, ...] | None = None) -> Path:
-    """``OUT/<suite>-<preset>-<dataset>[-<network>+...][-<variant>+...][-random-labels]``: a suite
-    measured on some of its networks or variants only (``--networks``, ``--variants``) has a folder
-    of its own, so its report never shrinks the report of the whole suite."""
-    only = ("-" + "+".join(networks) if networks else "") + ("-" + "+".join(variants) if variants else "")
-    return Path(out_root) / (f"{suite}-{preset}-{dataset}{only}" + ("-random-labels" if labels == "random" else ""))
-
 
 def load_train_data(dataset: str, n_sub: int | None, device: torch.device, data_root=None, download=False,
                     labels: str = "true"):
@@ -150,7 +127,7 @@ def locked(path: Path, blocking: bool = True) -> Iterator[bool]:
 
 def read_manifest(out: Path) -> dict:
     """``manifest.json`` of a suite folder ({} when there is none); :class:`BadFile` if damaged."""
-    path = out / "manifest.json"
+    path = out / MANIFEST_FILE
     if not path.exists():
         return {}
     m = read_manifest_file(path)
@@ -176,14 +153,14 @@ def _record_in_manifest(out: Path, name: str, run: MeasuredRun | None, error: st
             m = {}
         if not m and was_finished and out not in _WARNED_MISSING:
             _WARNED_MISSING.add(out)
-            print(f"gpcheck: warning: {out / 'manifest.json'} is missing although runs had finished; it is rebuilt "
+            print(f"gpcheck: warning: {out / MANIFEST_FILE} is missing although runs had finished; it is rebuilt "
                   "from the runs whose files verify", file=sys.stderr)
         runs = m.setdefault("runs", {})
         if error is not None:
             runs[name] = {"status": "error", "error": error}
         else:
             runs[name] = manifest_entry_for(read_trace_json(run.workdir / "trace.json"))
-        write_json(out / "manifest.json", m, sort_keys=True)
+        write_json(out / MANIFEST_FILE, m, sort_keys=True)
 
 
 def rebuild_manifest(out: Path, names: list[str]) -> None:
@@ -198,7 +175,7 @@ def rebuild_manifest(out: Path, names: list[str]) -> None:
         for name in names:
             if name not in runs:
                 runs[name] = manifest_entry_for(read_trace_json(out / "runs" / name / "trace.json"))
-        write_json(out / "manifest.json", m, sort_keys=True)
+        write_json(out / MANIFEST_FILE, m, sort_keys=True)
 
 
 def _check_with_manifest(out: Path, name: str, workdir: Path) -> None:
@@ -224,7 +201,7 @@ def _check_with_manifest(out: Path, name: str, workdir: Path) -> None:
 def write_suite_info(out: Path, info: dict, wall_s: float = 0.0) -> None:
     """``suite.json``: keeps the first start time across resumed invocations, and adds ``wall_s``
     to the suite's wall time over all of them (under a lock: workers of one suite share it)."""
-    path = out / "suite.json"
+    path = out / SUITE_FILE
     with locked(out / ".suite.lock"):
         before = {}
         if path.exists():
@@ -238,75 +215,15 @@ def write_suite_info(out: Path, info: dict, wall_s: float = 0.0) -> None:
 
 
 def extras_for(preset: str, star_extend: float = 0.0) -> Extras:
-    """What pass 2 records besides the path, for ``preset`` (see :class:`deep.measure.Extras`)."""
+    """What pass 2 records besides the path, for the preset named ``preset`` (a queue's tasks carry
+    theirs: :attr:`deep.tasks.SuiteConfig.extras`; see :class:`deep.measure.Extras`)."""
     p = PRESET_TABLE[preset]
     return Extras(random_baseline=p.random_baseline, sensitivity=p.sensitivity, star_extend=star_extend)
-
-
-# -- the queue: one task per run, over any number of suites and data sets ------------------------
-@dataclass(frozen=True)
-class RunTask:
-    """One run of one suite on one data set, and everything a process needs to measure it: a
-    plain, picklable value, so any executor (this process, ``--jobs`` workers, a Slurm array
-    task, a Ray task) measures it the same way, into the same folder, with the same bits."""
-
-    suite: str
-    preset: str
-    dataset: str
-    name: str
-    out_root: str
-    seeds: int | None = None
-    labels: str = "true"
-    star_extend: float = 0.0
-    data_root: str | None = None
-    download: bool = False
-    device: str | None = None
-    threads: int | None = None
-    cuda_graphs: bool | None = None  #: None: on a CUDA device, yes
-    networks: tuple[str, ...] | None = None  #: only these networks of the suite (None: all)
-    variants: tuple[str, ...] | None = None  #: only these variants (None: all)
-
-    @property
-    def out(self) -> Path:
-        return report_dir(self.out_root, self.suite, self.preset, self.dataset, self.labels, self.networks,
-                          self.variants)
-
-    @property
-    def workdir(self) -> Path:
-        return self.out / "runs" / self.name
-
-    def finished(self) -> bool:
-        """The run ended (a trace, or an error) as far as its folder says."""
-        return (self.workdir / "trace.json").is_file() or (self.workdir / "error.json").is_file()
-
-
-def suite_tasks(suites, preset: str, dataset: str | None, out_root, *, seeds: int | None = None,
-                labels: str = "true", star_extend: float = 0.0, data_root=None, download: bool = False,
-                device: str | None = None, threads: int | None = None,
-                cuda_graphs: bool | None = None, networks: tuple[str, ...] | None = None,
-                variants: tuple[str, ...] | None = None) -> list[RunTask]:
-    """Every run of ``suites`` (a name or a list) on each data set of ``dataset``, in one queue:
-    suite by suite, data set by data set, run by run; ``networks``: only these networks (of one
-    suite; ValueError names the suite's networks)."""
-    suites = [suites] if isinstance(suites, str) else list(suites)
-    networks = None if networks is None else tuple(dict.fromkeys(networks))
-    variants = None if variants is None else tuple(dict.fromkeys(variants))
-    return [RunTask(s, preset, ds, spec.name, str(out_root), seeds, labels, star_extend,
-                    None if data_root is None else str(data_root), download, device, threads, cuda_graphs, networks,
-                    variants)
-            for s in suites for ds in resolve_datasets(dataset, preset)
-            for spec in get_suite(s, preset, seeds, networks, variants).runs]
-
-
-def suite_dirs(tasks: list[RunTask]) -> list[Path]:
-    """The suite folders of ``tasks``, in queue order, each once."""
-    return list(dict.fromkeys(t.out for t in tasks))
 
 
 @dataclass
 class _OpenSuite:
     out: Path
-    specs: dict
     data: DeviceData
     num_classes: int
     meta: dict
@@ -327,8 +244,8 @@ class _OpenSuite:
 _DATA: dict = {}  # (dataset, subset, device, data_root, labels) -> (data, num_classes, desc), per process
 
 
-def _data_for(ds: str, preset: str, dev: torch.device, data_root, download: bool, labels: str):
-    key = (ds, PRESET_TABLE[preset].train_subset, str(dev), data_root, labels)
+def _data_for(ds: str, train_subset: int | None, dev: torch.device, data_root, download: bool, labels: str):
+    key = (ds, train_subset, str(dev), data_root, labels)
     if key not in _DATA:
         _DATA[key] = load_train_data(ds, key[1], dev, data_root, download, labels)
     return _DATA[key]
@@ -338,27 +255,28 @@ def open_suite(task: RunTask, command: str | None = None) -> _OpenSuite:
     """Load the task's data (once per process) and describe its suite. ``suite.json`` is written
     (:meth:`_OpenSuite.measuring`) only when a run of it is measured: an invocation that finds
     every run finished leaves the facts of the invocations that measured them as they are."""
-    suite = get_suite(task.suite, task.preset, task.seeds, task.networks, task.variants)
+    cfg = task.config
     dev = resolve_device(task.device)
-    extras = extras_for(task.preset, task.star_extend)
-    data, num_classes, data_desc = _data_for(task.dataset, task.preset, dev, task.data_root, task.download, task.labels)
+    extras = cfg.extras
+    data, num_classes, data_desc = _data_for(cfg.dataset, cfg.settings.train_subset, dev, task.data_root,
+                                             task.download, cfg.labels)
     out = _confined_suite(task)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     info = {
-        "suite": task.suite, "preset": task.preset, "preset_description": PRESET_TABLE[task.preset].description,
-        "dataset": task.dataset, "data": data_desc, "n_train": len(data), "num_classes": num_classes,
-        "question": suite.question, "assumptions": ASSUMPTIONS, "device": str(dev),
-        "threads": torch.get_num_threads(), "seeds": len({r.seed for r in suite.runs}), "labels": task.labels,
-        "random_labels_seed": RANDOM_LABELS_SEED if task.labels == "random" else None, "extras": extras.to_dict(),
+        "suite": cfg.suite, "preset": cfg.preset, "preset_description": cfg.settings.description,
+        "dataset": cfg.dataset, "data": data_desc, "n_train": len(data), "num_classes": num_classes,
+        "question": cfg.question, "assumptions": ASSUMPTIONS, "device": str(dev),
+        "threads": torch.get_num_threads(), "seeds": cfg.seeds, "labels": cfg.labels,
+        "random_labels_seed": RANDOM_LABELS_SEED if cfg.labels == "random" else None, "extras": extras.to_dict(),
         "cuda_graphs": dev.type == "cuda" if task.cuda_graphs is None else task.cuda_graphs,
-        "command": command or f"gpcheck deep --suite {task.suite} --preset {task.preset} --dataset {task.dataset}",
-        "runs": [r.to_dict() for r in suite.runs],
-        **({"networks": list(task.networks)} if task.networks else {}),
-        **({"variants": list(task.variants)} if task.variants else {}),
+        "command": command or f"gpcheck deep --suite {cfg.suite} --preset {cfg.preset} --dataset {cfg.dataset}",
+        "runs": [r.to_dict() for r in cfg.runs],
+        **({"networks": list(cfg.networks)} if cfg.networks else {}),
+        **({"variants": list(cfg.variants)} if cfg.variants else {}),
         "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    meta = {"suite": task.suite, "preset": task.preset, "dataset": task.dataset, "data": data_desc}
-    return _OpenSuite(out, {r.name: r for r in suite.runs}, data, num_classes, meta, extras, info, task.cuda_graphs)
+    meta = {"suite": cfg.suite, "preset": cfg.preset, "dataset": cfg.dataset, "data": data_desc}
+    return _OpenSuite(out, data, num_classes, meta, extras, info, task.cuda_graphs)
 
 
 def _confined_suite(task: RunTask) -> Path:
@@ -383,7 +301,7 @@ def check_suite_folders(tasks: list[RunTask]) -> None:
 
 
 def _suite_of(task: RunTask, opened: dict, command: str | None) -> _OpenSuite:
-    key = (task.out, task.seeds, task.star_extend, task.device, task.data_root, task.cuda_graphs)
+    key = (task.config, task.device, task.data_root, task.download, task.cuda_graphs)
     if key not in opened:
         t0 = time.perf_counter()
         opened[key] = open_suite(task, command)
@@ -396,11 +314,9 @@ def measure_task(task: RunTask, blocking: bool = True, progress: bool = False, c
     """Measure one task under its run's lock (skipping it when finished, resuming it from its
     checkpoints when interrupted); False when another process holds the run and not ``blocking``."""
     s = _suite_of(task, {} if _opened is None else _opened, command)
-    if task.name not in s.specs:
-        raise ValueError(f"{task.suite}/{task.preset} has no run {task.name!r}")
     t0 = time.perf_counter()
     try:
-        return _measure_if_free(s.specs[task.name], s.out, s.data, s.num_classes, s.meta, progress, s.extras, blocking,
+        return _measure_if_free(task.spec, s.out, s.data, s.num_classes, s.meta, progress, s.extras, blocking,
                                 s.cuda_graphs, s.measuring)
     finally:
         s.busy_s += time.perf_counter() - t0
@@ -419,7 +335,7 @@ def run_queue(tasks: list[RunTask], *, progress: bool = True, command: str | Non
     """
     opened: dict = {}
     t_start = time.perf_counter()
-    bar = _suite_bar(tasks, progress, _queue_desc(tasks))
+    bar = _suite_bar(tasks, progress, queue_desc(tasks))
     finished = False
     try:
         held = [t for t in bar if not measure_task(t, False, progress, command, opened)]
@@ -472,11 +388,6 @@ def execute_task(task: RunTask) -> dict:
 _EXECUTOR_OPENED: dict = {}  # suites opened by this executor process (a Ray worker runs many tasks)
 
 
-def read_suite_runs(suite_name: str, preset: str, seeds: int | None = None) -> list[str]:
-    """The names of a suite's runs, in order."""
-    return [r.name for r in get_suite(suite_name, preset, seeds).runs]
-
-
 def _measure_if_free(spec: RunSpec, out: Path, data, num_classes: int, meta: dict, progress: bool, extras: Extras,
                      blocking: bool, cuda_graphs: bool | None = None, measuring=lambda: None) -> bool:
     """Measure one run under its lock; False when another process holds it (and not ``blocking``).
@@ -517,81 +428,6 @@ def _note(line: str) -> None:
     from tqdm.auto import tqdm
 
     tqdm.write(line, file=sys.stderr)
-
-
-def _digest(path: Path) -> bytes | None:
-    """The bytes of a small file (a run's ``trace.json``), or None when it is absent."""
-    try:
-        return path.read_bytes()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-
-
-# -- what an invocation did: the run folders before and after it --------------------------------
-def run_states(tasks: list[RunTask]) -> dict[RunTask, tuple]:
-    """Per task, what its folder holds: (trace.json's bytes or None, error.json's bytes or None,
-    whether it holds progress an unfinished run resumes from: a checkpoint, pass 1's summary, a
-    partial pass 2)."""
-    states = {}
-    for t in tasks:
-        wd = t.workdir
-        trace, err = _digest(wd / "trace.json"), _digest(wd / "error.json")
-        progress = trace is None and ((wd / "pass1.json").is_file() or (wd / "pass2_partial.npz").is_file()
-                                      or any((wd / "checkpoints").glob("epoch*.pt")))
-        states[t] = (trace, err, progress)
-    return states
-
-
-def outcomes(before: dict[RunTask, tuple], tasks: list[RunTask]) -> dict[Path, dict[str, int]]:
-    """Per suite folder, what happened to its runs between ``before`` (:func:`run_states`) and now:
-    ``reused`` (finished before, untouched), ``measured`` (finished now, from scratch), ``resumed``
-    (finished now, from the progress an earlier invocation left), ``error`` (ended in an error
-    now), ``unfinished`` (neither: interrupted, or still measured by another process). Read from
-    the folders, so a run that another invocation finished meanwhile counts as measured."""
-    after = run_states(tasks)
-    out: dict[Path, dict[str, int]] = {}
-    for t in tasks:
-        (trace0, _err0, prog0), (trace1, err1, _) = before[t], after[t]
-        if trace1 is not None and trace1 == trace0:
-            kind = "reused"
-        elif trace1 is not None:
-            kind = "resumed" if prog0 else "measured"
-        elif err1 is not None:
-            kind = "error"
-        else:
-            kind = "unfinished"
-        counts = out.setdefault(t.out, dict.fromkeys(("measured", "resumed", "reused", "error", "unfinished"), 0))
-        counts[kind] += 1
-    return out
-
-
-def describe_outcome(counts: dict[str, int]) -> str:
-    """``12 of 12 runs were already finished; nothing measured`` or ``12 runs: measured 3,
-    resumed 1, reused 8 (already finished)``, with the errors and unfinished runs where there are any."""
-    n = sum(counts.values())
-    if counts["reused"] == n:
-        return f"{n} of {n} runs were already finished; nothing measured"
-    parts = [f"measured {counts['measured']}", f"resumed {counts['resumed']}",
-             f"reused {counts['reused']} (already finished)"]
-    if counts["error"]:
-        parts.append(f"{counts['error']} ended in an error")
-    if counts["unfinished"]:
-        parts.append(f"{counts['unfinished']} not finished")
-    return f"{n} runs: " + ", ".join(parts)
-
-
-def touched(counts: dict[str, int]) -> bool:
-    """Did the invocation change anything of the suite (a run measured, resumed, failed, begun)?"""
-    return counts["reused"] != sum(counts.values())
-
-
-def _queue_desc(tasks: list[RunTask]) -> str:
-    if not tasks:
-        return "nothing to run"
-    t = tasks[0]
-    suites = list(dict.fromkeys(x.suite for x in tasks))
-    dss = list(dict.fromkeys(x.dataset for x in tasks))
-    return f"{'+'.join(suites)}/{t.preset}/{'+'.join(dss)}"
 
 
 def _suite_bar(runs, progress: bool, desc: str):

@@ -65,8 +65,10 @@ class RunSpec:
 
 
 def family(network: str) -> str:
-    """``alexnet``, ``resnet`` or ``vgg``: the family a network belongs to."""
-    return "resnet" if network.startswith("resnet") else "vgg" if network.startswith("vgg") else network
+    """``alexnet``, ``resnet`` or ``vgg``: the family a network belongs to (its registry entry's)."""
+    from .models import network as entry
+
+    return entry(network).family
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,9 @@ class Preset:
 
     name: str
     description: str
-    #: None: the suite's own (paper) epochs; an int: every run; a dict: per family (``family()``)
-    epochs: int | dict[str, int] | None
+    #: an int: every run; None: the suite's own (paper) epochs, or with ``network_epochs`` each
+    #: network's own for this preset (its registry entry's ``epochs``, deep/models)
+    epochs: int | None
     train_subset: int | None  #: class-balanced subset of the training set; None = all
     width: float
     batch_size: int | None  #: None: the paper's 128
@@ -86,13 +89,27 @@ class Preset:
     seeds: int = 1  #: initializations (and samplers) per configuration, by default
     random_baseline: bool = True  #: judge every path against a random theta* too
     sensitivity: tuple[float, ...] = (0.5, 0.75, 0.9)  #: earlier iterates as theta*, as fractions of the epochs
+    network_epochs: bool = False  #: every network's registry entry gives this preset's epochs
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preset":
+        return cls(**{**d, "sensitivity": tuple(d["sensitivity"])})
 
     def epochs_for(self, network: str, paper_epochs: int) -> int:
-        if self.epochs is None:
-            return paper_epochs
-        if isinstance(self.epochs, int):
+        from .models import network as entry
+
+        if self.epochs is not None:
             return self.epochs
-        return self.epochs[family(network)]
+        if not self.network_epochs:
+            return paper_epochs
+        net = entry(network)
+        if self.name not in net.epochs:
+            raise ValueError(f"network {network!r} gives no epochs for the {self.name} preset; add "
+                             f"{self.name!r}: N to the epochs of its entry in deep/models")
+        return net.epochs[self.name]
 
 
 PRESET_TABLE = {
@@ -102,25 +119,25 @@ PRESET_TABLE = {
                    "30 epochs for AlexNet and the ResNets, 60 for the VGGs (which learn slower at the paper's "
                    "lr 0.01); sized for the bn and optimizer suites in about 2.5 minutes each on one H100/H200 "
                    "(estimated from the prototype's step costs, not yet measured)",
-                   {"alexnet": 30, "resnet": 30, "vgg": 60}, 1024, 1.0, None, "cifar10-jpeg", seeds=3),
+                   None, 1024, 1.0, None, "cifar10-jpeg", seeds=3, network_epochs=True),
     "cpu": Preset("cpu", "width-1/4 networks on a class-balanced 512-image CIFAR-10 subset, batch 128; "
                   "300 epochs for AlexNet, 40 for the ResNets, 100 for the VGGs (which learn slower at the paper's "
                   "lr 0.01): the paper's hyper-parameters, sized so that the runs with the paper's fast techniques "
                   "converge; one seed of a suite takes about 20 (skip) to 50 minutes (optimizer) on 2 CPU cores "
                   "with the skeptic's checks, so the 3 seeds took 1.1 h (skip) to about 2.4 h (optimizer) in the "
                   "committed reports",
-                  {"alexnet": 300, "resnet": 40, "vgg": 100}, 512, 0.25, None, "cifar10-jpeg", seeds=3),
+                  None, 512, 0.25, None, "cifar10-jpeg", seeds=3, network_epochs=True),
     "long": Preset("long", "the cpu preset trained three times as long: width-1/4 networks on the same class-balanced "
                    "512-image CIFAR-10 subset, batch 128; 900 epochs for AlexNet, 120 for the ResNets, 300 for the "
                    "VGGs, one seed: so that the variants that do not converge under cpu can, and their gamma orders "
                    "can be decided; a ResNet-18 run with the skeptic's checks and --star-extend 0.25 took about an hour on one core of a busy 2-core machine (pass 1 15 min, the extension 6, pass 2 38)",
-                   {"alexnet": 900, "resnet": 120, "vgg": 300}, 512, 0.25, None, "cifar10-jpeg", seeds=1),
+                   None, 512, 0.25, None, "cifar10-jpeg", seeds=1, network_epochs=True),
     "rate": Preset("rate", "longer paths for the per-step violation rate of converged runs: width-1/4 networks on a "
                    "class-balanced 2,048-image CIFAR-10 subset, batch 128; 100 epochs for the ResNets and VGGs (1,600 "
                    "steps, 10x the cpu preset's ResNet path), 300 for AlexNet (which needed 150 epochs of 4 steps to "
                    "fit 512 images); one seed; meant for one run at a time (e.g. --suite bn --networks resnet18 "
-                   "--variants all)", {"alexnet": 300, "resnet": 100, "vgg": 100}, 2048, 0.25, None, "cifar10-jpeg",
-                   seeds=1),
+                   "--variants all)", None, 2048, 0.25, None, "cifar10-jpeg",
+                   seeds=1, network_epochs=True),
     "smoke": Preset("smoke", "tiny networks (width 1/8), a class-balanced 256-image subset, 2 epochs, "
                     "batch 64: checks the machinery end to end in minutes on 2 CPU cores; "
                     "its numbers are no evidence about the paper", 2, 256, 0.125, 64, "cifar10-jpeg",

@@ -22,6 +22,11 @@ from smoke_util import SMOKE, _same_as_reference, gpcheck, needs_archive, traces
 ONE = ["--threads", "1"]
 
 
+def _task(suite: str, name: str, root) -> RunTask:
+    """The resolved task of run ``name`` of the smoke ``suite``, one thread."""
+    return next(t for t in suite_tasks(suite, "smoke", None, root, threads=1) if t.name == name)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """One undisturbed sequential `gpcheck deep` of the smoke skip suite, one thread."""
@@ -45,8 +50,10 @@ def test_suite_all_and_both_data_sets_make_one_queue_with_every_run_once(tmp_pat
 def test_a_task_is_a_plain_picklable_value(tmp_path):
     import pickle
 
-    t = RunTask("bn", "smoke", "cifar10-jpeg", "resnet18-none", str(tmp_path), threads=1)
+    t = _task("bn", "resnet18-none", tmp_path)
     assert pickle.loads(pickle.dumps(t)) == t and not t.finished()
+    assert RunTask.from_dict(json.loads(json.dumps(t.to_dict()))) == t  # the --jobs workers' queue
+    assert t.spec.network == "resnet18" and t.spec.bn == "none" and t.config.suite == "bn"  # resolved
     (t.workdir).mkdir(parents=True)
     (t.workdir / "error.json").write_text("{}")
     assert t.finished()
@@ -165,7 +172,7 @@ def test_a_preempted_slurm_task_requeues_itself_unchanged(tmp_path):
     pytest.importorskip("submitit")
     from deep._slurm import SlurmTask, make_executor
 
-    task = RunTask("skip", "smoke", "cifar10-jpeg", "resnet18-none", str(tmp_path), threads=1)
+    task = _task("skip", "resnet18-first", tmp_path)
     again = SlurmTask().checkpoint(task)
     assert isinstance(again.function, SlurmTask) and again.args == (task,) and not again.kwargs
     ex = make_executor(tmp_path / ".slurm", "local", time_min=5, partition=None, gpus=0, cpus=1, parallelism=None,

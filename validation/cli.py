@@ -50,17 +50,27 @@ if __name__ == "__main__" or os.path.basename(sys.argv[0] if sys.argv else "") =
         pass
 
 import json  # noqa: E402
-import math
 import warnings
 from pathlib import Path
-from typing import NoReturn
 
 import click  # noqa: E402
 import numpy as np  # noqa: E402
 
 from gamma_theory import TraceError, check_trace, load_trace  # noqa: E402
-from gamma_theory.files import BadFile, PathEscape, check_links, read_json, write_text  # noqa: E402
+from gamma_theory.files import BadFile, PathEscape, check_links, write_text  # noqa: E402
 
+from .cli_deep import deep  # noqa: E402
+from .cli_util import (  # noqa: E402, F401 (re-exported: the commands' shared helpers)
+    EXIT_BAD_INPUT,
+    EXIT_IO,
+    _choice_error,
+    _close_bars,
+    _out_folder,
+    _path_arg,
+    _print_suite_summary,
+    _write_index,
+    fail,
+)
 from .util import (  # noqa: E402
     feasible_set,
     fmt3,
@@ -72,12 +82,6 @@ from .util import (  # noqa: E402
     pct,
 )
 
-#: exit status for bad input (as click uses for usage errors)
-EXIT_BAD_INPUT = 2
-#: exit status when the file system refuses (disk full, no permission)
-EXIT_IO = 3
-
-
 def _version() -> str:
     try:
         from importlib.metadata import version
@@ -85,48 +89,6 @@ def _version() -> str:
         return version("gpcheck")
     except Exception:  # not installed: running from a checkout
         return "0.1.0+checkout"
-
-
-def fail(msg: str, status: int = EXIT_BAD_INPUT) -> NoReturn:
-    """Print ``gpcheck: error: <msg>`` as one line on stderr and exit with ``status`` (2)."""
-    one_line = " ".join(str(msg).split())
-    _close_bars()
-    click.echo(f"gpcheck: error: {one_line}", err=True)
-    sys.exit(status)
-
-
-def _close_bars() -> None:
-    """Close every progress bar still open, so that what follows starts on a line of its own."""
-    tqdm = sys.modules.get("tqdm")  # no bar can be open if tqdm was never imported
-    if tqdm is None:
-        return
-    for bar in list(getattr(tqdm.tqdm, "_instances", ())):
-        bar.close()
-
-
-def _out_folder(path: str) -> None:
-    """Create the ``--out`` folder before any work, or stop with one line that names it and says
-    what to do (exit 3: the file system refused)."""
-    try:
-        Path(path).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        fail(f"--out {path}: cannot create this folder ({exc.strerror or exc}); pass --out a folder you can "
-             "write (it is created if missing)", EXIT_IO)
-
-
-def _path_arg(option: str, value: str | None, example: str) -> None:
-    """Refuse a path that gpcheck cannot use as given: empty (it would mean the current folder),
-    or not valid UTF-8 (gpcheck records its paths in JSON files, which hold UTF-8)."""
-    if value is None:
-        return
-    if value == "" or not value.strip():
-        fail(f"{option} is empty; give a folder, e.g. {option} {example} (use . for the current folder)")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        shown = os.fsencode(value).decode("utf-8", "backslashreplace")
-        fail(f"{option} {shown}: the path is not valid UTF-8; gpcheck records its paths in JSON files, which hold "
-             "UTF-8: give a path with a UTF-8 name")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -280,321 +242,8 @@ def check(path: str, as_json: bool) -> None:
         click.echo(_summary(path, trace, result))
 
 
-# -- gpcheck deep --------------------------------------------------------------------------------
-def _choice_error(kind: str, value: str, choices) -> NoReturn:
-    fail(f"unknown {kind} {value!r}; choose one of: {', '.join(choices)}")
-
-
-@main.command()
-@click.option("--suite", required=True, help="activation, bn, skip, optimizer, or all (every suite, in one queue)")
-@click.option("--preset", default="smoke", show_default=True, help="paper, lite, cpu, long, rate or smoke")
-@click.option("--dataset", default=None,
-              help="cifar10, cifar100, both (one queue), or cifar10-jpeg (the offline JPEG copy); default: the "
-                   "preset's (cifar10-jpeg for cpu and smoke, cifar10 otherwise)")
-@click.option("--data-root", default=None, help="folder with cifar-10-batches-py/ or cifar-100-python/, "
-              "or the path of the JPEG archive. CIFAR's python files are pickles, trusted input: gpcheck builds "
-              "only numpy arrays and plain values from them and refuses any other object, but use a copy you "
-              "trust; the JPEG archive (cifar10-jpeg) is the pickle-free path")
-@click.option("--download", is_flag=True, help="download CIFAR through torchvision if it is not under --data-root")
-@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
-@click.option("--threads", default=None, type=click.IntRange(1, 1024),
-              help="CPU threads of torch, at most the machine's cores: of the run measured, or shared by the "
-                   "--jobs workers (threads // jobs each, at least 1). Default on the CPU: 1, or $OMP_NUM_THREADS "
-                   "where set (more threads per run are slower on a busy machine; --jobs uses more cores). A run "
-                   "resumes only with the thread count it started with")
-@click.option("--cuda-graphs/--no-cuda-graphs", default=None,
-              help="run the steps of both passes as CUDA graph replays (default: on a GPU, yes; the same bits, "
-                   "fewer kernel launches); a run resumes only the way it began")
-@click.option("--networks", default=None, metavar="NAME[,NAME...]",
-              help="only these networks of the suite (e.g. resnet18), into a folder of its own: "
-                   "OUT/<suite>-<preset>-<dataset>-<networks>/ (one suite at a time)")
-@click.option("--variants", default=None, metavar="NAME[,NAME...]",
-              help="only these variants of the suite (e.g. all), into a folder of its own, as --networks")
-@click.option("--seeds", default=None, type=click.IntRange(1, 1000),
-              help="initializations (with their samplers) per configuration; default: the preset's "
-                   "(1 for paper and smoke, 3 for lite and cpu)")
-@click.option("--labels", default="true", show_default=True,
-              help="true, or random: the labels permuted at random (seeded), so the networks memorize noise; "
-                   "the reports go to OUT/<suite>-<preset>-<dataset>-random-labels/")
-@click.option("--star-extend", default=0.0, show_default=True, type=click.FloatRange(0, 10),
-              help="also judge every path against a theta* trained this fraction of the epochs longer (0: not)")
-@click.option("--out", "out_root", default="gpcheck-out", show_default=True,
-              help="root of the reports: OUT/<suite>-<preset>-<dataset>/ and the index OUT/README.md (the "
-                   "committed ones: reports; a folder gpcheck-out is git-ignored)")
-@click.option("--quiet", is_flag=True, help="no progress bars")
-@click.option("--plan", is_flag=True, help="print the suite's runs, their steps and the time they will take on this "
-                                           "device (from measured ms/step), and run nothing")
-@click.option("--executor", default="local", show_default=True,
-              help="who measures the runs: local (this machine, --jobs processes), slurm (a submitit job array, "
-                   "one task per run; pip install 'gpcheck[slurm]') or ray (Ray tasks, one GPU each; "
-                   "pip install 'gpcheck[ray]')")
-@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1, 4096),
-              help="local: worker processes on this machine, each taking the runs no other holds, on CUDA pinned "
-                   "round-robin to the GPUs, on the CPU sharing the threads (--threads; one each by default); slurm: "
-                   "at most this many array tasks at once (1: no limit); ray without --ray-address: the CPUs of "
-                   "the local cluster are jobs x threads")
-@click.option("--ray-address", default=None, help="ray: address of an existing cluster (default: start one here)")
-@click.option("--slurm-partition", default=None, help="slurm: the partition")
-@click.option("--slurm-time", default=1440, show_default=True, type=click.IntRange(1, 100_000),
-              help="slurm: minutes per task; a task out of time is requeued and resumes from its checkpoints")
-@click.option("--slurm-arg", "slurm_args", multiple=True, metavar="KEY=VALUE",
-              help="slurm: any other submitit slurm_ parameter, e.g. account=abc or mem_gb=32 (repeatable)")
-@click.option("--slurm-cluster", default="slurm", show_default=True,
-              help="slurm, or local: submitit's local executor (the same job array as processes on this machine)")
-def deep(suite, preset, dataset, data_root, download, device, threads, cuda_graphs, networks, variants, seeds, labels,
-         star_extend,
-         out_root,
-         quiet, plan, executor, jobs, ray_address, slurm_partition, slurm_time, slurm_args, slurm_cluster) -> None:
-    """Measure a suite of the paper's CIFAR experiments exactly and write its report.
-
-    Rerunning the same command skips finished runs and resumes an interrupted one from its last
-    checkpoint, with an identical result; a run found damaged is measured again. Any number of
-    invocations and executors may share one output folder: each run is measured once. Writes only
-    inside OUT.
-    """
-    import torch
-
-    from deep.data import DataError
-    from deep.env import resolve_device
-    from deep.executors import EXECUTORS, ExecutorError, Interrupted, WorkersKilled, finish_suites, run_queue_with
-    from deep.measure import RunMismatch
-    from deep.runner import (DATASET_CHOICES, LABELS, check_suite_folders, describe_outcome, outcomes,
-                             resolve_datasets, run_queue, run_states, suite_tasks, touched)
-    from deep.suites import PRESETS, SUITES, get_suite
-
-    from .deep_report import ReportError, build_report
-
-    _path_arg("--out", out_root, "reports")
-    _path_arg("--data-root", data_root, "/data/cifar")
-    if not math.isfinite(star_extend):
-        fail(f"--star-extend {star_extend}: give a number from 0 to 10")
-    if suite not in SUITES + ("all",):
-        _choice_error("suite", suite, SUITES + ("all",))
-    if preset not in PRESETS:
-        _choice_error("preset", preset, PRESETS)
-    if dataset is not None and dataset not in DATASET_CHOICES:
-        _choice_error("data set", dataset, DATASET_CHOICES)
-    if labels not in LABELS:
-        _choice_error("labels", labels, LABELS)
-    if executor not in EXECUTORS:
-        _choice_error("executor", executor, EXECUTORS)
-    if slurm_cluster not in ("slurm", "local"):
-        _choice_error("slurm cluster", slurm_cluster, ("slurm", "local"))
-    extra = {}
-    for kv in slurm_args:
-        k, eq, v = kv.partition("=")
-        if not eq or not k.strip() or not k.replace("_", "").isalnum():
-            fail(f"--slurm-arg {kv!r}: give KEY=VALUE, e.g. --slurm-arg account=abc")
-        extra[k.strip()] = v
-    suites = list(SUITES) if suite == "all" else [suite]
-    if networks is not None or variants is not None:
-        networks, variants = ((None if v is None else tuple(n.strip() for n in v.split(",") if n.strip()))
-                              for v in (networks, variants))
-        if suite == "all":
-            fail("--networks and --variants pick networks and variants of one suite; give --suite activation, bn, "
-                 "skip or optimizer with them")
-        try:
-            get_suite(suite, preset, 1, networks, variants)
-        except ValueError as exc:
-            fail(f"--{'networks' if 'network' in str(exc) else 'variants'}: {exc}")
-    try:
-        dev = resolve_device(device)
-    except ValueError as exc:
-        fail(str(exc))
-    here = executor == "local" or (executor == "ray" and not ray_address) or (executor == "slurm" and
-                                                                             slurm_cluster == "local")
-    cores = os.cpu_count() or 1
-    if threads is not None and here and threads > cores:
-        fail(f"--threads {threads}: this machine has {cores} CPU core(s); give at most {cores} (1, the default, "
-             "is fastest per core on a shared machine; --jobs runs several runs at once)")
-    if threads is None and dev.type == "cpu" and not os.environ.get("OMP_NUM_THREADS"):
-        threads = DEFAULT_CPU_THREADS
-    if here and dev.type == "cpu" and not plan:
-        _warn_if_busy(threads or torch.get_num_threads(), jobs, cores)
-    if Path(out_root).exists() and not Path(out_root).is_dir():
-        fail(f"--out {out_root}: is a file, not a folder")
-    if cuda_graphs and dev.type != "cuda" and executor == "local":
-        fail(f"--cuda-graphs: CUDA graphs need a GPU, and the runs would go to {dev}; drop the flag, or pass "
-             "--device cuda on a machine with one")
-    if plan:
-        from deep.env import cpu_name
-        from deep.plan import plan_suite, render_plan, summary_line
-
-        name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
-        unit = "GPU-hours" if dev.type == "cuda" else "hours"
-        everything, timings = [], {}  # steps timed here are timed once per network, width and batch
-        for s in suites:
-            for ds in resolve_datasets(dataset, preset):
-                planned = plan_suite(s, preset, ds, name, out_root, seeds, labels, star_extend, device=dev.type,
-                                     timings=timings, networks=networks, variants=variants)
-                everything += planned
-                click.echo(render_plan(planned, f"Plan: `{s}` suite, `{preset}` preset, {ds}, on {name} ({dev})",
-                                       name, dev.type == "cuda") + "\n")
-        if dev.type == "cuda":
-            from deep.plan import concurrency_advice
-
-            click.echo(concurrency_advice(name, max(1, torch.cuda.device_count())) + "\n")
-        if len(everything) > len(planned):
-            click.echo(f"All of the queue ({sum(r.steps for r in everything):,} steps per pass): "
-                       + summary_line(everything, name, unit)
-                       + (" On N GPUs (--jobs N), about 1/N of it in wall time." if dev.type == "cuda" else ""))
-        return
-    _out_folder(out_root)
-    remote = executor != "local"
-    if preset == "paper" and dev.type == "cpu" and device is None and not remote:
-        fail("the paper preset trains ResNets and VGGs for 150 epochs: it needs a GPU, and this machine has "
-             "none. Pass --device cpu to run it on the CPU anyway, or use --preset lite, cpu or smoke.")
-    if preset == "paper" and dev.type == "cpu" and not remote:
-        click.echo("warning: running the paper preset on the CPU; expect weeks.", err=True)
-    if threads is not None:
-        torch.set_num_threads(threads)
-    argv = " ".join(["gpcheck", "deep"] + sys.argv[2:]) if len(sys.argv) > 2 else None
-    # tasks on this machine use its device; on cluster nodes (whose GPUs this host may not have) each
-    # task asks for one GPU unless --device cpu, and resolves --device where it runs
-    on_cluster = (executor == "slurm" and slurm_cluster == "slurm") or (executor == "ray" and ray_address)
-    cuda = device != "cpu" if on_cluster else dev.type == "cuda"
-    tasks = suite_tasks(suites, preset, dataset, out_root, seeds=seeds, labels=labels, star_extend=star_extend,
-                        data_root=data_root, download=download, device=device, threads=threads,
-                        cuda_graphs=cuda_graphs, networks=networks, variants=variants)
-    desc = f"{'+'.join(suites)}/{preset}/{'+'.join(resolve_datasets(dataset, preset))}"
-    errors, killed = 0, None
-    try:  # before any worker starts: nothing it would write or wipe leads out of --out
-        check_suite_folders(tasks)
-    except PathEscape as exc:
-        fail(str(exc))
-    # `kill` (SIGTERM) stops the command as Ctrl-C does: workers are stopped, not orphaned, and
-    # the time spent is recorded
-    try:
-        before_term = signal.signal(signal.SIGTERM, _raise_interrupt)
-    except ValueError:  # not the main thread (an embedding program): leave its handlers alone
-        before_term = _NOT_SET
-    before = run_states(tasks)  # what this invocation did is read from the run folders after it
-
-    def changed(ts):  # the tasks of the suites this invocation changed (measured, resumed, failed, begun)
-        counts = outcomes(before, ts)
-        return [t for t in ts if touched(counts[t.out])]
-
-    try:
-        if executor == "local" and jobs == 1:
-            dirs = run_queue(tasks, progress=not quiet, command=argv)
-        else:
-            try:
-                walls = run_queue_with(executor, tasks, jobs=jobs, cuda=cuda, threads=threads, quiet=quiet,
-                                       desc=desc, gpus=torch.cuda.device_count() if cuda else 0, out_root=out_root,
-                                       ray_address=ray_address, slurm_cluster=slurm_cluster, slurm_time=slurm_time,
-                                       slurm_partition=slurm_partition, slurm_extra=extra)
-            except WorkersKilled as exc:  # the others finished their runs: their reports are built
-                walls, killed = exc.walls, exc
-            # a suite this invocation measured nothing of keeps the facts of those that measured it
-            finish_suites(changed(tasks), walls, argv, {"executor": executor, "jobs": jobs} |
-                          ({"cluster": slurm_cluster} if executor == "slurm" else {}))
-            dirs = list(walls)
-        counts = outcomes(before, tasks)
-        for out in dirs:
-            click.echo(f"{out}: {describe_outcome(counts[out])}")
-            if not touched(counts[out]) and _report_is_current(out):
-                click.echo(f"report unchanged: {out}/report.md (nothing measured; `gpcheck report {out}` rebuilds it)")
-            else:
-                build_report(out)
-            errors += _print_suite_summary(out)
-        _write_index(out_root)
-        if killed is not None:
-            fail(str(killed), killed.status)
-    except ExecutorError as exc:
-        fail(str(exc), exc.status)
-    except (DataError, RunMismatch, PathEscape, ReportError) as exc:
-        fail(str(exc))
-    except KeyboardInterrupt as exc:
-        if isinstance(exc, Interrupted):  # its workers have stopped: their time counts
-            finish_suites(changed(tasks), exc.walls, argv, {"executor": executor, "jobs": jobs})
-        _close_bars()
-        counts = outcomes(before, tasks)
-        for out, c in counts.items():
-            click.echo(f"{out}: {describe_outcome(c)}", err=True)
-        click.echo("interrupted: finished runs and checkpoints are kept; rerun the same command to resume.",
-                   err=True)
-        sys.exit(130)
-    finally:
-        if before_term is not _NOT_SET:
-            signal.signal(signal.SIGTERM, before_term)
-    if errors:
-        sys.exit(1)
-
-
-_NOT_SET = object()
-
-#: CPU threads per run when --threads is not given (README, "Threads"): on a 2-core machine that
-#: other work shares, ResNet-18 ran 4x (one step) to 10x (a whole smoke suite) slower with 2 threads
-#: than with 1, because OpenMP threads spin-wait on each other; on an idle one 2 threads gain less
-#: than 2x, which --jobs 2 (two runs at once, one thread each) also gets
-DEFAULT_CPU_THREADS = 1
-
-
-def _warn_if_busy(threads: int, jobs: int, cores: int) -> None:
-    """Warn when runs of several threads start on a machine whose load leaves them no free core."""
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return
-    if threads > 1 and load + threads * jobs > cores + 0.5:
-        click.echo(f"gpcheck: warning: the machine is busy (load average {load:.1f} on {cores} cores) and each run "
-                   f"uses {threads} threads: OpenMP threads then spin-wait on each other (README, \"Threads\": 4-10x "
-                   "slower measured on 2 cores); pass --threads 1", err=True)
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def _write_index(root) -> None:
-    from .index import write_index
-
-    where = write_index(root)
-    if where is None:
-        click.echo(f"note: {Path(root) / 'README.md'} is not a gpcheck index; left it alone "
-                   "(the index of the reports was not written)", err=True)
-
-
-def _report_is_current(out: Path) -> bool:
-    """Does the suite's report describe the run folders as they are (each run finished, failed or
-    missing as the report says)? Then an invocation that measured nothing leaves it alone."""
-    from deep.runner import read_suite_runs
-
-    try:
-        rep = json.loads((out / "report.json").read_text())
-        info = read_json(out / "suite.json")
-        names = read_suite_runs(info["suite"], info["preset"], info.get("seeds"))
-        said = {r["name"]: r["status"] for r in rep["runs"]}
-    except (OSError, ValueError, KeyError, TypeError, BadFile):
-        return False
-    if not (out / "report.md").is_file():
-        return False
-    for name in names:
-        run = out / "runs" / name
-        now = ("finished" if (run / "trace.json").is_file() else "error" if (run / "error.json").is_file()
-               else "missing")
-        was = said.get(name)
-        if was is None or now != (was if was in ("error", "missing") else "finished"):
-            return False
-    return True
-
-
-def _print_suite_summary(out) -> int:
-    """Print the claims of a suite report; return how many runs ended in an error."""
-    from deep.suites import PRESET_TABLE
-
-    rep = json.loads((Path(out) / "report.json").read_text())
-    click.echo(f"report: {out}/report.md")
-    preset = PRESET_TABLE.get(rep.get("preset"))
-    if preset is not None and not preset.evidence:
-        click.echo(f"  NOT EVIDENCE: the {preset.name} preset tests the machinery end to end; its networks are tiny "
-                   "and train for a few steps, so these verdicts say nothing for or against the paper")
-    for c in rep["claims"]:
-        click.echo(f"  {c['verdict']:<14} {c['claim']}: {c['why']}")
-    errors = [r["name"] for r in rep["runs"] if r["status"] == "error"]
-    if errors:
-        click.echo(f"  {len(errors)} run(s) ended in an error: {', '.join(errors)} (see report.md)", err=True)
-    return len(errors)
+# -- gpcheck deep: validation/cli_deep.py ---------------------------------------------------------
+main.add_command(deep)
 
 
 # -- gpcheck report ------------------------------------------------------------------------------
