@@ -54,6 +54,7 @@ from .errors import EnvironmentMismatch, RecordingError, RemeasureWarning, Repla
 from .folder import IDENTITY_RTOL, MeasuredRun, RunFolder, load_companions
 from .pass1 import evaluate, extend, pass1
 from .pass2 import finish, pass2
+from .stars import verify_external_stars
 from .state import StateDamaged
 from .step import batch_stats_only, flat_model, train_epoch, use_capturable
 
@@ -119,6 +120,7 @@ def measure(
         return done
     ctx = RunContext(model_fn, optimizer_fn, data, loss_fn, setup, folder, extras, keep_checkpoints, meta, progress,
                      desc, graphs_backend)
+    verify_external_stars(extras, model_fn)  # refused before anything is trained
     with deterministic(allow_tf32):
         try:
             return measure_passes(ctx)

@@ -104,6 +104,18 @@ def load_external_star(star: ExternalStar | StarSource, model: torch.nn.Module, 
     return state
 
 
+def verify_external_stars(extras: Extras, model_fn: Callable[[], torch.nn.Module]) -> None:
+    """Check every external theta* (its digest and layout, :func:`load_external_star`) against a
+    model built by ``model_fn`` on the CPU (the global random state left as it was), so that a
+    run refuses one before it trains, not after; :class:`StarRefused` says which and why."""
+    if not extras.external_stars:
+        return
+    with torch.random.fork_rng(devices=[]):
+        model = model_fn()
+    for star in extras.external_stars:
+        load_external_star(star, model, "cpu")
+
+
 def load_stars(sources: list[StarSource], fresh_model: Callable[[], torch.nn.Module], theta0: Path, device):
     """``(models, rows, dist0_sq)``: one model per source in training mode (its parameters views
     into row ``j`` of ``rows``) and each theta*'s squared distance from theta_0."""
@@ -156,4 +168,4 @@ def random_star(layout: FlatLayout, theta0: torch.Tensor, star: torch.Tensor, se
     return out
 
 
-__all__ = ["StarSource", "load_external_star", "load_stars", "random_star", "star_sources"]
+__all__ = ["StarSource", "load_external_star", "load_stars", "random_star", "star_sources", "verify_external_stars"]
