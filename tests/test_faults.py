@@ -168,6 +168,22 @@ def _kill_randomly_then_finish(out: Path, rng: random.Random, kills: int) -> lis
     return moments
 
 
+@needs_archive
+def test_random_sigkill_of_gpcheck_deep_resumes_identically(tmp_path, smoke_reference):
+    rng = random.Random(int(os.environ.get("GPCHECK_FAULT_SEED", "0")))
+    moments = _kill_randomly_then_finish(tmp_path / "out", rng, kills=2)
+    _same_as_reference(tmp_path / "out", smoke_reference, moments)
+
+
+@needs_archive
+@pytest.mark.slow
+@pytest.mark.parametrize("trial", range(10))
+def test_many_random_sigkills(tmp_path, smoke_reference, trial):
+    rng = random.Random(1000 + trial + int(os.environ.get("GPCHECK_FAULT_SEED", "0")))
+    moments = _kill_randomly_then_finish(tmp_path / "out", rng, kills=rng.randint(1, 3))
+    _same_as_reference(tmp_path / "out", smoke_reference, moments)
+
+
 # -- a full disk, a read-only folder -------------------------------------------------------------
 def _mount_tmpfs(where: Path, opts: str) -> bool:
     where.mkdir(parents=True, exist_ok=True)
