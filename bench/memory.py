@@ -99,12 +99,11 @@ def phase(args) -> dict:
 
 
 def _work(name: str, model_fn, data, args, extras, work: Path, warm: bool) -> None:
-    import importlib
-
     import torch
 
     from deep.data import CyclicSampler
-    from deep.measure import measure, train_epoch
+    from deep.measure import measure
+    from deep.step import train_epoch
 
     opt_fn = lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9)  # noqa: E731
     if name == "plain":
@@ -115,25 +114,25 @@ def _work(name: str, model_fn, data, args, extras, work: Path, warm: bool) -> No
         for _ in range(args.epochs):
             train_epoch(model, opt, sampler, data)
         return
-    dm = importlib.import_module("deep.measure")  # the module (deep.measure the name is the function)
-    real_pass2 = dm._pass2
+    import deep.measure as dm  # the conductor looks its passes up in its module when it runs
+    real_pass2 = dm.pass2
     if name == "pass1":  # no pass 2: the run is then filed as "diverged", which the pass2 phase undoes
-        dm._pass2 = lambda *a, **k: None
+        dm.pass2 = lambda *a, **k: None
     try:
         run = lambda: measure(model_fn, opt_fn, data, lr=0.01, epochs=args.epochs,  # noqa: E731
                               batch_size=args.batch_size, workdir=work, progress=False, extras=extras,
                               keep_checkpoints=True)
         if name == "pass2" and warm:
-            dm._pass2 = lambda *a, **k: None
+            dm.pass2 = lambda *a, **k: None
             run()
-            dm._pass2 = real_pass2
+            dm.pass2 = real_pass2
         if name == "pass2":  # pass 1 is there: drop what pass 2 made, so that only pass 2 runs
             for f in ("trace.json", "trace.npz", "pass2_partial.npz"):
                 (work / f).unlink(missing_ok=True)
         out = run()
         assert name == "pass1" or out.trace is not None
     finally:
-        dm._pass2 = real_pass2
+        dm.pass2 = real_pass2
 
 
 def _run_phase(args, name: str, extras: str, workdir: str) -> dict:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import sys
 import tempfile
@@ -49,14 +48,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from deep.env import environment, resolve_device, set_deterministic  # noqa: E402
-from deep.measure import load_companions, measure  # noqa: E402
+from deep.measure import CAPTURE_DEVICES, load_companions, measure  # noqa: E402
 from deep.models import MODEL_NAMES, build_model, model_for_run  # noqa: E402
 from deep.runner import load_train_data  # noqa: E402
 from deep.suites import RunSpec  # noqa: E402
 from gamma_theory.files import write_json  # noqa: E402
 from gamma_theory.optimizers import make_optimizer  # noqa: E402
 
-measure_module = importlib.import_module("deep.measure")
 
 
 def deterministic_step_of_every_family(device: torch.device, width: float) -> dict:
@@ -83,7 +81,8 @@ def _capturable(opt):
     return opt
 
 
-def measured(spec, data, num_classes, desc, workdir: Path, graphs: bool, capturable: bool = False):
+def measured(spec, data, num_classes, desc, workdir: Path, graphs: bool, capturable: bool = False,
+             graphs_backend=None):
     """``(summary, run)`` of one measured run (the runner's model and optimizer for ``spec``;
     ``capturable``: the optimizer in its capturable mode even without graphs); a failure (a
     replay mismatch) is a result here."""
@@ -97,7 +96,7 @@ def measured(spec, data, num_classes, desc, workdir: Path, graphs: bool, captura
         run = measure(lambda: model_for_run(spec, num_classes), optimizer_fn, data, lr=spec.lr, epochs=spec.epochs,
                       batch_size=spec.batch_size, workdir=workdir, seed=spec.seed, data_seed=spec.data_seed,
                       channels_last=data.channels_last, meta={"data": desc, "run": spec.to_dict()}, progress=False,
-                      cuda_graphs=graphs)
+                      cuda_graphs=graphs, graphs_backend=graphs_backend)
     except Exception as exc:  # noqa: BLE001 - a replay mismatch is a result here, not a crash
         return {"ok": False, "cuda_graphs": graphs, "optimizer": spec.optimizer, "error": f"{type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc()}, None
@@ -183,7 +182,8 @@ def verdict(result: dict) -> tuple[bool, list[str]]:
     return not why, why
 
 
-def main(argv=None) -> int:
+def main(argv=None, graphs_backend=None) -> int:
+    """``graphs_backend``: a factory of a stand-in graph backend (tests: the graph checks on the CPU)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default=None)
     ap.add_argument("--network", default="resnet18")
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
 
     dev = resolve_device(args.device)
     graphs = dev.type == "cuda" if args.cuda_graphs == "auto" else args.cuda_graphs == "on"
-    if graphs and dev.type not in measure_module._CAPTURE_DEVICES:
+    if graphs and graphs_backend is None and dev.type not in CAPTURE_DEVICES:
         ap.error(f"--cuda-graphs on: CUDA graphs need a CUDA device, not {dev}")
     result: dict = {"command": " ".join(["python", "bench/replay_check.py", *sys.argv[1:]]),
                     "args": vars(args), "env": environment(dev), "complete": False, "ok": False,
@@ -236,7 +236,8 @@ def main(argv=None) -> int:
             s = dataclasses.replace(spec, optimizer=opt, lr=lr)
             capturable = opt == "adam"  # Adam with graphs runs capturable: so does its eager twin
             g = result["graphs"][name] = {}
-            g["with_graphs"], a = measured(s, data, num_classes, desc, Path(tmp) / f"{name}-graphs", True)
+            g["with_graphs"], a = measured(s, data, num_classes, desc, Path(tmp) / f"{name}-graphs", True,
+                                           graphs_backend=graphs_backend)
             g["graph_path_problems"] = graph_path_problems(g["with_graphs"])
             save()
             g["without_graphs"], b = measured(s, data, num_classes, desc, Path(tmp) / f"{name}-eager", False,

@@ -44,6 +44,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -58,11 +59,23 @@ from deep.data import CyclicSampler, DeviceData  # noqa: E402
 from deep.env import environment, precision_state, resolve_device, restore_precision, set_deterministic  # noqa: E402
 from deep.env import set_tf32  # noqa: E402
 from deep.graphs import WARMUP_STEPS, StepGraphs  # noqa: E402
-from deep.measure import batch_stats_only, flat_model, measure  # noqa: E402
+from deep.measure import measure  # noqa: E402
+from deep.pass2 import StarRecording  # noqa: E402
+from deep.step import batch_stats_only, flat_model, make_step  # noqa: E402
 from deep.models import build_model  # noqa: E402
 from gamma_theory import PathRecorder  # noqa: E402
 from gamma_theory.flat import FlatParams  # noqa: E402
 from gamma_theory.files import write_json  # noqa: E402
+
+
+class _NoStarForward(StarRecording):
+    """Pass 2's recording without the forward at theta*: a zero stands for its loss (the
+    recording's own cost, apart from the forward's)."""
+
+    zero: torch.Tensor
+
+    def at_forward(self, x, y):
+        return self.zero
 
 
 def _sync(dev):
@@ -131,9 +144,10 @@ def bench_network(name, dev, args, images, labels, tf32: bool = False) -> dict:
             batches.extend(b for b in sampler.next_epoch(dev) if len(b) == args.batch_size)
         return batches.pop()
 
-    def make_step(det: bool, star: bool, record: bool, graphs: bool = False):
-        """One loop's step. ``graphs``: as the runner on CUDA, the whole step (with the forward at
-        theta* and the recorder's device half) replayed as one CUDA graph (deep/graphs.py)."""
+    def loop(det: bool, star: bool, record: bool, graphs: bool = False):
+        """One loop's step: the runner's own step (deep/step.py), with pass 2's recording around it
+        when ``record`` (the forward at theta* too when ``star``; without, a zero stands for its
+        loss). ``graphs``: as the runner on CUDA, the whole step replayed as one CUDA graph."""
         if det:
             set_deterministic(allow_tf32=tf32)
         else:
@@ -143,53 +157,45 @@ def bench_network(name, dev, args, images, labels, tf32: bool = False) -> dict:
         mm = model()
         fp = flat_model(mm) if record or graphs else None  # the runner's layout: theta_k is the flat buffer
         o = torch.optim.SGD(mm.parameters(), lr=0.01)
-        ms = model()
-        stars = FlatParams(ms).flat if record else None
-        rec = PathRecorder(fp, stars, 0.01) if record else None
-        zero = torch.zeros((), device=dev)  # loss_star when there is no forward at theta*
+        recording = None
+        if record:
+            ms = model()
+            rec = PathRecorder(fp, FlatParams(ms).flat, 0.01)
+            if star:
+                contextlib.ExitStack().enter_context(batch_stats_only(ms))  # for the loop's life, as pass 2
+                recording = StarRecording(rec, [ms], F.cross_entropy, record_grad=False)
+            else:
+                recording = _NoStarForward(rec, [], F.cross_entropy, record_grad=False)
+                recording.zero = torch.zeros((), device=dev)
+        body = make_step(mm, o, data, F.cross_entropy, fp, recording)
         g = (StepGraphs(dev, True, backend=args.graphs_backend()) if args.graphs_backend is not None
              else StepGraphs(dev, True)) if graphs else None
         made.append(g)
 
-        def body(idx):
-            xb, yb = data.batch(idx)
-            loss = F.cross_entropy(mm(xb), yb)
-            ls = zero
-            if star:
-                with torch.no_grad(), batch_stats_only(ms):
-                    ls = F.cross_entropy(ms(xb), yb)
-            if fp is not None:
-                fp.zero_grad()
-            else:
-                o.zero_grad(set_to_none=True)
-            loss.backward()
-            o.step()
-            return (rec.row(loss, ls),) if rec is not None else (loss.detach(),)
-
         def step():
             idx = next_idx()
             out = body(idx) if g is None else g.run(len(idx), body, idx)
-            if rec is not None:
-                rec.push(out[0].clone() if g is not None else out[0])
-                if len(rec) >= 64:  # the runner flushes once per epoch
-                    rec.flush()
+            if recording is not None:
+                recording.rec.push(out[0].clone() if g is not None else out[0])
+                if len(recording.rec) >= 64:  # the runner flushes once per epoch
+                    recording.rec.flush()
         return step
 
     made: list = []  # each loop's StepGraphs (None: no graphs), in order
-    res["resident"] = _timed(make_step(False, False, False), dev, args.warmup, args.steps)
-    res["deterministic"] = _timed(make_step(True, False, False), dev, args.warmup, args.steps)
-    res["record_only"] = _timed(make_step(True, False, True), dev, args.warmup, args.steps)
-    res["replay"] = _timed(make_step(True, True, True), dev, args.warmup, args.steps)
+    res["resident"] = _timed(loop(False, False, False), dev, args.warmup, args.steps)
+    res["deterministic"] = _timed(loop(True, False, False), dev, args.warmup, args.steps)
+    res["record_only"] = _timed(loop(True, False, True), dev, args.warmup, args.steps)
+    res["replay"] = _timed(loop(True, True, True), dev, args.warmup, args.steps)
     if cl or args.graphs_backend is not None:  # the same three deterministic loops as CUDA graph replays
         warm = max(args.warmup, WARMUP_STEPS + 1)  # the eager warm-up steps and the capture, then replays only
         res["graph_paths"], res["fell_back"] = {}, []
-        for loop, flags in (("graph_deterministic", (True, False, False)), ("graph_record_only", (True, False, True)),
+        for kind, flags in (("graph_deterministic", (True, False, False)), ("graph_record_only", (True, False, True)),
                             ("graph_replay", (True, True, True))):
-            res[loop] = _timed(make_step(*flags, True), dev, warm, args.steps)
-            info = res["graph_paths"][loop] = made[-1].info()
+            res[kind] = _timed(loop(*flags, True), dev, warm, args.steps)
+            info = res["graph_paths"][kind] = made[-1].info()
             if info["path"] != "cuda-graphs" or info["fallback"]:
-                res["fell_back"].append(loop)
-                print(f"  {name}: {loop} FELL BACK to eager ({info['fallback']}): its time is an eager time",
+                res["fell_back"].append(kind)
+                print(f"  {name}: {kind} FELL BACK to eager ({info['fallback']}): its time is an eager time",
                       flush=True)
 
     # the real runner, both passes, on the first runner_images images: with CUDA graphs where the

@@ -167,3 +167,14 @@ def differ_advice(differ: list[str], then: dict, now: dict, threads_how: str = "
         todo.append(f"run it where the same {', '.join(hardware)} are (a replay is bitwise only on the same "
                     "device model, driver and libraries)")
     return f"{detail}; to go on, {' and '.join(todo)}, or delete the folder to start over"
+
+
+def environment_mismatch(where, then: dict, now: dict, what: str = "pass 1 ran with other settings",
+                         threads_how: str = "pass --threads {n}") -> str | None:
+    """The one message for a replay asked of another environment: ``"{where}: {what}: ..."`` with
+    what differs and what to do (:func:`differ_advice`), or None when ``then`` and ``now`` agree
+    on everything a bitwise replay depends on. Pass 1 resuming, pass 2 and the picture say it so."""
+    differ = same_environment(then, now)
+    if not differ:
+        return None
+    return f"{where}: {what}: {differ_advice(differ, then, now, threads_how)}"

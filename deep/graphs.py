@@ -243,3 +243,24 @@ class StepGraphs:
             path = "cuda-graphs" if self.fallback is None else "cuda-graphs, then eager"
         return {"path": path, "graphs": len(self._graphs), "replayed_steps": self.counts["replayed"],
                 "eager_steps": self.counts["eager"], "fallback": self.fallback}
+
+
+def invocation(steps: int, wall_s: float, graphs: StepGraphs) -> dict:
+    """What one invocation of a pass ran: its steps, their wall time, and how they ran."""
+    return {"steps": steps, "wall_s": wall_s, "step_path": graphs.info()}
+
+
+def merged_step_path(runs: list[dict]) -> dict:
+    """How the steps of a pass ran over all its invocations (:func:`invocation`; a resumed pass
+    ran in several): the counts summed, the paths in order where they differ (``eager, then
+    cuda-graphs``)."""
+    infos = [r["step_path"] for r in runs if r.get("step_path") and r.get("steps")] or \
+        [r["step_path"] for r in runs[-1:] if r.get("step_path")]
+    if not infos:
+        return {}
+    paths = list(dict.fromkeys(i.get("path") for i in infos))
+    return {"path": ", then ".join(str(p) for p in paths), "graphs": max(i.get("graphs") or 0 for i in infos),
+            "replayed_steps": sum(i.get("replayed_steps") or 0 for i in infos),
+            "eager_steps": sum(i.get("eager_steps") or 0 for i in infos),
+            "fallback": next((i["fallback"] for i in infos if i.get("fallback") is not None), None),
+            "invocations": len(runs)}

@@ -38,8 +38,9 @@ from gamma_theory import TraceError, flatten_params, load_trace
 from gamma_theory.files import BadFile
 
 from .data import CyclicSampler, DeviceData
-from .env import deterministic, differ_advice, environment, same_environment
-from .measure import _capturable, train_epoch
+from .folder import RunFolder
+from .env import deterministic, environment, environment_mismatch
+from .step import train_epoch, use_capturable
 from .models import model_for_run
 from gamma_theory.optimizers import make_optimizer
 
@@ -104,8 +105,8 @@ def picture_run(run_dir: str | Path):
     them: ``trace.json``'s shape and what it names (device, threads, network, optimizer), a replay
     length that is the trace's own (and bounded), the trace's digest, and the suite manifest's
     record of both files where there is one; :class:`PictureError` says what is wrong."""
-    run_dir = Path(run_dir)
-    path = run_dir / "trace.json"
+    folder = RunFolder(run_dir)
+    run_dir, path = folder.path, folder.trace_json
     rerun = "rerun the suite's `gpcheck deep` command"
     try:
         info = read_trace_json(path)
@@ -115,10 +116,10 @@ def picture_run(run_dir: str | Path):
     if info.get("status") != "ok":
         raise PictureError(f"{run_dir}: the run {info.get('status')}; the picture is drawn for runs that finished")
     try:
-        trace = load_trace(run_dir / "trace.npz")
+        trace = load_trace(folder.trace_npz)
     except TraceError as exc:
         raise PictureError(f"{exc}; {rerun}") from None
-    manifest = run_dir.parent.parent / "manifest.json"
+    manifest = folder.suite_manifest
     try:
         entry = (read_manifest_file(manifest).get("runs") or {}).get(run_dir.name) if manifest.is_file() else None
         why = manifest_problem(info, entry)
@@ -139,17 +140,16 @@ def path_picture(run_dir: str | Path, data: DeviceData, num_classes: int, grid: 
     spec, setup = info.get("run") or {}, info.get("setup") or {}
     env = info.get("env") or {}
     here = environment(data.device)
-    differ = same_environment(env, here)
-    if differ:
-        raise PictureError(f"{run_dir}: the picture replays the run bit for bit, and it was measured with other "
-                           "settings than this process has: " + differ_advice(
-                               differ, env, here, "call torch.set_num_threads({n}) first (gpcheck picture sets it "
-                               "from the run itself)"))
+    why = environment_mismatch(run_dir, env, here, "the picture replays the run bit for bit, and it was measured "
+                               "with other settings than this process has",
+                               "call torch.set_num_threads({n}) first (gpcheck picture sets it from the run itself)")
+    if why:
+        raise PictureError(why)
     if len(data) != setup.get("n_train"):
         raise PictureError(f"{run_dir}: the run trained on {setup.get('n_train')} images, the data given has "
                            f"{len(data)}")
 
-    def fresh():  # as the run built it (deep/measure.py): on its device, in its memory format
+    def fresh():  # as the run built it (deep/context.py): on its device, in its memory format
         m = model_for_run(spec, num_classes).to(data.device)
         return m.to(memory_format=torch.channels_last) if setup.get("channels_last") else m
 
@@ -161,7 +161,7 @@ def path_picture(run_dir: str | Path, data: DeviceData, num_classes: int, grid: 
     with deterministic(bool(setup.get("allow_tf32"))):
         model = fresh()
         opt = make_optimizer(spec["optimizer"], model.parameters(), spec["lr"])
-        _capturable(opt, setup)  # as the run made it
+        use_capturable(opt, bool(setup.get("cuda_graphs")))  # as the run made it
         sampler = CyclicSampler(len(data), setup["batch_size"], setup["data_seed"])
         iterates.append(flatten_params(list(model.parameters())).float().cpu().clone())
         rng = range(epochs)

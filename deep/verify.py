@@ -28,7 +28,9 @@ DIVERGED = {"reason": str, "epoch": Opt(Int(0)), "step": Opt(Int(0))}
 #: a companion trace listed in a ``trace.json``: a file of the run's own ``companions/`` folder
 COMPANION = {"file": Match(r"companions/[A-Za-z0-9][A-Za-z0-9_.-]*\.npz", "a file companions/NAME.npz of the run "
                                                                            "folder"),
-             "npz_sha256": SHA256, "theta_star": Opt(str), "steps": Opt(Int(0)), "dist0_sq": Opt(float)}
+             "npz_sha256": SHA256, "theta_star": Opt(str), "steps": Opt(Int(0)), "dist0_sq": Opt(float),
+             # where a theta* from outside the run came from (absent for the run's own: backward compatible)
+             "source": Opt({"kind": OneOf("external"), "path": str, "sha256": SHA256})}
 
 #: ``trace.json`` of a finished run that has a trace
 TRACE_JSON = {

@@ -64,21 +64,16 @@ def test_step_cost_writes_ratios(tmp_path):
 
 @pytest.fixture
 def graphs_on_the_cpu(monkeypatch):
-    """measure(cuda_graphs=True) on the CPU with a stand-in backend; returns a setter for it."""
+    """Adam's capturable mode allowed on the CPU (as torch allows it on CUDA); returns the
+    ``graphs_backend`` to give bench/replay_check.py's main for a stand-in backend class."""
     import importlib
 
-    from deep.graphs import StepGraphs
+    from test_graphs import StandIn
 
-    measure_mod = importlib.import_module("deep.measure")
-    monkeypatch.setattr(measure_mod, "_CAPTURE_DEVICES", ("cuda", "cpu"))
     adam = importlib.import_module("torch.optim.adam")
     supported = adam._get_capturable_supported_devices
     monkeypatch.setattr(adam, "_get_capturable_supported_devices", lambda *a, **k: [*supported(*a, **k), "cpu"])
-
-    def use(backend_cls):
-        monkeypatch.setattr(measure_mod, "StepGraphs", lambda device, enabled: StepGraphs(
-            device, enabled, backend=backend_cls() if enabled else None))
-    return use
+    return StandIn
 
 
 REPLAY_ARGS = ["--device", "cpu", "--network", "vgg11", "--width", "0.125", "--subset", "80", "--epochs", "8",
@@ -95,9 +90,8 @@ def test_replay_check_passes_with_graphs_that_run_and_fails_when_they_fall_back(
     from test_graphs import FailingBackend
 
     rc_mod = load("replay_check")
-    graphs_on_the_cpu(StrictBackend)
     out = tmp_path / "ok.json"
-    assert rc_mod.main(REPLAY_ARGS + ["--out", str(out)]) == 0
+    assert rc_mod.main(REPLAY_ARGS + ["--out", str(out)], graphs_backend=graphs_on_the_cpu(StrictBackend)) == 0
     res = json.loads(out.read_text())
     assert res["ok"] and res["why_not"] == [] and set(res["graphs"]) == {"sgd", "momentum", "adam"}
     for name, g in res["graphs"].items():
@@ -105,10 +99,10 @@ def test_replay_check_passes_with_graphs_that_run_and_fails_when_they_fall_back(
         assert g["with_graphs"]["step_path"]["pass1"]["graphs"] == 2  # full and last batch
     assert res["graphs"]["adam"]["without_graphs"]["capturable"] is True
 
-    graphs_on_the_cpu(FailingBackend)
     out = tmp_path / "fallback.json"
     with pytest.warns(UserWarning, match="the pass goes on without CUDA graphs"):
-        assert rc_mod.main(REPLAY_ARGS + ["--optimizers", "sgd", "--out", str(out)]) == 1
+        assert rc_mod.main(REPLAY_ARGS + ["--optimizers", "sgd", "--out", str(out)],
+                           graphs_backend=graphs_on_the_cpu(FailingBackend)) == 1
     res = json.loads(out.read_text())
     assert not res["ok"] and res["complete"] and list(res["graphs"]) == ["sgd"]
     assert res["graphs"]["sgd"]["compare"]["bitwise_equal"] is True  # eager equals eager: not enough to pass
@@ -265,7 +259,6 @@ def test_device_script_cuts_a_phase_at_its_limit_and_goes_on(tmp_path):
 def test_replay_check_writes_its_json_after_every_run(tmp_path, monkeypatch, graphs_on_the_cpu):
     from test_graphs import FakeBackend
 
-    graphs_on_the_cpu(FakeBackend)
     rc_mod = load("replay_check")
     real, calls = rc_mod.measured, []
 
@@ -278,7 +271,8 @@ def test_replay_check_writes_its_json_after_every_run(tmp_path, monkeypatch, gra
     monkeypatch.setattr(rc_mod, "measured", cut_third)
     out = tmp_path / "rc.json"
     with pytest.raises(KeyboardInterrupt):
-        rc_mod.main(REPLAY_ARGS[:-2] + ["--epochs", "1", "--cuda-graphs", "on", "--out", str(out)])
+        rc_mod.main(REPLAY_ARGS[:-2] + ["--epochs", "1", "--cuda-graphs", "on", "--out", str(out)],
+                    graphs_backend=graphs_on_the_cpu(FakeBackend))
     res = json.loads(out.read_text())
     assert res["replay"]["ok"] and list(res["graphs"]) == ["sgd"] and "with_graphs" in res["graphs"]["sgd"]
     assert res["complete"] is False and res["ok"] is False

@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from deep.data import CyclicSampler
-from deep.measure import Extras, _random_star, measure
+from deep.folder import RunFolder
+from deep.measure import Extras, measure
+from deep.stars import random_star
 from gamma_theory import PathRecorder, check_trace, flatten_params, trace_from_iterates
 from gamma_theory.flat import FlatLayout
 from gamma_theory.optimizers import make_optimizer
@@ -91,7 +93,7 @@ def test_random_theta_star_is_exact(measured, brute):
     seed = EXTRAS.baseline_seed + 3
     layout = FlatLayout(list(TinyCNN().named_parameters()))
     t0, last = (layout.unpack(brute["thetas"][i].float(), layout.empty()) for i in (0, -1))
-    star = layout.pack(_random_star(layout, t0, last, seed, layout.empty())).double()
+    star = layout.pack(random_star(layout, t0, last, seed, layout.empty())).double()
     # the same distance from theta_0 as the real theta*, to float32 rounding
     assert tr.dist0_sq == pytest.approx(measured.trace.dist0_sq, rel=1e-6)
     ref = reference(brute, star, loss_at(brute["states"][EPOCHS], star, brute["batches"]), len(brute["losses"]))
@@ -126,8 +128,6 @@ def test_theta_star_trained_longer(measured, brute):
 def test_companions_are_checked_against_their_digest(measured, tmp_path):
     import shutil
 
-    from deep.measure import _finished
-
     run = tmp_path / "copy"
     shutil.copytree(measured.workdir, run)
     t = (run / "companions" / "random.npz")
@@ -135,7 +135,7 @@ def test_companions_are_checked_against_their_digest(measured, tmp_path):
     b[len(b) // 2] ^= 1
     t.write_bytes(bytes(b))
     with pytest.warns(UserWarning, match="does not verify"):
-        assert _finished(run) is None
+        assert RunFolder(run).finished() is None
 
 
 def test_multi_star_recorder_needs_decreasing_reach():

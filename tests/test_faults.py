@@ -145,17 +145,24 @@ def test_deep_writes_nothing_outside_out_and_keeps_a_users_readme(smoke_referenc
 
 
 def _kill_randomly_then_finish(out: Path, rng: random.Random, kills: int) -> list[float]:
+    """Start `gpcheck deep` ``kills`` times, each SIGKILLed at a random moment unless it ended
+    first, then once to the end; returns the moments of the kills that happened, after checking
+    that at least one did (a command that ends, or fails, before its moment injects no fault)."""
     moments = []
     for _ in range(kills):
         p = subprocess.Popen([sys.executable, "-m", "validation.cli", *SMOKE, "--out", str(out)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         t = rng.uniform(1.0, 18.0)
-        moments.append(round(t, 2))
         try:
-            p.wait(timeout=t)
+            rc = p.wait(timeout=t)
         except subprocess.TimeoutExpired:
             p.send_signal(signal.SIGKILL)
-            p.wait()
+            rc = p.wait()
+            assert rc == -signal.SIGKILL, rc  # it was still running when the signal came: a real kill
+            moments.append(round(t, 2))
+        else:
+            assert rc == 0, f"the command ended with {rc} before its kill at {t:.2f} s"
+    assert moments, f"none of the {kills} commands was killed: no fault was injected"
     res = gpcheck([*SMOKE, "--out", str(out)])
     assert res.returncode == 0, (moments, res.stderr[-3000:])
     return moments

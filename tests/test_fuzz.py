@@ -272,12 +272,13 @@ _SETUP_KEYS = ["lr", "epochs", "batch_size", "seed", "data_seed", "checkpoint_ev
 @FUZZ
 @given(edits=_edits(_SETUP_KEYS), raw=st.booleans(), text=_text_or_nested({"lr": 0.1}))
 def test_fuzzed_setup_json(tmp_path_factory, edits, raw, text):
-    """setup.json of a run folder, as deep/measure.py claims the folder: a damaged one is measured
+    """setup.json of a run folder, as RunFolder.claim claims the folder: a damaged one is measured
     again (a warning), one of other settings refused with RunMismatch; nothing else."""
     import warnings
     from pathlib import Path
 
-    from deep.measure import RunMismatch, _claim
+    from deep.folder import RunFolder
+    from deep.measure import RunMismatch
 
     d = Path(tmp_path_factory.mktemp("su")) / "run"
     d.mkdir()
@@ -287,7 +288,7 @@ def test_fuzzed_setup_json(tmp_path_factory, edits, raw, text):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            _claim(d, base)
+            RunFolder(d).claim(base)
         except RunMismatch as exc:
             assert str(d) in str(exc)
             return

@@ -5,7 +5,10 @@ indices copied into it) and writes into the same static output tensors every tim
 that kept an output without copying it would see it overwritten. With it, a measured run with
 graphs must give the eager run's trace bit for bit, through changes of batch size (the last
 batch of an epoch) and of the number of theta* still judged, a failed capture and a resume.
-The real backend is exercised on a GPU by bench/replay_check.py (bench/device_run.sh).
+The stand-in reruns the Python step at every replay, so these tests check the plumbing around
+the graphs (keys, warm-ups, copies of the outputs, fallback, resume, settings), not that a real
+capture is faithful: the real backend is exercised on a GPU by bench/replay_check.py
+(bench/device_run.sh), and tests/test_strict_graphs.py's stand-in replays without Python.
 """
 
 import contextlib
@@ -18,10 +21,10 @@ import torch
 
 from deep.graphs import WARMUP_STEPS, CaptureFailed, GraphFallbackWarning, StepGraphs, root_cause
 from deep.measure import RunMismatch, load_companions
+from deep.step import use_capturable
 from gamma_theory.optimizers import make_optimizer
 from test_measure import TinyCNN, run
 
-measure_mod = importlib.import_module("deep.measure")  # the module (deep.measure is also the function's name)
 
 
 class FakeGraph:
@@ -56,21 +59,16 @@ class FailingBackend(FakeBackend):
         raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
 
 
-@pytest.fixture
-def fake_graphs(monkeypatch):
-    """measure() with cuda_graphs=True runs on the CPU with the fake backend; returns the backends made."""
-    made = []
+class StandIn:
+    """A ``graphs_backend`` for measure(): makes one ``backend_cls`` per pass that asks for graphs
+    (kept in ``made``)."""
 
-    def factory(backend_cls):
-        def make(device, enabled):
-            b = backend_cls() if enabled else None
-            if b is not None:
-                made.append(b)
-            return StepGraphs(device, enabled, backend=b)
-        monkeypatch.setattr(measure_mod, "StepGraphs", make)
-        monkeypatch.setattr(measure_mod, "_CAPTURE_DEVICES", ("cuda", "cpu"))
-        return made
-    return factory
+    def __init__(self, backend_cls):
+        self.backend_cls, self.made = backend_cls, []
+
+    def __call__(self):
+        self.made.append(self.backend_cls())
+        return self.made[-1]
 
 
 def test_steps_are_warmed_up_then_captured_then_replayed_per_key():
@@ -127,10 +125,10 @@ def _assert_same_trace(a, b):
 
 
 @pytest.mark.parametrize("opt", ["sgd", "momentum"])
-def test_a_run_with_graphs_gives_the_eager_trace_bit_for_bit(tmp_path, fake_graphs, opt):
+def test_graph_plumbing_keys_warmups_and_copies_give_the_eager_trace_with_a_python_rerunning_stand_in(tmp_path, opt):
     eager = run(tmp_path / "eager", opt=opt, epochs=8)
-    made = fake_graphs(FakeBackend)
-    graphed = run(tmp_path / "graphs", opt=opt, epochs=8, cuda_graphs=True)
+    stand_in = StandIn(FakeBackend)
+    graphed = run(tmp_path / "graphs", opt=opt, epochs=8, cuda_graphs=True, graphs_backend=stand_in)
     _assert_same_trace(eager, graphed)
     p1, p2 = graphed.trace.meta["pass1"]["step_path"], graphed.trace.meta["pass2"]["step_path"]
     # 40 images in batches of 16: keys (16) and (8) in pass 1, 3 eager warm-up steps each
@@ -140,39 +138,37 @@ def test_a_run_with_graphs_gives_the_eager_trace_bit_for_bit(tmp_path, fake_grap
     # times, (8, 5) and (16, 4) once
     assert p2["path"] == "cuda-graphs" and p2["graphs"] == 3 and p2["replayed_steps"] == 5 + 1 + 1
     assert p1["eager_steps"] + p1["replayed_steps"] == 24 == p2["eager_steps"] + p2["replayed_steps"]
-    assert len(made) == 2  # one per pass
+    assert len(stand_in.made) == 2  # one per pass
     assert json.loads((graphed.workdir / "setup.json").read_text())["cuda_graphs"] is True
     assert "cuda_graphs" not in json.loads((eager.workdir / "setup.json").read_text())
     assert eager.trace.meta["pass2"]["step_path"]["path"] == "eager"
 
 
-def test_a_failed_capture_falls_back_to_eager_and_says_so(tmp_path, fake_graphs):
+def test_a_failed_capture_falls_back_to_eager_and_says_so(tmp_path):
     eager = run(tmp_path / "eager", epochs=3)
-    fake_graphs(FailingBackend)
     with pytest.warns(GraphFallbackWarning, match="operation not permitted"):
-        graphed = run(tmp_path / "graphs", epochs=3, cuda_graphs=True)
+        graphed = run(tmp_path / "graphs", epochs=3, cuda_graphs=True, graphs_backend=StandIn(FailingBackend))
     _assert_same_trace(eager, graphed)
     sp = graphed.trace.meta["pass2"]["step_path"]
     assert sp["path"] == "eager (capture failed)" and sp["replayed_steps"] == 0
     assert "RuntimeError: operation not permitted when stream is capturing" in sp["fallback"]
 
 
-def test_an_interrupted_run_with_graphs_resumes_to_the_same_trace(tmp_path, fake_graphs):
+def test_an_interrupted_run_asking_for_graphs_resumes_to_the_same_trace_with_a_stand_in(tmp_path):
     eager = run(tmp_path / "eager", epochs=3)
-    fake_graphs(FakeBackend)
     TinyCNN.calls, TinyCNN.interrupt_at = 0, 14  # in pass 2, after a graph was captured
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "graphs", epochs=3, checkpoint_every=1, cuda_graphs=True)
+        run(tmp_path / "graphs", epochs=3, checkpoint_every=1, cuda_graphs=True, graphs_backend=StandIn(FakeBackend))
     TinyCNN.interrupt_at = None
-    graphed = run(tmp_path / "graphs", epochs=3, checkpoint_every=1, cuda_graphs=True)
+    graphed = run(tmp_path / "graphs", epochs=3, checkpoint_every=1, cuda_graphs=True,
+                  graphs_backend=StandIn(FakeBackend))
     _assert_same_trace(eager, graphed)
 
 
-def test_a_run_is_resumed_only_the_way_it_began(tmp_path, fake_graphs):
-    fake_graphs(FakeBackend)
+def test_a_run_is_resumed_only_the_way_it_began(tmp_path):
     TinyCNN.calls, TinyCNN.interrupt_at = 0, 4
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "r", epochs=3, cuda_graphs=True)
+        run(tmp_path / "r", epochs=3, cuda_graphs=True, graphs_backend=StandIn(FakeBackend))
     TinyCNN.interrupt_at = None
     with pytest.raises(RunMismatch, match="cuda_graphs"):
         run(tmp_path / "r", epochs=3, cuda_graphs=False)
@@ -183,7 +179,7 @@ def test_with_graphs_an_optimizer_with_a_capturable_mode_uses_it():
     for name, has in [("adam", True), ("sgd", False), ("momentum", False)]:
         for graphs in (False, True):
             opt = make_optimizer(name, p, 0.1)
-            measure_mod._capturable(opt, {"cuda_graphs": True} if graphs else {})
+            use_capturable(opt, graphs)
             assert opt.param_groups[0].get("capturable", False) is (graphs and has)
 
 

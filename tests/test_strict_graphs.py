@@ -1,7 +1,7 @@
 """The strict CPU stand-in for CUDA graphs (tests/strict_graphs.py) and the op audit.
 
 With it a measured run's graphed steps must still give the eager trace bit for bit: the steps of
-deep/measure.py read no Python state that changes between steps and make no host sync. Two tests
+deep/step.py and deep/pass2.py read no Python state that changes between steps and make no host sync. Two tests
 fail on purpose (``xfail(strict=True)``): a step that reads a Python scalar, and one that syncs
 with the host. They show the stand-in catches both; were it ever to stop catching them, they would
 pass, and a strict xfail that passes fails the suite.
@@ -17,37 +17,28 @@ import torch
 import torch.nn.functional as F
 
 from deep.graphs import GraphFallbackWarning, StepGraphs
-from deep.measure import batch_stats_only, flat_model, measure
+from deep.measure import measure
+from deep.step import batch_stats_only, flat_model
 from deep.models import MODEL_NAMES, build_model
 from deep.models.common import ACTIVATIONS
 from gamma_theory import PathRecorder
 from gamma_theory.flat import FlatParams
 from gamma_theory.optimizers import make_optimizer
 from strict_graphs import OpLog, StrictBackend, flagged
-from test_graphs import FakeBackend, _assert_same_trace
+from test_graphs import FakeBackend, StandIn, _assert_same_trace
 from test_measure import TinyCNN, run, tiny_data
 
-measure_mod = importlib.import_module("deep.measure")
 
 
 @pytest.fixture
 def strict_graphs(monkeypatch):
-    """measure(cuda_graphs=True) on the CPU with the strict backend (and Adam's capturable mode
-    allowed on the CPU, as torch allows it on CUDA)."""
-    made = []
-
-    def make(device, enabled):
-        b = StrictBackend() if enabled else None
-        if b is not None:
-            made.append(b)
-        return StepGraphs(device, enabled, backend=b)
-
-    monkeypatch.setattr(measure_mod, "StepGraphs", make)
-    monkeypatch.setattr(measure_mod, "_CAPTURE_DEVICES", ("cuda", "cpu"))
+    """A ``graphs_backend`` for measure(cuda_graphs=True) on the CPU: the strict stand-in, one per
+    pass that asks for graphs (kept in ``.made``), and Adam's capturable mode allowed on the CPU,
+    as torch allows it on CUDA."""
     adam = importlib.import_module("torch.optim.adam")
     supported = adam._get_capturable_supported_devices
     monkeypatch.setattr(adam, "_get_capturable_supported_devices", lambda *a, **k: [*supported(*a, **k), "cpu"])
-    return made
+    return StandIn(StrictBackend)
 
 
 # -- the stand-in's own semantics ------------------------------------------------------------------
@@ -131,12 +122,12 @@ def test_a_strict_capture_runs_nothing_and_replays_without_python():
 @pytest.mark.parametrize("opt", ["sgd", "momentum"])
 def test_a_run_with_strict_graphs_gives_the_eager_trace_bit_for_bit(tmp_path, strict_graphs, opt):
     eager = run(tmp_path / "eager", opt=opt, epochs=6, cuda_graphs=False)
-    graphed = run(tmp_path / "graphs", opt=opt, epochs=6, cuda_graphs=True)
+    graphed = run(tmp_path / "graphs", opt=opt, epochs=6, cuda_graphs=True, graphs_backend=strict_graphs)
     _assert_same_trace(eager, graphed)
     for p in ("pass1", "pass2"):
         sp = graphed.trace.meta[p]["step_path"]
         assert sp["path"] == "cuda-graphs" and sp["replayed_steps"] > 0 and sp["fallback"] is None, (p, sp)
-    assert len(strict_graphs) == 2
+    assert len(strict_graphs.made) == 2
 
 
 def _capturable_adam(p, lr):
@@ -151,7 +142,7 @@ def test_capturable_adam_with_strict_graphs_equals_capturable_adam_without(tmp_p
     eager = measure(TinyCNN, lambda p: _capturable_adam(p, 0.01), tiny_data(), workdir=tmp_path / "e",
                     cuda_graphs=False, **kw)
     graphed = measure(TinyCNN, lambda p: make_optimizer("adam", p, 0.01), tiny_data(), workdir=tmp_path / "g",
-                      cuda_graphs=True, **kw)
+                      cuda_graphs=True, graphs_backend=strict_graphs, **kw)
     _assert_same_trace(eager, graphed)
     assert graphed.trace.meta["pass2"]["step_path"]["path"] == "cuda-graphs"
 

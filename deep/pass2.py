@@ -1,0 +1,215 @@
+"""Pass 2: replay pass 1's steps and record every column of the trace against every theta*
+(:mod:`deep.stars`), checking the replay bit for bit at every checkpoint and at the end; then
+the checks a finished trace must pass before it is saved (:func:`finish`).
+
+The replay runs pass 1's own step (:func:`deep.step.make_step`) with a :class:`StarRecording`
+around it: the forwards at the theta* still judged on the same batch (training mode, batch
+statistics, running statistics untouched) and the recorder's device half, all in one step
+function, so one CUDA graph per batch size and number of active theta*.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from gamma_theory import PathRecorder, Trace, TraceError, recording_identity
+from gamma_theory.recorder import BASE, PER_STAR, trace_from_rows
+
+from .context import RunContext
+from .env import environment, environment_mismatch
+from .errors import EnvironmentMismatch, RecordingError, ReplayMismatch
+from .folder import IDENTITY_RTOL, MeasuredRun
+from .graphs import invocation, merged_step_path
+from .state import load_state, remove_state
+from .stars import load_stars, star_sources
+from .step import batch_stats_only, make_step
+
+
+class StarRecording:
+    """What pass 2 adds around the training step: the losses at the first ``active`` theta*
+    (``stars``) on the step's batch, the gradient's capture, and the recorder's row as output."""
+
+    def __init__(self, rec: PathRecorder, stars: list[torch.nn.Module], loss_fn, record_grad: bool):
+        self.rec, self.stars, self.loss_fn, self.record_grad = rec, stars, loss_fn, record_grad
+
+    def at_forward(self, x, y):
+        with torch.no_grad():
+            return [self.loss_fn(m(x), y) for m in self.stars]
+
+    def at_gradient(self) -> None:
+        if self.record_grad:
+            self.rec.capture_grad()
+
+    def output(self, loss, loss_star):
+        return self.rec.row(loss, loss_star)
+
+
+def params_equal(model: torch.nn.Module, ref: dict | torch.nn.Module) -> tuple[bool, float]:
+    """Whether ``model``'s parameters equal ``ref``'s (a model, or a state dict) bit for bit, and
+    the largest deviation when they do not."""
+    names = [n for n, _ in model.named_parameters()]
+    mine = [p.detach() for _, p in model.named_parameters()]
+    if isinstance(ref, torch.nn.Module):
+        theirs = [p.detach() for p in ref.parameters()]
+    else:
+        theirs = [ref[n].to(mine[0].device) for n in names]
+    if all(torch.equal(x, y) for x, y in zip(mine, theirs)):
+        return True, 0.0
+    return False, max(float((x.double() - y.double()).abs().max()) if x.numel() else 0.0 for x, y in zip(mine, theirs))
+
+
+def pass2(ctx: RunContext, p1: dict, p1b: dict | None) -> dict[str, Trace] | None:
+    """Replay and record; returns the traces against every theta* (None if there is nothing to
+    measure), the real theta*'s under the name ``"theta*"``."""
+    epochs = p1["epochs"]
+    if epochs == 0:
+        return None
+    folder, setup, extras, device = ctx.folder, ctx.setup, ctx.extras, ctx.device
+    env = environment(device)
+    why = environment_mismatch(folder.path, p1["env"], env)
+    if why:
+        raise EnvironmentMismatch(why)
+    sources = star_sources(folder, setup, extras, p1, p1b)
+    models, star_rows, dist0_sq = load_stars(sources, ctx.fresh_model, folder.theta0, device)
+
+    width = BASE + PER_STAR * len(sources)
+    prior, prior_step, prior_epoch, start, wall_before, before = folder.load_partial(p1, width, ctx.lr, dist0_sq[0])
+    t = ctx.resume(folder.checkpoint(start))
+    rec = PathRecorder(t.flat, star_rows, ctx.lr, dist0_sq=dist0_sq,
+                       first_step=len(prior) if prior is not None else 0, until=[s.until for s in sources],
+                       record_grad=extras.record_grad)
+
+    def all_rows():
+        rows, step, epoch = rec.rows()
+        if prior is None:
+            return rows, step, epoch
+        return np.concatenate([prior, rows]), np.concatenate([prior_step, step]), np.concatenate([prior_epoch, epoch])
+
+    graphs = ctx.step_graphs()
+    step_fns: dict[int, Callable] = {}  # per number of active theta*: one function, so one CUDA graph
+    t0, ran = time.perf_counter(), 0
+
+    def invocations(elapsed: float) -> list[dict]:  # the earlier invocations' kept parts, and this one's
+        return before + [invocation(ran, elapsed, graphs)]
+
+    last_verified = start
+    with contextlib.ExitStack() as stack:
+        for m in models:
+            stack.enter_context(batch_stats_only(m))
+        for epoch in ctx.bar(range(start, epochs), "pass 2", start, epochs):
+            t.model.train()
+            for idx in t.sampler.next_epoch(device):
+                active = rec.n_active()
+                if active not in step_fns:
+                    step_fns[active] = make_step(t.model, t.opt, ctx.data, ctx.loss_fn, t.flat,
+                                                 StarRecording(rec, models[:active], ctx.loss_fn, extras.record_grad))
+                (row,) = graphs.run(("replay", len(idx), active), step_fns[active], idx)
+                rec.push(row.clone() if graphs.requested else row, epoch)  # a graph's row is overwritten
+                ran += 1
+            rec.flush()
+            t.flat.check()  # nothing moved the parameters out of the buffer the recorder reads
+            ck = folder.checkpoint(epoch + 1)
+            if ck.exists():
+                ok, dev = params_equal(t.model, load_state(ck, "cpu", mmap=True)["model"])
+                if not ok:
+                    raise ReplayMismatch(
+                        f"{folder.path}: pass 2 left pass 1 at epoch {epoch + 1}: largest parameter deviation "
+                        f"{dev:.3e}. The training is not deterministic here (an op without a deterministic "
+                        "kernel, or a different device/library"
+                        + (", or a CUDA graph replay that differs from the eager step: measure with "
+                           "--no-cuda-graphs" if graphs.requested else "")
+                        + "); delete the folder to start over."
+                    )
+                elapsed = time.perf_counter() - t0
+                folder.save_partial(*all_rows(), epoch + 1, wall_before + elapsed, invocations(elapsed))
+                if not ctx.keep_checkpoints and last_verified != epoch + 1:
+                    remove_state(folder.checkpoint(last_verified))
+                last_verified = epoch + 1
+    ok, dev = params_equal(t.model, models[0])
+    if not ok:
+        raise ReplayMismatch(f"{folder.path}: pass 2 ended {dev:.3e} away from theta* (largest parameter deviation)")
+    elapsed = time.perf_counter() - t0
+    wall, runs = wall_before + elapsed, invocations(elapsed)
+    rows, step, epoch = all_rows()
+    traces = {}
+    for j, src in enumerate(sources):
+        meta = {"theta_star": src.what}
+        if src.source() is not None:
+            meta["source"] = src.source()
+        traces[src.name] = trace_from_rows(rows, step, epoch, j, ctx.lr, dist0_sq[j], src.until, extras.record_grad,
+                                           meta)
+    trace = traces["theta*"]
+    trace.meta.update({
+        "status": "diverged" if p1["diverged"] else "ok",
+        "diverged": p1["diverged"],
+        "setup": setup,
+        "steps_per_epoch": math.ceil(setup["n_train"] / setup["batch_size"]),
+        "epochs_measured": epochs,
+        "theta_star_eval": p1.get("theta_star_eval"),
+        "theta_star_extended": p1b,
+        "replay_verified": {"checkpoints": "bitwise equal", "final": "bitwise equal to theta*"},
+        "env": env,
+        "pass1": {k: p1.get(k) for k in ("wall_s", "ms_per_step", "steps", "step_path", "invocations")},
+        "pass2": {"wall_s": wall, "ms_per_step": 1e3 * wall / len(trace), "theta_stars": len(sources),
+                  "record_grad": extras.record_grad, "flat_params": True, "record_chunk": rec.chunk,
+                  "step_path": merged_step_path(runs), "invocations": runs},
+        "num_params": sum(p.numel() for p in models[0].parameters()),
+    })
+    return traces
+
+
+def finish(ctx: RunContext, p1: dict, traces: dict[str, Trace] | None) -> MeasuredRun:
+    """Check the recorded traces and save them (the companions first: the main trace's sidecar,
+    which marks the run finished, lists their digests); a path that cannot be judged is filed as
+    diverged. :class:`RecordingError` when a trace fails its own checks (nothing is saved)."""
+    folder, meta = ctx.folder, ctx.meta
+    if traces is None:
+        return folder.save_no_trace(p1["diverged"], ctx.setup, p1, meta)
+    trace = traces.pop("theta*")
+    trace.meta.update(meta or {})
+    try:
+        trace.validate(str(folder.path))
+    except ValueError as exc:  # e.g. an infinite loss at theta* on some batch
+        reason = f"the measured path cannot be judged: {exc}"
+        diverged = p1["diverged"] or {"epoch": int(trace.epoch[-1]), "step": len(trace) - 1}
+        diverged = {**diverged, "reason": f"{diverged.get('reason', '')}; {reason}".lstrip("; ")}
+        return folder.save_no_trace(diverged, ctx.setup, p1, meta)
+    check_complete(trace, p1["epoch_steps"], folder.path)
+    companions = {}
+    for name, tr in traces.items():
+        try:
+            tr.validate(f"{folder.path}: {name}")
+        except TraceError as exc:  # e.g. an infinite loss at a random theta*: said, not judged
+            companions[name] = {"theta_star": tr.meta["theta_star"], "unjudged": str(exc)}
+            continue
+        check_complete(tr, p1["epoch_steps"][:len(np.unique(tr.epoch))], folder.path)
+        companions[name] = folder.save_companion(name, tr)
+    trace.meta["companions"] = {k: v for k, v in companions.items() if "file" in v}
+    trace.meta["companions_unjudged"] = {k: v for k, v in companions.items() if "file" not in v}
+    run = folder.save_trace(trace)
+    if not ctx.keep_checkpoints:
+        folder.drop_progress()
+    return run
+
+
+def check_complete(trace: Trace, lengths: list[int], where) -> None:
+    """One row per step of pass 1 (epochs of ``lengths`` steps), in order, and the recording
+    identity: or no trace is saved (:class:`RecordingError`)."""
+    want_epoch = np.repeat(np.arange(len(lengths)), lengths)
+    if len(trace) != int(sum(lengths)) or not np.array_equal(trace.epoch, want_epoch) \
+            or not np.array_equal(trace.step, np.arange(len(trace))):
+        raise RecordingError(f"{where}: the recorded trace has {len(trace)} rows, not the {sum(lengths)} steps "
+                             "of pass 1 in order; delete the folder and run again")
+    ident = recording_identity(trace, IDENTITY_RTOL)
+    if not ident.holds:
+        raise RecordingError(f"{where}: the recorded trace breaks the recording identity (relative residual "
+                             f"{ident.max_rel_residual:.3g} at step {ident.worst_step}); it is not saved")
+
+
+__all__ = ["StarRecording", "check_complete", "finish", "params_equal", "pass2"]
