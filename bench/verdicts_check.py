@@ -104,7 +104,9 @@ def main(argv=None) -> int:
     from validation.report_md import render_markdown
 
     reports = ROOT / "reports"
-    folders = args.folders or sorted(p.name for p in reports.iterdir() if (p / "runs").is_dir())
+    # a suite folder without a report.json is a measurement under way: nothing committed to compare
+    folders = args.folders or sorted(p.name for p in reports.iterdir()
+                                     if (p / "runs").is_dir() and (p / "report.json").is_file())
     tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="verdicts-"))
     total_fail = total_change = 0
     rebuilt: dict[str, dict] = {}
