@@ -1,5 +1,9 @@
 """CIFAR data for the deep-network experiments: loading, subsets, on-device batches, sampling.
 
+(Over 400 lines on purpose: the three on-disk formats, the safe unpickler, the JPEG cache and the
+sampler are one contract, where the pixels come from and in which order they are drawn; split, each
+piece would have to re-state it.)
+
 Design
 ------
 * **Loading** (:func:`load_split`) returns a :class:`Split`: the whole split as one

@@ -1,5 +1,8 @@
 """Executors: who measures the tasks of a queue (:class:`deep.runner.RunTask`), and where.
 
+(About 440 lines: three executors, one class each, sharing the worker protocol and the watch of
+their processes that sits here.)
+
 * ``local`` with ``--jobs N``: N worker processes on this machine (``python -m deep.executors -``),
   pinned round-robin to the GPUs (``CUDA_VISIBLE_DEVICES``), or sharing the CPU's threads. Each
   reads its queue from its stdin, whose other end the parent holds: no queue file is written

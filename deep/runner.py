@@ -1,5 +1,8 @@
 """Run a suite: load the data once, measure every run (skipping finished ones), keep a manifest.
 
+(About 440 lines: the manifest and its locks are the suite folder's crash-safety contract, kept
+beside the queue that writes it.)
+
 Data flows one way: this module produces traces; the command line (validation/cli.py) turns
 them into verdicts and reports. Nothing here imports ``validation``.
 

@@ -1,5 +1,8 @@
 """Files that are whole or absent: atomic writes, unique temporary names, digests.
 
+(Over 400 lines on purpose: the atomic writer, the confinement checks and the validating JSON
+reader are the one place of what a file on disk may be; every writer and reader goes through it.)
+
 Every file gpcheck writes goes through :func:`write_bytes`: the bytes go to a temporary file
 with a name no other writer can pick (``.NAME.<pid>@<host>.<random>.tmp`` in the same folder),
 are flushed and fsynced, the file is renamed over ``NAME`` and the folder is fsynced. A reader

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .optimizers import OPTIMIZERS, make_optimizer  # noqa: F401  (OPTIMIZERS re-exported for the ladder)
+from .optimizers import REGISTRY, make_optimizer, optimizer_names  # noqa: F401  (optimizer_names: for the ladder)
 from .recorder import trace_from_iterates
 from .trace import Trace
 
@@ -41,11 +41,17 @@ class Problem:
     n: int
     batch_size: int
     epochs: int
-    lr: dict[str, float]  #: learning rate per optimizer
+    #: the problem's two learning rates, by the kind an optimizer takes (gamma_theory.optimizers.RATES)
+    rates: dict[str, float]
     sample_loss: SampleLoss
     #: the exact global minimizer nearest a point, or None (then theta* = last iterate)
     nearest_minimizer: Callable[[np.ndarray], np.ndarray] | None = None
     data: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def lr(self) -> dict[str, float]:
+        """The learning rate of every registered optimizer on this problem."""
+        return {name: self.rates[o.rate] for name, o in REGISTRY.items()}
 
     @property
     def theta_star_rule(self) -> str:
@@ -142,7 +148,7 @@ def least_squares(n: int = 40, d: int = 120, batch_size: int = 4, epochs: int = 
         n=n,
         batch_size=batch_size,
         epochs=epochs,
-        lr={"sgd": lr_scale / L, "momentum": lr_scale / L, "adam": 0.01},
+        rates={"gradient": lr_scale / L, "adaptive": 0.01},
         sample_loss=sample_loss,
         nearest_minimizer=nearest,
         data={"X": X, "y": y, "L": np.float64(L)},
@@ -202,7 +208,7 @@ def phase_retrieval(n: int = 120, d: int = 16, batch_size: int = 8, epochs: int 
         n=n,
         batch_size=batch_size,
         epochs=epochs,
-        lr={"sgd": lr, "momentum": lr, "adam": 0.01},
+        rates={"gradient": lr, "adaptive": 0.01},
         sample_loss=sample_loss,
         nearest_minimizer=nearest,
         data={"A": A, "x": x, "y": y},
@@ -241,7 +247,7 @@ def mlp(activation: str = "relu", n: int = 16, d_in: int = 8, width: int = 128, 
         n=n,
         batch_size=batch_size,
         epochs=epochs,
-        lr={"sgd": 0.05, "momentum": 0.05, "adam": 0.002},
+        rates={"gradient": 0.05, "adaptive": 0.002},
         sample_loss=sample_loss,
     )
 

@@ -41,8 +41,8 @@ def test_report_json_structure(ladder_out):
         assert report["environment"][key]
     rungs = P.ladder(0)
     assert [(r["rung"], r["optimizer"]) for r in report["runs"]] == [
-        (p.name, o) for p in rungs for o in P.OPTIMIZERS]
-    assert report["n_runs"] == len(rungs) * len(P.OPTIMIZERS)
+        (p.name, o) for p in rungs for o in P.optimizer_names()]
+    assert report["n_runs"] == len(rungs) * len(P.optimizer_names())
     by_name = {p.name: p for p in rungs}
     for r in report["runs"]:
         p = by_name[r["rung"]]

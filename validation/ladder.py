@@ -1,7 +1,7 @@
 """``gpcheck ladder``: every rung of the problem ladder with every optimizer, judged and reported.
 
 A rung is a problem of :func:`gamma_theory.problems.ladder` (least squares, phase retrieval, small
-wide MLPs); each is trained with every optimizer of :data:`gamma_theory.problems.OPTIMIZERS`, the
+wide MLPs); each is trained with every optimizer of :func:`gamma_theory.optimizers.optimizer_names`, the
 exact trace is checked by :func:`gamma_theory.check_trace`, and the results are written as
 
 * ``OUT/traces/<rung>-<optimizer>.npz`` (+ ``.json`` metadata), so anyone can re-check them;
@@ -123,7 +123,7 @@ def _run_ladder(out_dir: str, seed: int, progress: bool) -> dict:
     trace_dir.mkdir(parents=True, exist_ok=True)
 
     rungs = P.ladder(seed)
-    jobs = [(p, o) for p in rungs for o in P.OPTIMIZERS]
+    jobs = [(p, o) for p in rungs for o in P.optimizer_names()]
     runs: list[dict] = []
     columns: dict[str, dict[str, Trace]] = {p.name: {} for p in rungs}
     show = progress and sys.stderr.isatty()
