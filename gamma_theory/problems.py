@@ -76,23 +76,37 @@ class PathResult:
     theta_star: np.ndarray
 
 
-def run_path(problem: Problem, optimizer: str, seed: int = 0, lr: float | None = None) -> PathResult:
-    """Train ``problem`` with ``optimizer``, keep every iterate, return the exact trace."""
-    lr = problem.lr[optimizer] if lr is None else float(lr)
+def run_path(problem: Problem, optimizer: str, seed: int = 0, lr: float | None = None,
+             eta: np.ndarray | None = None) -> PathResult:
+    """Train ``problem`` with ``optimizer``, keep every iterate, return the exact trace.
+
+    ``eta``: a learning-rate schedule, one rate per step (the trace gets its ``eta`` column;
+    ``lr`` is then the base rate the trace records, default ``eta[0]``)."""
+    batches = cyclic_batches(problem.n, problem.batch_size, problem.epochs, seed)
+    if eta is not None:
+        eta = np.asarray(eta, dtype=np.float64).reshape(-1)
+        if len(eta) != len(batches):
+            raise ValueError(f"the schedule has {len(eta)} rates for {len(batches)} steps")
+        if not (np.isfinite(eta).all() and (eta > 0).all()):
+            raise ValueError("every eta_k must be a positive number")
+    lr = (problem.lr[optimizer] if eta is None else float(eta[0])) if lr is None else float(lr)
     theta = torch.nn.Parameter(torch.tensor(problem.theta0, dtype=torch.float64))
     opt = make_optimizer(optimizer, [theta], lr)
-    batches = cyclic_batches(problem.n, problem.batch_size, problem.epochs, seed)
     thetas = np.empty((len(batches) + 1, theta.numel()))
     thetas[0] = problem.theta0
     grads = np.empty((len(batches), theta.numel()))  # g_k, after backward and before the step
     for k, (_, idx) in enumerate(batches):
+        if eta is not None:
+            for group in opt.param_groups:
+                group["lr"] = float(eta[k])
         opt.zero_grad(set_to_none=True)
         problem.sample_loss(theta, torch.from_numpy(idx)).mean().backward()
         grads[k] = theta.grad.detach().numpy()
         opt.step()
         thetas[k + 1] = theta.detach().numpy()
     if not np.isfinite(thetas[-1]).all():
-        raise FloatingPointError(f"{problem.name}/{optimizer}: the path diverged (lr={lr})")
+        raise FloatingPointError(f"{problem.name}/{optimizer}: the path diverged "
+                                 + (f"(lr={lr})" if eta is None else "under the schedule"))
     star = thetas[-1] if problem.nearest_minimizer is None else problem.nearest_minimizer(thetas[-1])
 
     # Losses at theta_k and theta* on each step's batch, evaluated once afterwards (float64).
@@ -107,6 +121,7 @@ def run_path(problem: Problem, optimizer: str, seed: int = 0, lr: float | None =
     sample_gap_max = np.array([sample_gap[epoch == e].max() for e in range(problem.epochs)])
     trace = trace_from_iterates(
         thetas, loss, loss_star, lr, epoch=epoch, theta_star=star, sample_gap_max=sample_gap_max, grads=grads,
+        eta=eta,
         meta={
             "problem": problem.name,
             "description": problem.description,
@@ -119,6 +134,7 @@ def run_path(problem: Problem, optimizer: str, seed: int = 0, lr: float | None =
             "seed": seed,
             "theta_star": problem.theta_star_rule,
             "steps_per_epoch": int(np.ceil(problem.n / problem.batch_size)),
+            **({"schedule": "per-step eta column"} if eta is not None else {}),
         },
     )
     return PathResult(trace=trace, thetas=thetas, batches=batches, theta_star=star)

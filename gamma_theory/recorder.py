@@ -326,36 +326,10 @@ def trace_from_iterates(
         eta = np.asarray(eta, dtype=np.float64).reshape(-1)
         if (eta == float(lr)).all():
             eta = None
-    if eta is not None:
-        return _trace_from_iterates_scheduled(thetas, loss, loss_star, lr, epoch, theta_star, sample_gap_max,
-                                              grads, meta, eta)
     thetas = np.asarray(thetas, dtype=np.float64)
-    star = thetas[-1] if theta_star is None else np.asarray(theta_star, dtype=np.float64)
-    a = thetas[:-1] - star
-    delta = thetas[:-1] - thetas[1:]
-    g = None if grads is None else np.asarray(grads, dtype=np.float64)
-    return Trace(
-        loss=loss,
-        loss_star=loss_star,
-        inner=np.einsum("kd,kd->k", a, delta) / lr,
-        update_sq=np.einsum("kd,kd->k", delta, delta) / lr**2,
-        dist_sq=np.einsum("kd,kd->k", a, a),
-        lr=lr,
-        dist0_sq=float(np.dot(thetas[0] - star, thetas[0] - star)),
-        epoch=epoch,
-        sample_gap_max=sample_gap_max,
-        grad_inner=None if g is None else np.einsum("kd,kd->k", g, a),
-        grad_sq=None if g is None else np.einsum("kd,kd->k", g, g),
-        meta=dict(meta or {}),
-    )
-
-
-def _trace_from_iterates_scheduled(thetas, loss, loss_star, lr, epoch, theta_star, sample_gap_max, grads, meta,
-                                   eta: np.ndarray) -> Trace:
-    """:func:`trace_from_iterates` with ``eta_k`` per step (the same float64 brute force)."""
-    thetas = np.asarray(thetas, dtype=np.float64)
-    if len(eta) != len(thetas) - 1:
+    if eta is not None and len(eta) != len(thetas) - 1:
         raise ValueError(f"eta has {len(eta)} entries for {len(thetas) - 1} steps")
+    rate = lr if eta is None else eta  # the constant lr: the same operations, so the same bits, as before
     star = thetas[-1] if theta_star is None else np.asarray(theta_star, dtype=np.float64)
     a = thetas[:-1] - star
     delta = thetas[:-1] - thetas[1:]
@@ -363,8 +337,8 @@ def _trace_from_iterates_scheduled(thetas, loss, loss_star, lr, epoch, theta_sta
     return Trace(
         loss=loss,
         loss_star=loss_star,
-        inner=np.einsum("kd,kd->k", a, delta) / eta,
-        update_sq=np.einsum("kd,kd->k", delta, delta) / eta**2,
+        inner=np.einsum("kd,kd->k", a, delta) / rate,
+        update_sq=np.einsum("kd,kd->k", delta, delta) / rate**2,
         dist_sq=np.einsum("kd,kd->k", a, a),
         lr=lr,
         dist0_sq=float(np.dot(thetas[0] - star, thetas[0] - star)),
@@ -372,6 +346,8 @@ def _trace_from_iterates_scheduled(thetas, loss, loss_star, lr, epoch, theta_sta
         sample_gap_max=sample_gap_max,
         grad_inner=None if g is None else np.einsum("kd,kd->k", g, a),
         grad_sq=None if g is None else np.einsum("kd,kd->k", g, g),
-        eta=eta,
         meta=dict(meta or {}),
+        **({} if eta is None else {"eta": eta}),
     )
+
+

@@ -23,11 +23,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
-from .optimizers import make_optimizer
-from .problems import PathResult, Problem, cyclic_batches
-from .recorder import trace_from_iterates
+from .problems import PathResult, Problem, run_path
 
 
 def constant(lr: float, steps: int) -> np.ndarray:
@@ -67,47 +64,7 @@ def run_scheduled_path(problem: Problem, optimizer: str, eta: np.ndarray, seed: 
     """Train ``problem`` with ``optimizer`` under the schedule ``eta`` (one rate per step: the
     problem's ``epochs`` times its batches per epoch), keep every iterate, return the exact trace
     (with its ``eta`` column). ``lr``: the base rate the trace records (default ``eta[0]``)."""
-    batches = cyclic_batches(problem.n, problem.batch_size, problem.epochs, seed)
-    eta = np.asarray(eta, dtype=np.float64).reshape(-1)
-    if len(eta) != len(batches):
-        raise ValueError(f"the schedule has {len(eta)} rates for {len(batches)} steps")
-    if not (np.isfinite(eta).all() and (eta > 0).all()):
-        raise ValueError("every eta_k must be a positive number")
-    base = float(eta[0]) if lr is None else float(lr)
-    theta = torch.nn.Parameter(torch.tensor(problem.theta0, dtype=torch.float64))
-    opt = make_optimizer(optimizer, [theta], base)
-    thetas = np.empty((len(batches) + 1, theta.numel()))
-    thetas[0] = problem.theta0
-    grads = np.empty((len(batches), theta.numel()))
-    for k, (_, idx) in enumerate(batches):
-        for group in opt.param_groups:
-            group["lr"] = float(eta[k])
-        opt.zero_grad(set_to_none=True)
-        problem.sample_loss(theta, torch.from_numpy(idx)).mean().backward()
-        grads[k] = theta.grad.detach().numpy()
-        opt.step()
-        thetas[k + 1] = theta.detach().numpy()
-    if not np.isfinite(thetas[-1]).all():
-        raise FloatingPointError(f"{problem.name}/{optimizer}: the path diverged under the schedule")
-    star = thetas[-1] if problem.nearest_minimizer is None else problem.nearest_minimizer(thetas[-1])
-    with torch.no_grad():
-        star_t = torch.from_numpy(star)
-        per_k = [problem.sample_loss(torch.from_numpy(thetas[k]), torch.from_numpy(idx))
-                 for k, (_, idx) in enumerate(batches)]
-        per_star = [problem.sample_loss(star_t, torch.from_numpy(idx)) for _, idx in batches]
-    loss = np.array([v.mean().item() for v in per_k])
-    loss_star = np.array([v.mean().item() for v in per_star])
-    epoch = np.array([e for e, _ in batches])
-    sample_gap = np.array([(a - b).max().item() for a, b in zip(per_k, per_star)])
-    sample_gap_max = np.array([sample_gap[epoch == e].max() for e in range(problem.epochs)])
-    trace = trace_from_iterates(
-        thetas, loss, loss_star, base, epoch=epoch, theta_star=star, sample_gap_max=sample_gap_max, grads=grads,
-        eta=eta,
-        meta={"problem": problem.name, "optimizer": optimizer, "lr": base, "schedule": "per-step eta column",
-              "batch_size": problem.batch_size, "epochs": problem.epochs, "n": problem.n, "seed": seed,
-              "theta_star": problem.theta_star_rule},
-    )
-    return PathResult(trace=trace, thetas=thetas, batches=batches, theta_star=star)
+    return run_path(problem, optimizer, seed, lr, eta=eta)
 
 
 def ls_closed_form_gamma_scheduled(X: np.ndarray, y: np.ndarray, thetas: np.ndarray, batches,
