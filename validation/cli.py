@@ -1,5 +1,8 @@
 """The ``gpcheck`` command.
 
+(About 415 lines: one short function per subcommand besides ``deep``, which lives in
+:mod:`validation.cli_deep`; splitting further would scatter the exit-status contract below.)
+
 Every command is a plain function registered with ``@main.command()``. Errors are one line,
 ``gpcheck: error: <message>``, on stderr, never a traceback. Exit statuses:
 
