@@ -39,7 +39,7 @@ def test_suites_match_the_paper():
 def test_unknown_names_list_the_choices():
     with pytest.raises(ValueError, match="activation, bn, skip, optimizer"):
         get_suite("dropout")
-    with pytest.raises(ValueError, match="paper, lite, cpu, long, smoke"):
+    with pytest.raises(ValueError, match="paper, lite, cpu, long, rate, smoke"):
         get_suite("bn", "huge")
 
 
