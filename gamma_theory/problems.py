@@ -184,16 +184,18 @@ def ls_batch_smoothness(X: np.ndarray, batches: list[tuple[int, np.ndarray]]) ->
     return max(float(np.linalg.eigvalsh(X[idx] @ X[idx].T)[-1]) / len(idx) for _, idx in batches)
 
 
-def ls_closed_form_gamma(X: np.ndarray, y: np.ndarray, thetas: np.ndarray, batches, lr: float,
+def ls_closed_form_gamma(X: np.ndarray, y: np.ndarray, thetas: np.ndarray, batches, lr: float | np.ndarray,
                          dist0_sq: float) -> np.ndarray:
-    """The closed-form per-step gamma of SGD on least squares, from the iterates alone."""
+    """The closed-form per-step gamma of SGD on least squares, from the iterates alone; ``lr``: the
+    constant rate, or one rate per step (a schedule)."""
+    rates = np.broadcast_to(np.asarray(lr, dtype=np.float64), (len(batches),))
     out = np.empty(len(batches))
     for k, (_, idx) in enumerate(batches):
         r = X[idx] @ thetas[k] - y[idx]
         b = len(idx)
         loss = 0.5 * np.dot(r, r) / b
         grad = X[idx].T @ r / b
-        out[k] = (2.0 - lr * np.dot(grad, grad) / (2.0 * loss)) / dist0_sq
+        out[k] = (2.0 - rates[k] * np.dot(grad, grad) / (2.0 * loss)) / dist0_sq
     return out
 
 

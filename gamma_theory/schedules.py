@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from .problems import PathResult, Problem, run_path
+from .problems import PathResult, Problem, ls_closed_form_gamma, run_path
 
 
 def constant(lr: float, steps: int) -> np.ndarray:
@@ -71,11 +71,4 @@ def ls_closed_form_gamma_scheduled(X: np.ndarray, y: np.ndarray, thetas: np.ndar
                                    eta: np.ndarray, dist0_sq: float) -> np.ndarray:
     """The closed-form per-step gamma of scheduled SGD on least squares, from the iterates alone:
     ``gamma_k = (2 - eta_k ||g_k||^2 / (2 loss_k)) / dist0_sq`` (module docstring)."""
-    out = np.empty(len(batches))
-    for k, (_, idx) in enumerate(batches):
-        r = X[idx] @ thetas[k] - y[idx]
-        b = len(idx)
-        loss = 0.5 * np.dot(r, r) / b
-        grad = X[idx].T @ r / b
-        out[k] = (2.0 - eta[k] * np.dot(grad, grad) / (2.0 * loss)) / dist0_sq
-    return out
+    return ls_closed_form_gamma(X, y, thetas, batches, np.asarray(eta, dtype=np.float64), dist0_sq)
