@@ -74,6 +74,23 @@ class StarRecording:
         return self.rec.row(loss, loss_star, self.eta)
 
 
+def likely_cause(random: bool, graphs: bool) -> str:
+    """Why a replay can leave pass 1's path, most likely first."""
+    causes = []
+    if random:
+        causes.append("the step draws random numbers (pass 1 saw torch's generator advance), and some come from a "
+                      "generator gpcheck does not save and replay: numpy's or Python's random, a torch.Generator of "
+                      "the model's or loss's own, DataLoader workers; draw them from torch's default generator")
+    else:
+        causes.append("the step depends on something besides the parameters, the optimizer, the batch and torch's "
+                      "generator (a generator of its own, numpy's or Python's random, a counter or cache kept in the "
+                      "model or the loss)")
+    causes.append("an op without a deterministic kernel, or a different device or library version")
+    if graphs:
+        causes.append("a CUDA graph replay that differs from the eager step: measure with --no-cuda-graphs")
+    return "The training is not reproducible here; likely: " + "; or ".join(causes)
+
+
 def params_equal(model: torch.nn.Module, ref: dict | torch.nn.Module) -> tuple[bool, float]:
     """Whether ``model``'s parameters equal ``ref``'s (a model, or a state dict) bit for bit, and
     the largest deviation when they do not."""
@@ -156,14 +173,9 @@ def pass2(ctx: RunContext, p1: dict, p1b: dict | None) -> dict[str, Trace] | Non
             if ck.exists():
                 ok, dev = params_equal(t.model, load_state(ck, "cpu", mmap=True)["model"])
                 if not ok:
-                    raise ReplayMismatch(
-                        f"{folder.path}: pass 2 left pass 1 at epoch {epoch + 1}: largest parameter deviation "
-                        f"{dev:.3e}. The training is not deterministic here (an op without a deterministic "
-                        "kernel, or a different device/library"
-                        + (", or a CUDA graph replay that differs from the eager step: measure with "
-                           "--no-cuda-graphs" if graphs.requested else "")
-                        + "); delete the folder to start over."
-                    )
+                    raise ReplayMismatch(f"{folder.path}: pass 2 left pass 1 at epoch {epoch + 1}: largest parameter "
+                                         f"deviation {dev:.3e}. {likely_cause(random, graphs.requested)}; delete "
+                                         "the folder to start over.")
                 elapsed = time.perf_counter() - t0
                 folder.save_partial(*all_rows(), epoch + 1, wall_before + elapsed, invocations(elapsed))
                 if not ctx.keep_checkpoints and last_verified != epoch + 1:
@@ -171,7 +183,8 @@ def pass2(ctx: RunContext, p1: dict, p1b: dict | None) -> dict[str, Trace] | Non
                 last_verified = epoch + 1
     ok, dev = params_equal(t.model, models[0])
     if not ok:
-        raise ReplayMismatch(f"{folder.path}: pass 2 ended {dev:.3e} away from theta* (largest parameter deviation)")
+        raise ReplayMismatch(f"{folder.path}: pass 2 ended {dev:.3e} away from theta* (largest parameter deviation). "
+                             f"{likely_cause(random, graphs.requested)}; delete the folder to start over.")
     elapsed = time.perf_counter() - t0
     wall, runs = wall_before + elapsed, invocations(elapsed)
     rows, step, epoch, eta = all_rows()

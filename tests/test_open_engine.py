@@ -269,3 +269,19 @@ def test_accumulation_gives_the_whole_batch_loss_and_clipping_bounds_the_gradien
                    grad_clip=0.05)
     assert (clip.trace.grad_sq <= 0.05**2 * (1 + 1e-5)).all()  # g_k: the clipped gradient the optimizer took
     assert (one.trace.grad_sq > 0.05**2).any()
+
+
+class NumpyNoise(TokenNet):
+    """Noise from numpy's global generator, which gpcheck neither saves nor replays."""
+
+    def forward(self, x):
+        return super().forward(x) + torch.from_numpy(np.random.standard_normal(C).astype(np.float32))
+
+
+def test_a_step_that_cannot_be_replayed_names_the_likely_cause(tmp_path):
+    from deep.errors import ReplayMismatch
+
+    with pytest.raises(ReplayMismatch, match="numpy's or Python's random") as exc:
+        measure(NumpyNoise, lambda p: torch.optim.SGD(p, lr=0.2), TensorData(*tokens()), lr=0.2, epochs=2,
+                batch_size=16, workdir=tmp_path / "r", progress=False, checkpoint_every=1)
+    assert "delete the folder" in str(exc.value)
