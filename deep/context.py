@@ -24,7 +24,7 @@ SchedulerFn = Callable[[torch.optim.Optimizer], object]
 
 #: what an external theta*'s name may be: a companion file name, and none of the built-in ones
 _STAR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_BUILT_IN = re.compile(r"theta\*|random|extended|epoch[0-9]{4}")
+_BUILT_IN = re.compile(r"theta\*|random|extended|epoch[0-9]{4}|memorization|grokking")
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class ExternalStar:
     def __post_init__(self):
         if not _STAR_NAME.fullmatch(self.name) or _BUILT_IN.fullmatch(self.name):
             raise ValueError(f"external theta* name {self.name!r}: give letters, digits, '_', '.' or '-' (not "
-                             "starting with one of the last three), and none of theta*, random, extended, epochNNNN")
+                             "starting with one of the last three), and none of theta*, random, extended, epochNNNN, memorization, grokking")
         if not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
             raise ValueError(f"external theta* {self.name}: sha256 {self.sha256!r} is not 64 hex digits")
         object.__setattr__(self, "path", str(Path(self.path).resolve()))
@@ -74,6 +74,12 @@ class Extras:
     record_grad: bool = True
     baseline_seed: int = 24_681_357
     external_stars: tuple[ExternalStar, ...] = field(default=())
+    #: track the events of a classification run (each epoch end: accuracy on the training data and,
+    #: with ``held_out``, on the held-out data; :mod:`deep.events`) and judge the path before each
+    #: event against the iterate at it: ``memorization`` (the first iterate that classifies every
+    #: training sample) and ``grokking`` (the first whose held-out accuracy reaches ``grok_accuracy``)
+    events: bool = False
+    grok_accuracy: float = 0.95
 
     def __post_init__(self):
         stars = tuple(s if isinstance(s, ExternalStar) else ExternalStar(*s) for s in self.external_stars)
@@ -81,6 +87,8 @@ class Extras:
         if len(set(names)) != len(names):
             raise ValueError(f"external theta* names must differ: {names}")
         object.__setattr__(self, "external_stars", stars)
+        if not 0 < self.grok_accuracy <= 1:
+            raise ValueError(f"grok_accuracy must be in (0, 1], got {self.grok_accuracy}")
 
     def candidate_epochs(self, epochs: int) -> list[int]:
         """The epochs whose first iterate serves as an earlier theta*: strictly inside the run."""
@@ -95,6 +103,8 @@ class Extras:
                "baseline_seed": self.baseline_seed}
         if self.external_stars:  # only then: the folders measured without keep the settings they have
             out["external_stars"] = [s.to_dict() for s in self.external_stars]
+        if self.events:  # likewise
+            out.update(events=True, grok_accuracy=self.grok_accuracy)
         return out
 
 
@@ -121,6 +131,7 @@ class RunContext:
     graphs_backend: Callable[[], object] | None = None
     scheduler_fn: SchedulerFn | None = None
     recipe: Recipe = PLAIN
+    held_out: object | None = None  #: held-out data (the protocol of :mod:`deep.tensordata`) for the events
 
     @property
     def device(self) -> torch.device:

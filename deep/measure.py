@@ -57,7 +57,7 @@ from .pass2 import finish, pass2
 from .stars import verify_external_stars
 from .state import StateDamaged
 from .step import Recipe, batch_stats_only, flat_model, train_epoch, use_capturable
-from .tensordata import as_data
+from .tensordata import as_data, data_digest
 
 #: devices whose steps can be captured in graphs (a stand-in ``graphs_backend`` allows any)
 CAPTURE_DEVICES = ("cuda",)
@@ -76,6 +76,7 @@ def measure(
     data_seed: int = 0,
     loss_fn=F.cross_entropy,
     scheduler_fn: SchedulerFn | None = None,
+    held_out=None,
     grad_clip: float | None = None,
     accumulate: int = 1,
     autocast: str | None = None,
@@ -105,6 +106,8 @@ def measure(
     eta_k is then read from the optimizer and recorded (the trace's ``eta`` column), ``U_k =
     (theta_k - theta_{k+1}) / eta_k``, and Definition 1 and Theorem 1 are read with eta_k
     (docs/schedules.md). ``grad_clip``, ``accumulate``, ``autocast``: :class:`deep.step.Recipe`.
+    ``held_out``: held-out data for ``Extras(events=True)`` (memorization and grokking,
+    :mod:`deep.events`).
 
     ``model_fn`` is called after ``torch.manual_seed(seed)``; ``data_seed`` seeds the sampler.
     A step may draw random numbers from torch's generators (dropout): they are saved in every
@@ -125,6 +128,9 @@ def measure(
     allowed on any device.
     """
     data = as_data(data)
+    held_out = as_data(held_out, data.device) if held_out is not None else None
+    if held_out is not None and not extras.events:
+        raise ValueError("held_out data is read only for the events (Extras(events=True)): pass both, or neither")
     loss = as_loss(loss_fn)
     recipe = Recipe(grad_clip, accumulate, autocast)
     _check_positive("epochs", epochs)
@@ -148,6 +154,10 @@ def measure(
     if meta and "run" in meta:  # the suite runner's run spec (network, knobs, width, ...)
         setup["run"] = meta["run"]
     setup["fingerprint"] = fingerprint(model_fn, optimizer_fn, scheduler_fn, loss, data, seed, lr, epochs, batch_size)
+    if held_out is not None:
+        setup["n_held_out"] = len(held_out)
+        setup["fingerprint"]["held_out"] = {"class": type(held_out).__name__, "n": len(held_out),
+                                            "sha256": data_digest(held_out)}
     folder.claim(setup)
     done = folder.finished()
     if done is not None:
@@ -155,7 +165,7 @@ def measure(
             folder.drop_progress()  # what a crash during the last clean-up left behind
         return done
     ctx = RunContext(model_fn, optimizer_fn, data, loss, setup, folder, extras, keep_checkpoints, meta, progress,
-                     desc, graphs_backend, scheduler_fn, recipe)
+                     desc, graphs_backend, scheduler_fn, recipe, held_out)
     verify_external_stars(extras, model_fn)  # refused before anything is trained
     with deterministic(allow_tf32):
         try:

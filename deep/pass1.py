@@ -25,6 +25,7 @@ from .context import RunContext
 from .env import environment
 from .graphs import invocation, merged_step_path
 from .state import save_state
+from .events import EventTracker
 from .losses import as_loss
 from .step import batch_stats_only, copy_state, rng_state, run_epochs, same_rng, set_rng_state, use_capturable
 
@@ -50,6 +51,7 @@ def pass1(ctx: RunContext) -> dict:
             t.sched.load_state_dict(st["scheduler"])
         set_rng_state(st.get("rng"), ctx.device)
         random_step = bool(st.get("random_step", False))
+        tracker = EventTracker(ctx.extras.grok_accuracy, st.get("events")) if ctx.extras.events else None
         losses = [x.numpy() for x in st["losses"]]
         start, wall_before, state_prev = int(st["epoch"]), float(st["wall_s"]), st["model_prev"]
         before = list(st.get("invocations") or [])
@@ -58,8 +60,12 @@ def pass1(ctx: RunContext) -> dict:
         losses, start, wall_before, before = [], 0, 0.0, []
         random_step = False  # whether a step drew from torch's random generators (dropout, noise)
         state_prev = None  # model state at the start of the previous epoch
+        tracker = EventTracker(ctx.extras.grok_accuracy) if ctx.extras.events else None
+        if tracker is not None:
+            tracker.after_epoch(0, t.model, ctx.data, ctx.held_out, ctx.loss_fn, setup["batch_size"])
         save_state(copy_state(t.model), folder.theta0)
-        save_state(_checkpoint(t, 0, [], None, 0.0, env, random=False, device=ctx.device), folder.checkpoint(0))
+        save_state(_checkpoint(t, 0, [], None, 0.0, env, random=False, device=ctx.device, tracker=tracker),
+                   folder.checkpoint(0))
 
     diverged = None
     t0, ran = time.perf_counter(), 0
@@ -86,14 +92,21 @@ def pass1(ctx: RunContext) -> dict:
             break
         state_prev = ep.state_before
         losses.append(ep.losses)
+        saved = False
         if ep.epoch + 1 in candidates:
             save_state(copy_state(t.model), folder.star(ep.epoch + 1))
+            saved = True
+        if tracker is not None:
+            new = tracker.after_epoch(ep.epoch + 1, t.model, ctx.data, ctx.held_out, ctx.loss_fn, setup["batch_size"])
+            if new and not saved and ep.epoch + 1 < epochs:  # the iterate at an event, to judge the path before it
+                save_state(copy_state(t.model), folder.star(ep.epoch + 1))
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{ep.losses.mean():.4g}")
         if (ep.epoch + 1) % every == 0 or ep.epoch + 1 == epochs:
             elapsed = time.perf_counter() - t0
             save_state(_checkpoint(t, ep.epoch + 1, losses, state_prev, wall_before + elapsed, env,
-                                   invocations(elapsed), random_step, ctx.device), folder.checkpoint(ep.epoch + 1))
+                                   invocations(elapsed), random_step, ctx.device, tracker),
+                       folder.checkpoint(ep.epoch + 1))
     elapsed = time.perf_counter() - t0
     wall, runs = wall_before + elapsed, invocations(elapsed)
     save_state(copy_state(t.model), folder.theta_star)
@@ -110,6 +123,7 @@ def pass1(ctx: RunContext) -> dict:
         "invocations": runs,
         "diverged": diverged,
         **({"random_step": True} if random_step else {}),  # only then: deterministic runs keep their pass1.json
+        **(_events_summary(tracker, len(losses), losses) if tracker is not None else {}),
         "epoch_mean_loss": [float(x.mean()) for x in losses],
         "theta_star_eval": evaluate(t.model, ctx.data, ctx.loss_fn, setup["batch_size"]) if steps else None,
     }
@@ -118,12 +132,14 @@ def pass1(ctx: RunContext) -> dict:
 
 
 def _checkpoint(t, epoch: int, losses: list[np.ndarray], model_prev, wall_s: float, env,
-                invocations: list[dict] | None = None, random: bool = False, device=None) -> dict:
+                invocations: list[dict] | None = None, random: bool = False, device=None, tracker=None) -> dict:
     """Everything pass 1 needs to go on from ``epoch`` (tensors, dicts, lists and numbers only):
     with the random state the next step draws from, the scheduler's state and whether a step so
     far drew random numbers; and what the invocations so far ran (``invocations``, kept up to
     this checkpoint)."""
     extra = {"scheduler": t.sched.state_dict()} if t.sched is not None else {}
+    if tracker is not None:
+        extra["events"] = tracker.state()
     return {
         **extra,
         "rng": rng_state(device if device is not None else t.flat.flat.device),
@@ -138,6 +154,15 @@ def _checkpoint(t, epoch: int, losses: list[np.ndarray], model_prev, wall_s: flo
         "wall_s": wall_s,
         "env": env,
     }
+
+
+def _events_summary(tracker, epochs: int, losses) -> dict:
+    """pass1.json's ``epoch_eval`` and ``events`` (each event: its epoch and the step it starts),
+    over the epochs the run measures (a diverged run's later ones dropped)."""
+    tracker.truncate(epochs)
+    starts = np.concatenate([[0], np.cumsum([len(x) for x in losses])]).astype(int)
+    events = {k: (None if e is None else {"epoch": int(e), "step": int(starts[e])}) for k, e in tracker.events.items()}
+    return {"epoch_eval": tracker.epoch_eval, "events": events}
 
 
 def extend(ctx: RunContext, p1: dict) -> dict | None:

@@ -212,6 +212,8 @@ def pass2(ctx: RunContext, p1: dict, p1b: dict | None) -> dict[str, Trace] | Non
                   "step_path": merged_step_path(runs), "invocations": runs},
         "num_params": sum(p.numel() for p in models[0].parameters()),
     })
+    if "events" in p1:  # only then (Extras(events=True)): deep/events.py
+        trace.meta.update(epoch_eval=p1["epoch_eval"], events=p1["events"])
     if random:  # only then: the traces of deterministic steps keep the metadata they had
         trace.meta["random_step"] = {
             "replayed": "bitwise (torch's generators saved in every checkpoint)",

@@ -31,7 +31,7 @@ from .state import load_state
 @dataclass(frozen=True)
 class StarSource:
     """One theta*: its companion ``name`` (``theta*`` for the run's own), ``kind`` (``last``,
-    ``random``, ``extended``, ``external``, ``earlier``), ``what`` it is (the trace's
+    ``random``, ``extended``, ``external``, ``earlier``, ``event``), ``what`` it is (the trace's
     ``theta_star``), the step before which it is judged (``until``, None: the whole path), and
     where it comes from (``path``; ``sha256`` for an external one; ``seed`` for the random one)."""
 
@@ -65,11 +65,19 @@ def star_sources(folder: RunFolder, setup: dict, extras: Extras, p1: dict, p1b: 
         plan.append(StarSource(s.name, "external", f"external: {s.path} (sha256 {s.sha256[:12]}...)", Path(s.path),
                                sha256=s.sha256))
     ends = np.cumsum(p1["epoch_steps"])
+    earlier = []
     for e in sorted(extras.candidate_epochs(setup["epochs"]), reverse=True):
         if e < p1["epochs"]:  # else the run diverged before this epoch
-            plan.append(StarSource(f"epoch{e:04d}", "earlier", f"the iterate that starts epoch {e} of {p1['epochs']}",
-                                   folder.star(e), int(ends[e - 1])))
-    return plan
+            earlier.append(StarSource(f"epoch{e:04d}", "earlier", f"the iterate that starts epoch {e} of {p1['epochs']}",
+                                      folder.star(e), int(ends[e - 1])))
+    what = {"memorization": "the first iterate that classifies every training sample",
+            "grokking": f"the first iterate whose held-out accuracy reaches {extras.grok_accuracy:g}"}
+    for name, ev in (p1.get("events") or {}).items():
+        if ev is not None and 0 < ev["epoch"] < p1["epochs"]:
+            e = ev["epoch"]
+            earlier.append(StarSource(name, "event", f"{what[name]} (it starts epoch {e} of {p1['epochs']})",
+                                      folder.star(e), int(ends[e - 1])))
+    return plan + sorted(earlier, key=lambda s: -s.until)  # stable: decreasing reach, as the recorder needs
 
 
 def load_external_star(star: ExternalStar | StarSource, model: torch.nn.Module, device) -> dict:
