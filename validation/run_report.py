@@ -420,6 +420,9 @@ def _details(rep: dict, evidence: bool) -> list[str]:
     out += ["<details><summary>Related path conditions</summary>", ""]
     if related:
         out += related_section([(rep["name"], s["related"])])[2:]
+        if len(related) < len(s["related"]):
+            out += ["", "*not measured*: the trace has no gradient columns (grad_inner, grad_sq), which those conditions "
+                    "need; measure with Extras(record_grad=True), the default."]
     else:
         why = next((c.get("why") for c in s.get("related") or [] if c.get("why")), "")
         out += ["Not measured on this trace" + (f": {why}" if why else "") + " (they need the gradient columns "
