@@ -309,3 +309,11 @@ def test_check_prints_the_dimensionless_gamma(good_trace, tmp_path):
     Trace(**_cols(inner=inner), epoch=np.arange(6) // 2).save(tmp_path / "bad")
     out = CliRunner().invoke(cli.main, ["check", str(tmp_path / "bad.npz")]).stdout
     assert "  x dist0_sq:       n/a (no gamma > 0 fits every step)" in out
+
+
+def test_check_on_a_run_folder_names_its_trace_and_the_report(tmp_path):
+    run = tmp_path / "run"
+    Trace(**_cols(), epoch=np.arange(6) // 2, meta={"status": "ok"}).save(run / "trace")
+    r = CliRunner().invoke(cli.main, ["check", str(run)])
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert f"`gpcheck check {run / 'trace.npz'}`" in r.output and f"`gpcheck report {run}`" in r.output

@@ -275,7 +275,7 @@ def test_a_scheduled_run_says_which_readings_change_meaning(tmp_path):
     assert rep["run"]["check"] == jsonable(want.to_dict())
     assert rep["run"]["check"]["theorem_1"]["rate_bound"].get("eta_weighted") is True
     md = (run / "report.md").read_text()
-    assert "**Learning-rate schedule:**" in md[:md.index("<details>")]
+    assert "**Under a learning-rate schedule.**" in md[:md.index("<details>")]
     assert "Schedule: which readings change meaning" in md and "gamma H_K" in md
     assert "under a learning-rate schedule" in out.output
     # no gradient columns: regularity (the update's columns) is judged, the others say why not

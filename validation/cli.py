@@ -247,6 +247,12 @@ def check(path: str, as_json: bool) -> None:
 
     Exit status 0 whatever the verdict (a FAIL is a finding), 2 for a file that cannot be judged.
     """
+    if Path(path).is_dir():
+        from .run_report import folder_kind
+
+        if folder_kind(path) == "run":
+            fail(f"{path}: is a run folder, not a trace file; judge its trace with `gpcheck check "
+                 f"{Path(path) / 'trace.npz'}`, or write its report with `gpcheck report {path}`")
     trace = load_trace(path)
     result = check_trace(trace)
     if as_json:
@@ -261,7 +267,8 @@ main.add_command(deep)
 
 # -- gpcheck report ------------------------------------------------------------------------------
 _REPORT_WHAT = ("give a suite folder written by `gpcheck deep` (e.g. reports/bn-smoke-cifar10-jpeg) or a measured run "
-                "folder written by deep.measure.measure() (e.g. reports/skip-cpu-cifar10-jpeg-resnet18/runs/resnet18-all)")
+                "folder written by deep.measure.measure() (e.g. "
+                "reports/skip-cpu-cifar10-jpeg-resnet18/runs/resnet18-all)")
 
 
 @main.command()

@@ -39,6 +39,9 @@ from .util import feasible_set, fmt3, item1_cell, item2_cell, item3_cell, jsonab
 FIGURE = "figures/run.png"
 #: the kinds of suite claims that speak of one run (the others compare runs: orders, agreement, ...)
 PER_RUN_KINDS = ("primary", "pooled", "consequence", "premise", "baseline")
+#: the suite claims' reasons, said of one run
+ONE_RUN = (("in all 1 runs", "in this run"), ("all 1 runs", "this run"), ("in all 1 traces", "in this trace"),
+           ("1 of 1 runs break it", "this run breaks it"))
 
 RUN_EXAMPLE = "reports/skip-cpu-cifar10-jpeg-resnet18/runs/resnet18-all"
 SUITE_EXAMPLE = "reports/bn-smoke-cifar10-jpeg"
@@ -133,8 +136,7 @@ def run_claims(summary: dict) -> list[dict]:
     claims.insert(next((i for i, c in enumerate(claims) if c["kind"] == "premise"), len(claims)),
                   baseline_claim(random))
     for c in claims:  # the suite's wording for a count of one
-        for many, one in (("in all 1 runs", "in this run"), ("all 1 runs", "this run"), ("in all 1 traces", "in this trace"),
-                          ("1 of 1 runs break it", "this run breaks it")):
+        for many, one in ONE_RUN:
             c["why"] = c["why"].replace(many, one)
     if own:  # the label "name/" reads "name"
         for c in claims:
@@ -271,8 +273,8 @@ def _answer(rep: dict) -> list[str]:
                 f"median x ‖θ0−θ*‖² is {fmt3(pa['gamma_median_x_dist0_sq'])}; their 1% and 5% quantiles x ‖θ0−θ*‖² "
                 f"are {fmt3(q.get('q01'))} and {fmt3(q.get('q05'))} (steadier than γ_max, which one step decides).")
     conv_text = (f"**{'Yes' if conv['converged'] else 'No'}.** The last epoch's mean training loss is "
-                 f"{fmt3(conv['final_loss'])}, {fmt3(conv['loss_ratio'])} x the first epoch's ({fmt3(conv['first_epoch_loss'])}); "
-                 f"converged means at most {CONVERGED_FRACTION:g} x.")
+                 f"{fmt3(conv['final_loss'])}, {fmt3(conv['loss_ratio'])} x the first epoch's "
+                 f"({fmt3(conv['first_epoch_loss'])}); converged means at most {CONVERGED_FRACTION:g} x.")
     if s.get("status") != "ok":
         dv = s.get("diverged") or {}
         conv_text += (f" The run diverged at step {dv.get('step')} (epoch {dv.get('epoch')}); "
@@ -290,7 +292,16 @@ def _answer(rep: dict) -> list[str]:
                     f"{batch.get('verdict', NA)} (at most {CONVERGED_FRACTION:g} x the first epoch's mean loss).")
     else:
         fit_text = "**Not recorded.** The trace has no evaluation of theta* on the training data (theta_star_eval)."
-    lines = [
+    sc = rep.get("schedule")
+    lines = []
+    if sc:
+        lines += [f"**Under a learning-rate schedule.** eta_k runs from {fmt3(sc['eta_first'])} to "
+                  f"{fmt3(sc['eta_last'])} (min {fmt3(sc['eta_min'])}, max {fmt3(sc['eta_max'])}, base "
+                  f"{fmt3(sc['base_lr'])}; H_K = sum_k eta_k = {fmt3(sc['sum_eta'])}). Every check reads "
+                  "inequality (2) with each step's own eta_k; gamma_max, its dimensionless form, Theorem 1 item 3 "
+                  "and the gamma-speed identity change meaning (the list under *Schedule* below, "
+                  "docs/schedules.md).", ""]
+    lines += [
         f"**Does Definition 1 hold on this path?** {d1_text}",
         "",
         f"**Did it converge?** {conv_text}",
@@ -299,35 +310,31 @@ def _answer(rep: dict) -> list[str]:
         "",
     ]
     t1 = s["check"]["theorem_1"]
+    rate = "rate 1/(2 gamma H_K) on the eta-weighted mean gap" if sc else "rate 1/(2 eta gamma K)"
     lines += [f"**Theorem 1:** item 1 (distance never grows) {item1_cell(t1['distance_monotone'])}; item 2 "
-              f"(losses converge) {item2_cell(t1['loss_convergence'])}; item 3 (rate 1/(2 eta gamma K)) "
+              f"(losses converge) {item2_cell(t1['loss_convergence'])}; item 3 ({rate}) "
               f"{item3_cell(t1['rate_bound'])}. Verdict: {verdict_cell(s['verdict'], rep['evidence'])} (Definition 1 "
               "and items 1-3).", ""]
     rnd = (s.get("companions") or {}).get("random")
     if rnd is not None:
         base = by.get("a random theta* is rejected (baseline)", {})
         rt = rnd["theory"]
-        lines += [f"**A random theta* (baseline):** {'Definition 1 holds against it too' if rt['holds'] else 'rejected'}"
-                  f" ({rt['n_violating']} of {rnd['steps']} steps break (2), {rnd['negative_gap_steps']} with a "
-                  f"negative gap): {base.get('verdict', NA)}.", ""]
+        said = "Definition 1 holds against it too" if rt["holds"] else "rejected"
+        lines += [f"**A random theta* (baseline):** {said} ({rt['n_violating']} of {rnd['steps']} steps break (2), "
+                  f"{rnd['negative_gap_steps']} with a negative gap): {base.get('verdict', NA)}.", ""]
     else:
         lines += ["**A random theta* (baseline):** not recorded (measure with Extras(random_baseline=True), the "
                   "default).", ""]
     ident = by.get("gamma-speed identity (theta* = last iterate)", {})
     idd = s.get("identity") or {}
     if idd.get("ends_at_star"):
+        algebra = "1/(2 sum_k eta_k gap_k)" if sc else "1/(2 eta sum_k gap_k)"
         lines += [f"**What holds by algebra:** theta* is the path's last iterate, so the gap-weighted mean of the "
-                  f"per-step gammas, γ̄ = {fmt3(idd.get('gamma_bar'))}, is 1/(2 eta sum_k gap_k) exactly (checked: "
-                  f"{ident.get('verdict', NA)}, relative residual {fmt3(idd.get('rel_residual'))}), and Theorem 1 item 3 "
-                  "at the whole run cannot fail once Definition 1 holds. Those rows are consequences of choosing "
-                  "theta* = theta_K, not evidence for the paper; only a theta* that does not end the path can test "
-                  "\"larger gamma, faster\".", ""]
-    if rep.get("schedule"):
-        sc = rep["schedule"]
-        lines += [f"**Learning-rate schedule:** eta_k runs from {fmt3(sc['eta_first'])} to {fmt3(sc['eta_last'])} "
-                  f"(min {fmt3(sc['eta_min'])}, max {fmt3(sc['eta_max'])}, base {fmt3(sc['base_lr'])}; H_K = sum eta_k "
-                  f"= {fmt3(sc['sum_eta'])}). Readings that change meaning are listed under *Schedule* below "
-                  "(docs/schedules.md).", ""]
+                  f"per-step gammas, γ̄ = {fmt3(idd.get('gamma_bar'))}, is {algebra} exactly (checked: "
+                  f"{ident.get('verdict', NA)}, relative residual {fmt3(idd.get('rel_residual'))}), and Theorem 1 "
+                  "item 3 at the whole run cannot fail once Definition 1 holds. Those rows are consequences of "
+                  "choosing theta* = theta_K, not evidence for the paper; only a theta* that does not end the path can "
+                  "test \"larger gamma, faster\".", ""]
     return lines
 
 
@@ -347,8 +354,8 @@ def render_run_markdown(rep: dict) -> str:
     suite = rep.get("suite")
     lines = [f"# gpcheck: run `{name}`", ""]
     if suite:
-        lines += [f"A run of the `{suite.get('suite')}` suite, `{suite.get('preset')}` preset, `{suite.get('dataset')}` "
-                  "(its suite report compares it with the others).", ""]
+        lines += [f"A run of the `{suite.get('suite')}` suite, `{suite.get('preset')}` preset, "
+                  f"`{suite.get('dataset')}` (its suite report compares it with the others).", ""]
     if not evidence:
         lines += [SMOKE_BANNER.format(preset=(suite or {}).get("preset")), ""]
     lines += _answer(rep)
@@ -421,8 +428,8 @@ def _details(rep: dict, evidence: bool) -> list[str]:
     if related:
         out += related_section([(rep["name"], s["related"])])[2:]
         if len(related) < len(s["related"]):
-            out += ["", "*not measured*: the trace has no gradient columns (grad_inner, grad_sq), which those conditions "
-                    "need; measure with Extras(record_grad=True), the default."]
+            out += ["", "*not measured*: the trace has no gradient columns (grad_inner, grad_sq), which those "
+                    "conditions need; measure with Extras(record_grad=True), the default."]
     else:
         why = next((c.get("why") for c in s.get("related") or [] if c.get("why")), "")
         out += ["Not measured on this trace" + (f": {why}" if why else "") + " (they need the gradient columns "
@@ -467,7 +474,8 @@ def summary_lines(rep: dict) -> list[str]:
     out = [f"report: {rep['run_dir']}/report.md  (json: {rep['run_dir']}/report.json, figure: "
            f"{rep['run_dir']}/{rep['figure']})"]
     if not rep.get("evidence", True):
-        out.append(f"  NOT EVIDENCE: the {(rep.get('suite') or {}).get('preset')} preset tests the machinery end to end")
+        out.append(f"  NOT EVIDENCE: the {(rep.get('suite') or {}).get('preset')} preset tests the machinery end to "
+                   "end; its verdicts say nothing for or against the paper")
     if th["holds"]:
         out.append(f"  Definition 1: holds, gamma in {feasible_set(d1)}, gamma_max {fmt3(th['gamma_max'])}, "
                    f"x ||theta_0 - theta*||^2 = {fmt3(th['gamma_max_x_dist0_sq'])} (dimensionless)")
