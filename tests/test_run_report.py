@@ -22,6 +22,7 @@ from validation.util import fmt3, jsonable, pct
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "reports" / "skip-cpu-cifar10-jpeg-resnet18"
 PNG = b"\x89PNG\r\n\x1a\n"
+AGAIN = "call deep.measure.measure() again with the same arguments and workdir to measure this run again"
 
 
 @pytest.fixture(autouse=True)
@@ -167,14 +168,14 @@ def test_a_damaged_folder_is_one_line_and_exit_2(measured, tmp_path, damage):
         data = bytearray((run / "trace.npz").read_bytes())
         data[len(data) // 2] ^= 0xFF
         (run / "trace.npz").write_bytes(bytes(data))
-        words = ["trace.npz", "sha256 differs", "measure it again"]
+        words = ["trace.npz", "sha256 differs", AGAIN]
     elif damage == "trace.json removed":
         (run / "trace.json").unlink()
         words = ["no trace.json", "cannot be verified"]
     elif damage == "companion bytes":
         p = run / "companions" / "random.npz"
         p.write_bytes(p.read_bytes()[:-7])
-        words = ["random.npz", "measure it again"]
+        words = ["random.npz", AGAIN]
     elif damage == "trace.json edited":
         info = json.loads((run / "trace.json").read_text())
         info["status"] = "finished"
@@ -184,7 +185,7 @@ def test_a_damaged_folder_is_one_line_and_exit_2(measured, tmp_path, damage):
         for f in ("trace.json", "trace.npz"):
             (run / f).unlink()
         (run / "error.json").write_text(json.dumps({"error": "ReplayMismatch", "message": "pass 2 left pass 1"}))
-        words = ["ReplayMismatch: pass 2 left pass 1", "measure it again"]
+        words = ["ReplayMismatch: pass 2 left pass 1", "fix the cause and measure it again"]
     res, _ = _report(run)
     _one_line_error(res, *words)
     assert not (run / "report.md").exists() and not (run / "figures").exists()

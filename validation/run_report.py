@@ -81,8 +81,8 @@ def load_run_folder(run_dir: str | Path) -> tuple[LoadedRun, dict]:
     name = run_dir.name
     suite = _suite_of(run_dir)
     info, expected, entry, stray = {}, None, None, None
-    rerun = ("measure it again: delete the folder and call deep.measure.measure() with the same arguments "
-             "(or give another workdir)")
+    # load_run adds " to measure this run again"; measure() finds a damaged result itself and measures anew
+    rerun = "call deep.measure.measure() again with the same arguments and workdir"
     if suite is not None:
         try:
             info = suite_info(suite)
@@ -102,7 +102,7 @@ def load_run_folder(run_dir: str | Path) -> tuple[LoadedRun, dict]:
     if not (run_dir / "trace.json").is_file() and not (run_dir / "error.json").is_file():
         if (run_dir / "trace.npz").is_file():
             raise RunReportError(f"{run_dir}: has trace.npz but no trace.json, the sidecar with its digest and "
-                                 f"metadata; the trace cannot be verified: {rerun}")
+                                 f"metadata, so the trace cannot be verified; {rerun} to measure this run again")
         raise RunReportError(f"{run_dir}: the run is not finished (no trace.json); finish it first (call "
                              "deep.measure.measure() again with the same arguments: it resumes), then report it")
     run = load_run(run_dir, expected, entry, rerun, stray)
