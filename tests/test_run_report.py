@@ -10,8 +10,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import torch.nn.functional as F
+
 from deep.data import DeviceData
+from deep.losses import outputs
 from deep.measure import measure
+from deep.tensordata import TensorData
 from gamma_theory import Trace, check_trace, load_trace
 from gamma_theory import problems as P
 from gamma_theory.schedules import cosine, run_scheduled_path
@@ -51,6 +55,51 @@ def measured(tmp_path_factory):
         torch.use_deterministic_algorithms(before)
     assert res.status == "ok" and len(res.trace) == 9
     return Path(res.workdir)
+
+
+V, T = 11, 3  # the token model's vocabulary (= classes) and sequence length
+
+
+class TokenNet(torch.nn.Module):
+    """Embedding, dropout, a hidden layer: a token classifier whose step draws random numbers."""
+
+    def __init__(self, out=V, dropout=0.2):
+        super().__init__()
+        self.emb = torch.nn.Embedding(V, 8)
+        self.drop = torch.nn.Dropout(dropout)
+        self.fc = torch.nn.Linear(8 * T, 16)
+        self.out = torch.nn.Linear(16, out)
+
+    def forward(self, x):
+        return self.out(self.drop(torch.relu(self.fc(self.drop(self.emb(x).flatten(1))))))
+
+
+def _warmup_cosine(opt):
+    """Warm-up over 3 steps, then cosine to a floor of 5%: eta_k differs from the base rate."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: min(1.0, (k + 1) / 3) * (0.5 * (1 + math.cos(math.pi * min(k, 9) / 9)) + 0.05))
+
+
+def _measure_own(workdir, model_fn, data, loss_fn, lr):
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        res = measure(model_fn, lambda p: torch.optim.SGD(p, lr=lr, momentum=0.5), data, lr=lr, epochs=3,
+                      batch_size=16, workdir=workdir, seed=1, data_seed=2, loss_fn=loss_fn,
+                      scheduler_fn=_warmup_cosine, progress=False)
+    finally:
+        torch.use_deterministic_algorithms(before)
+    assert res.status == "ok" and len(res.trace) == 9
+    return Path(res.workdir)
+
+
+@pytest.fixture(scope="module")
+def scheduled_dropout(tmp_path_factory):
+    """A real measured run of one's own: tokens (TensorData), dropout, a LambdaLR warm-up plus
+    cosine, loss outputs(F.cross_entropy); 3 epochs of 3 steps (about a second)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, V, (48, T), generator=g)
+    return _measure_own(tmp_path_factory.mktemp("sched") / "tokens", TokenNet, TensorData(x, x.sum(1) % V),
+                        outputs(F.cross_entropy), 0.2)
 
 
 def _copy(src: Path, tmp_path: Path, name: str | None = None) -> Path:
@@ -283,3 +332,81 @@ def test_a_scheduled_run_says_which_readings_change_meaning(tmp_path):
     assert "| cosine | yes, γ " in md or "| cosine | no" in md
     assert "| not measured |" in md and "the trace has no gradient columns" in md
     assert "No companion theta* was recorded" in md
+
+
+def test_a_run_with_a_schedule_and_dropout_says_so(scheduled_dropout, measured, tmp_path):
+    """measure() with scheduler_fn and dropout: the report reads the trace's eta column, says which
+    readings change meaning, and states in one line how the step's randomness was replayed and
+    which masks theta* saw (trace meta random_step); a constant-rate deterministic run says neither."""
+    run = _copy(scheduled_dropout, tmp_path)
+    res, rep = _report(run)
+    assert res.exit_code == 0, res.output
+    trace = load_trace(run / "trace.npz")
+    eta = trace.eta_k
+    assert not trace.constant_lr and len(set(eta.tolist())) > 3
+    # the numbers: the checks read eta_k (the trace as check_trace reads it), the schedule's own figures
+    assert rep["run"]["check"] == jsonable(check_trace(trace).to_dict())
+    assert rep["run"]["check"]["theorem_1"]["rate_bound"].get("eta_weighted") is True
+    sc = rep["schedule"]
+    assert (sc["eta_first"], sc["eta_last"], sc["eta_min"], sc["eta_max"]) == (float(eta[0]), float(eta[-1]),
+                                                                               float(eta.min()), float(eta.max()))
+    assert sc["sum_eta"] == float(eta.sum()) and sc["base_lr"] == 0.2 == trace.lr
+    md = (run / "report.md").read_text()
+    first = md[:md.index("<details>")]
+    assert first.index("**Under a learning-rate schedule.**") < first.index("Does Definition 1 hold")
+    assert f"eta_k runs from {fmt3(eta[0])} to {fmt3(eta[-1])}" in first and "rate 1/(2 gamma H_K)" in first
+    assert "Schedule: which readings change meaning" in md
+    assert f"under a learning-rate schedule: eta_k from {fmt3(eta[0])} to {fmt3(eta[-1])}" in res.output
+    # the step's randomness: trace.json's own statement, in one line of the page and of the output
+    rs = json.loads((run / "trace.json").read_text())["random_step"]
+    assert rep["random_step"] == rs and "dropout masks" in rs["theta_star"]
+    said = [ln for ln in md.splitlines() if rs["theta_star"] in ln]
+    assert len(said) == 1 and said[0].startswith("**Randomness in the step.**") and rs["replayed"] in said[0]
+    assert said[0] in first
+    out = [ln for ln in res.output.splitlines() if rs["theta_star"] in ln]
+    assert len(out) == 1 and "dropout" in out[0] and rs["replayed"] in out[0]
+    # a classification: theta*'s accuracy (eval: no dropout; train: dropout on) is trace.json's
+    ev = json.loads((run / "trace.json").read_text())["theta_star_eval"]
+    assert rep["run"]["theta_star_eval"] == ev
+    assert f"loss {fmt3(ev['train']['loss'])}, accuracy {pct(ev['train']['accuracy'])}" in first
+    # the deterministic constant-rate run says neither
+    plain = _copy(measured, tmp_path)
+    res, rep = _report(plain)
+    assert res.exit_code == 0, res.output
+    assert rep["schedule"] is None and rep["random_step"] is None
+    md = (plain / "report.md").read_text()
+    assert "Randomness in the step" not in md and "Under a learning-rate schedule" not in md
+    assert "Schedule: which readings change meaning" not in md
+    assert "dropout masks" not in res.output and "under a learning-rate schedule" not in res.output
+
+
+def test_a_loss_that_does_not_classify_has_no_accuracy(tmp_path):
+    """A regression (floats, outputs(F.mse_loss)): trace meta theta_star_eval has a loss per mode and no
+    accuracy keys; the report gives the losses, says why Fact 1's accuracy row is not applicable,
+    and still judges theta* in the measurement's mode."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(48, 6, generator=g)
+    y = x @ torch.randn(6, 2, generator=g)
+    mk = lambda: torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))  # noqa: E731
+    run = _measure_own(tmp_path / "regression", mk, TensorData(x, y), outputs(F.mse_loss), 0.05)
+    res, rep = _report(run)
+    assert res.exit_code == 0, res.output
+    ev = json.loads((run / "trace.json").read_text())["theta_star_eval"]
+    assert set(ev["eval"]) == set(ev["train"]) == {"loss"}
+    assert rep["random_step"] is None  # no dropout: nothing random in the step
+    claims = {c["claim"]: c for c in rep["claims"]}
+    fact1 = claims["theta* fits the training set (Fact 1)"]
+    assert fact1["verdict"] == "NOT APPLICABLE" and "not a classification" in fact1["why"]
+    trace = load_trace(run / "trace.npz")
+    first_loss = trace.loss[trace.epoch == trace.epoch[0]].mean()
+    star = trace.loss_star[trace.epoch == trace.epoch[-1]].mean()
+    batch = claims["theta* fits the training set (measurement's mode)"]["verdict"]
+    assert batch == ("PASS" if star <= 0.05 * first_loss else "FAIL")
+    md = (run / "report.md").read_text()
+    first = md[:md.index("<details>")]
+    assert "**By its loss only:**" in first and "accuracy n/a" not in md
+    assert (f"evaluation mode (BN running statistics, no dropout): loss {fmt3(ev['eval']['loss'])}; in training mode"
+            in first)
+    assert (f"eval mode loss {fmt3(ev['eval']['loss'])}; training mode loss {fmt3(ev['train']['loss'])} (no accuracy: "
+            "the loss is not a classification)") in res.output
+    assert "| theta* accuracy | none (the loss is not a classification) |" in md

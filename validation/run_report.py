@@ -41,7 +41,11 @@ FIGURE = "figures/run.png"
 PER_RUN_KINDS = ("primary", "pooled", "consequence", "premise", "baseline")
 #: the suite claims' reasons, said of one run
 ONE_RUN = (("in all 1 runs", "in this run"), ("all 1 runs", "this run"), ("in all 1 traces", "in this trace"),
-           ("1 of 1 runs break it", "this run breaks it"))
+           ("1 of 1 runs break it", "this run breaks it"), ("in 1 of 1 runs", "in this run"),
+           ("(Fact 1) rejects the random theta* in 1 of these 1 runs", "(Fact 1) rejects it in this run"),
+           ("(Fact 1) rejects the random theta* in 0 of these 1 runs", "(Fact 1) does not reject it here either"))
+#: the claims whose NOT APPLICABLE a run of its own explains (the suite's reason is "no run could be judged")
+PRIMARY, FACT1 = "principle holds on converged paths (Definition 1)", "theta* fits the training set (Fact 1)"
 
 RUN_EXAMPLE = "reports/skip-cpu-cifar10-jpeg-resnet18/runs/resnet18-all"
 SUITE_EXAMPLE = "reports/bn-smoke-cifar10-jpeg"
@@ -138,11 +142,44 @@ def run_claims(summary: dict) -> list[dict]:
     for c in claims:  # the suite's wording for a count of one
         for many, one in ONE_RUN:
             c["why"] = c["why"].replace(many, one)
+    for c in claims:  # why one run could not be judged, in its own terms
+        if c["verdict"] == NA and c["claim"] in (PRIMARY, FACT1):
+            c["why"] = _not_judged(c["claim"], summary)
     if own:  # the label "name/" reads "name"
         for c in claims:
             c["numbers"] = {k[:-1] if k == f"{summary['name']}/" else k: v for k, v in c["numbers"].items()}
             c["why"] = c["why"].replace(f"{summary['name']}/", summary["name"])
     return claims
+
+
+def _not_judged(claim: str, summary: dict) -> str:
+    """Why a claim cannot be decided on this run (NOT APPLICABLE)."""
+    if claim == PRIMARY:
+        conv = summary["convergence"]
+        return (f"this run did not converge (last/first epoch mean loss {fmt3(conv['loss_ratio'])} > "
+                f"{CONVERGED_FRACTION:g}): theta* is no minimizer, so the principle is not tested on this path "
+                "(the pooled row judges it anyway)")
+    ev = summary.get("theta_star_eval") or {}
+    if not ev:
+        return "trace.json records no evaluation of theta* on the training data (theta_star_eval)"
+    if not classified(ev):
+        return ("the run's loss is not a classification of the model's outputs, so theta*'s accuracy was not "
+                "recorded; its loss on the training data is on the first screen, and the next row judges it in the "
+                "measurement's mode")
+    return "theta*'s accuracy in evaluation mode was not recorded"
+
+
+def classified(ev: dict) -> bool:
+    """Whether theta*'s evaluation on the training data has an accuracy (the loss classifies)."""
+    return "accuracy" in (ev.get("eval") or {})
+
+
+def random_step_line(rs) -> str:
+    """The one line that says how a step's randomness (dropout) was replayed and which masks theta* saw."""
+    rs = rs if isinstance(rs, dict) else {}
+    return (f"the steps draw random numbers (dropout, noise): replayed {rs.get('replayed', 'bitwise')}; "
+            + rs.get("theta_star", "each theta*'s loss on step k is taken with the random state of the step at "
+                     "theta_k (the same dropout masks)"))
 
 
 def companion_rows(summary: dict) -> list[dict]:
@@ -197,6 +234,7 @@ def build_run_report(run_dir: str | Path) -> dict:
         "converged": summary["convergence"]["converged"],
         "converged_fraction": CONVERGED_FRACTION,
         "schedule": schedule(trace),
+        "random_step": trace.meta.get("random_step"),
         "run": summary,
         "companion_rows": companion_rows(summary),
         "claims": run_claims(summary),
@@ -245,6 +283,8 @@ def _mode(ev: dict, mode: str) -> str:
     m = ev.get(mode) or {}
     if not m:
         return "not recorded"
+    if "accuracy" not in m:
+        return f"loss {fmt3(m.get('loss'))}"
     return (f"loss {fmt3(m.get('loss'))}, accuracy {pct(m.get('accuracy'))}, largest sample cross-entropy "
             f"{fmt3(m.get('max_sample_cross_entropy'))}")
 
@@ -285,8 +325,11 @@ def _answer(rep: dict) -> list[str]:
     fits = by.get("theta* fits the training set (Fact 1)", {})
     batch = by.get("theta* fits the training set (measurement's mode)", {})
     if ev:
-        fit_text = (f"**{_fit_word(fits.get('verdict'))}** On all {ev.get('n')} training samples, in evaluation mode "
-                    f"(BN running statistics): {_mode(ev, 'eval')}; in training mode (batch statistics, in-order "
+        word = (f"**{_fit_word(fits.get('verdict'))}**" if classified(ev) else
+                "**By its loss only:** the run's loss is not a classification of the model's outputs, so there is "
+                "no accuracy.")
+        fit_text = (f"{word} On all {ev.get('n')} training samples, in evaluation mode (BN running statistics, no "
+                    f"dropout): {_mode(ev, 'eval')}; in training mode (batch statistics, dropout on, in-order "
                     f"batches of {ev.get('batch_size')}): {_mode(ev, 'train')}. On the steps' own batches of the "
                     f"last epoch (the measurement's mode) theta*'s mean loss is {fmt3(s.get('star_batch_loss'))}: "
                     f"{batch.get('verdict', NA)} (at most {CONVERGED_FRACTION:g} x the first epoch's mean loss).")
@@ -301,6 +344,9 @@ def _answer(rep: dict) -> list[str]:
                   "inequality (2) with each step's own eta_k; gamma_max, its dimensionless form, Theorem 1 item 3 "
                   "and the gamma-speed identity change meaning (the list under *Schedule* below, "
                   "docs/schedules.md).", ""]
+    if rep.get("random_step"):
+        lines += [f"**Randomness in the step.** {random_step_line(rep['random_step'])[0].upper()}"
+                  f"{random_step_line(rep['random_step'])[1:]}.", ""]
     lines += [
         f"**Does Definition 1 hold on this path?** {d1_text}",
         "",
@@ -385,6 +431,9 @@ def _details(rep: dict, evidence: bool) -> list[str]:
     conv_cells = convergence_cells(s)
     if conv["loss_threshold"] is None:
         conv_cells[5] = "n/a (the number of classes is not recorded)"
+    ev = s.get("theta_star_eval") or {}
+    if ev.get("eval") and not classified(ev):
+        conv_cells[7] = conv_cells[8] = "none (the loss is not a classification)"
     gamma_header = ["‖θ0−θ*‖", "D1 holds", "feasible set", "γ_max", "γ_max·‖θ0−θ*‖²", "violating steps",
                     "negative-gap steps", "paper: share positive", "paper: median γ", "paper: median·‖θ0−θ*‖²",
                     "bounds·‖θ0−θ*‖²: 1% / 5%"]
@@ -483,12 +532,23 @@ def summary_lines(rep: dict) -> list[str]:
         out.append(f"  Definition 1: does not hold ({d1['n_violating']} of {d1['n_steps']} steps break (2))")
     out.append(f"  converged: {'yes' if conv['converged'] else 'no'} (last/first epoch mean loss "
                f"{fmt3(conv['loss_ratio'])}, at most {CONVERGED_FRACTION:g})")
-    out.append(f"  theta* on the training data: eval mode loss {fmt3(e.get('loss'))}, accuracy "
-               f"{pct(e.get('accuracy')) if e else 'n/a'}; training mode loss {fmt3(t.get('loss'))}, accuracy "
-               f"{pct(t.get('accuracy')) if t else 'n/a'}")
+    if not ev:
+        out.append("  theta* on the training data: not recorded (no theta_star_eval in trace.json)")
+    elif classified(ev):
+        out.append(f"  theta* on the training data: eval mode loss {fmt3(e.get('loss'))}, accuracy "
+                   f"{pct(e.get('accuracy'))}; training mode loss {fmt3(t.get('loss'))}, accuracy "
+                   f"{pct(t.get('accuracy'))}")
+    else:
+        out.append(f"  theta* on the training data: eval mode loss {fmt3(e.get('loss'))}; training mode loss "
+                   f"{fmt3(t.get('loss'))} (no accuracy: the loss is not a classification)")
     out.append(f"  Theorem 1 items 1-3 with Definition 1: {s['verdict']}")
-    if rep.get("schedule"):
-        out.append("  under a learning-rate schedule: see report.md's Schedule section for what reads otherwise")
+    sc = rep.get("schedule")
+    if sc:
+        out.append(f"  under a learning-rate schedule: eta_k from {fmt3(sc['eta_first'])} to {fmt3(sc['eta_last'])} "
+                   f"(H_K = {fmt3(sc['sum_eta'])}); gamma_max, its dimensionless form, item 3 and the identity are "
+                   "read with eta_k and change meaning (report.md, Schedule)")
+    if rep.get("random_step"):
+        out.append(f"  {random_step_line(rep['random_step'])}")
     for c in rep["claims"]:
         out.append(f"  {c['verdict']:<14} {c['claim']}: {short(c['why'], 160)}")
     return out
