@@ -295,3 +295,25 @@ def test_deep_plan_with_networks_lists_only_them(tmp_path):
                                       "--plan", "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
     assert "resnet18-all" in r.output and "resnet34" not in r.output
+
+
+def test_check_prints_the_dimensionless_gamma(good_trace, tmp_path):
+    """`gpcheck check` gives gamma_max x ||theta_0 - theta*||^2 beside gamma_max, n/a where no gamma fits."""
+    trace = load_trace(good_trace)
+    d1 = check_trace(trace).definition_1
+    assert d1.holds
+    out = CliRunner().invoke(cli.main, ["check", str(good_trace)]).stdout
+    assert f"  x dist0_sq:       {cli.fmt3(d1.gamma_max * trace.dist0_sq)}  (largest gamma x" in out
+    inner = np.ones(6)
+    inner[2] = -1.0
+    Trace(**_cols(inner=inner), epoch=np.arange(6) // 2).save(tmp_path / "bad")
+    out = CliRunner().invoke(cli.main, ["check", str(tmp_path / "bad.npz")]).stdout
+    assert "  x dist0_sq:       n/a (no gamma > 0 fits every step)" in out
+
+
+def test_check_on_a_run_folder_names_its_trace_and_the_report(tmp_path):
+    run = tmp_path / "run"
+    Trace(**_cols(), epoch=np.arange(6) // 2, meta={"status": "ok"}).save(run / "trace")
+    r = CliRunner().invoke(cli.main, ["check", str(run)])
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert f"`gpcheck check {run / 'trace.npz'}`" in r.output and f"`gpcheck report {run}`" in r.output

@@ -215,6 +215,7 @@ def _summary(path: str, trace, result) -> str:
         f"  holds:            {'yes' if d1['holds'] else 'no'}",
         f"  feasible gamma:   {feasible_set(d1)}",
         f"  largest gamma:    {fmt3(d1['gamma_max'])}",
+        f"  x dist0_sq:       {_dimensionless(d1['gamma_max'], trace.dist0_sq)}",
         (f"  share positive:   {pct(d1['share_positive'])} of {d1['n_upper']} steps with gap > 0 "
          if d1["n_upper"] else "  share positive:   n/a: no step has gap > 0, so no step bounds gamma from above ")
         + f"({d1['n_lower']} with gap < 0, {d1['n_zero']} with gap = 0)",
@@ -229,6 +230,15 @@ def _summary(path: str, trace, result) -> str:
     return "\n".join(lines)
 
 
+def _dimensionless(gamma_max, dist0_sq: float) -> str:
+    """Definition 1's largest gamma x ||theta_0 - theta*||^2 (1 for a star-convex path), as a line of
+    `gpcheck check` reads it: n/a where no gamma fits."""
+    if gamma_max is None:
+        return "n/a (no gamma > 0 fits every step)"
+    return (f"{fmt3(float(gamma_max) * dist0_sq)}  (largest gamma x ||theta_0 - theta*||^2, dimensionless: "
+            "1 for a star-convex path)")
+
+
 @main.command()
 @click.argument("path", type=click.Path(dir_okay=True, path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="print check_trace(...).to_dict() as JSON")
@@ -237,6 +247,12 @@ def check(path: str, as_json: bool) -> None:
 
     Exit status 0 whatever the verdict (a FAIL is a finding), 2 for a file that cannot be judged.
     """
+    if Path(path).is_dir():
+        from .run_report import folder_kind
+
+        if folder_kind(path) == "run":
+            fail(f"{path}: is a run folder, not a trace file; judge its trace with `gpcheck check "
+                 f"{Path(path) / 'trace.npz'}`, or write its report with `gpcheck report {path}`")
     trace = load_trace(path)
     result = check_trace(trace)
     if as_json:
@@ -250,19 +266,44 @@ main.add_command(deep)
 
 
 # -- gpcheck report ------------------------------------------------------------------------------
+_REPORT_WHAT = ("give a suite folder written by `gpcheck deep` (e.g. reports/bn-smoke-cifar10-jpeg) or a measured run "
+                "folder written by deep.measure.measure() (e.g. "
+                "reports/skip-cpu-cifar10-jpeg-resnet18/runs/resnet18-all)")
+
+
 @main.command()
 @click.argument("path", type=click.Path(path_type=str))
 def report(path: str) -> None:
-    """Rebuild a suite report (report.md, report.json, figure) from the traces in PATH alone.
+    """Rebuild a suite report, or write the report of one measured run.
 
-    Every trace is checked against the digests in its trace.json and in the suite's manifest;
-    a run whose files do not verify is an ERROR row that says what to do. Writes only inside PATH.
+    PATH a suite folder (it has runs/): rebuild its report.md, report.json and figure from the
+    traces in PATH/runs/ alone. Every trace is checked against the digests in its trace.json and
+    in the suite's manifest; a run whose files do not verify is an ERROR row that says what to do.
+
+    PATH a run folder (what deep.measure.measure() writes, or SUITE/runs/NAME): write its
+    report.md, report.json and figures/run.png: Definition 1 with its dimensionless gamma, Theorem 1,
+    the convergence gate, theta* on the training data, the related conditions and the companions
+    (the random theta* of the baseline), after the same verification. Writes only inside PATH.
     """
-    from .deep_report import ReportError, build_report
+    from .run_report import RunReportError, build_run_report, folder_kind, summary_lines
 
     _path_arg("PATH", path, "reports/bn-smoke-cifar10-jpeg")
     if not Path(path).is_dir():
-        fail(f"{path}: no such folder; give a suite folder such as reports/bn-smoke-cifar10-jpeg")
+        fail(f"{path}: no such folder; {_REPORT_WHAT}")
+    kind = folder_kind(path)
+    if kind == "run":
+        try:
+            rep = build_run_report(path)
+        except RunReportError as exc:
+            fail(str(exc))
+        for line in summary_lines(rep):
+            click.echo(line)
+        return
+    if kind is None:
+        fail(f"{path}: neither a suite folder (no runs/ folder) nor a measured run folder (no trace.json); "
+             f"{_REPORT_WHAT}")
+    from .deep_report import ReportError, build_report
+
     try:
         build_report(path)
     except ReportError as exc:
