@@ -37,6 +37,9 @@ class CheckResult:
     convergence: LossConvergence
     rate: RateBound
     identity: RecordingIdentity
+    #: ``||theta_0 - theta*||^2`` of the trace: gamma_max times it is the dimensionless gamma (1 on a
+    #: star-convex path at eta -> 0), comparable across runs and scales
+    dist0_sq: float | None = None
 
     @property
     def holds(self) -> bool:
@@ -49,9 +52,13 @@ class CheckResult:
         )
 
     def to_dict(self) -> dict:
+        d1 = self.definition_1.to_dict()
+        if self.dist0_sq is not None:
+            d1["gamma_max_x_dist0_sq"] = (None if self.definition_1.gamma_max is None
+                                          else float(self.definition_1.gamma_max) * float(self.dist0_sq))
         return {
             "holds": self.holds,
-            "definition_1": self.definition_1.to_dict(),
+            "definition_1": d1,
             "theorem_1": {
                 "distance_monotone": self.distance.to_dict(),
                 "loss_convergence": self.convergence.to_dict(),
@@ -78,4 +85,5 @@ def _check(trace: Trace, tol: Tolerances, gamma: float | None) -> CheckResult:
         convergence=loss_convergence(trace, tol.convergence_rel),
         rate=rate_bound(trace, d1.gamma_max if gamma is None else gamma, tol.rate_rtol),
         identity=recording_identity(trace, tol.identity_rtol),
+        dist0_sq=float(trace.dist0_sq),
     )

@@ -97,6 +97,8 @@ def test_check_json_equals_check_trace(good_trace):
     assert got["definition_1"]["holds"] is True
     assert got["definition_1"]["gamma_max"] > 0
     assert got["definition_1"]["violating_steps"] == []
+    tr = load_trace(good_trace)
+    assert got["definition_1"]["gamma_max_x_dist0_sq"] == got["definition_1"]["gamma_max"] * tr.dist0_sq
     assert got["theorem_1"]["distance_monotone"]["holds"] is True
     assert got["theorem_1"]["rate_bound"]["holds"] is True
 
