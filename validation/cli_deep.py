@@ -73,7 +73,8 @@ def _report_is_current(out: Path) -> bool:
 
 
 @click.command()
-@click.option("--suite", required=True, help="activation, bn, skip, optimizer, or all (every suite, in one queue)")
+@click.option("--suite", required=True, help="activation, bn, skip, optimizer, or all (every suite, in one queue); "
+              "transformer: modular addition through grokking (presets smoke, cpu)")
 @click.option("--preset", default="smoke", show_default=True, help="paper, lite, cpu, long, rate or smoke")
 @click.option("--dataset", default=None,
               help="cifar10, cifar100, both (one queue), or cifar10-jpeg (the offline JPEG copy); default: the "
@@ -134,8 +135,12 @@ def deep(**opts) -> None:
     Rerunning the same command skips finished runs and resumes an interrupted one from its last
     checkpoint, with an identical result; a run found damaged is measured again. Any number of
     invocations and executors may share one output folder: each run is measured once. Writes only
-    inside OUT.
+    inside OUT. ``--suite transformer``: modular addition through grokking (deep/transformer_suite.py).
     """
+    if opts.get("suite") == "transformer":
+        from .cli_transformer import run_transformer
+
+        return run_transformer(opts)
     _dispatch(_parse(**opts))
 
 
