@@ -37,3 +37,17 @@ def test_the_smoke_suite_reports_what_its_traces_say(tmp_path):
     again = run_suite("smoke", tmp_path, progress=False)
     assert [r["definition_1"] for r in again["runs"]] == [r["definition_1"] for r in report["runs"]]
     assert np.isfinite([r["wall_s"] for r in again["runs"]]).all()
+
+
+def test_the_deep_command_runs_it_and_refuses_cifar_options(tmp_path):
+    from click.testing import CliRunner
+
+    from validation import cli
+
+    ok = CliRunner().invoke(cli.main, ["deep", "--suite", "transformer", "--preset", "smoke", "--out", str(tmp_path),
+                                       "--quiet"])
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "transformer-smoke/report.md").exists() and "principle" in ok.output
+    for args, want in ((["--preset", "lite"], "unknown preset 'lite'"), (["--networks", "resnet18"], "--networks")):
+        bad = CliRunner().invoke(cli.main, ["deep", "--suite", "transformer", *args, "--out", str(tmp_path)])
+        assert bad.exit_code == 2 and want in bad.output and "Traceback" not in bad.output
