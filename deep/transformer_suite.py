@@ -155,6 +155,8 @@ def summarize(run, name: str, seed: int, c: Config, wall_s: float) -> dict:
         "converged": last["train"]["accuracy"] == 1.0,
         "memorization_epoch": (events["memorization"] or {}).get("epoch"),
         "grokking_epoch": (events["grokking"] or {}).get("epoch"),
+        "memorization_step": (events["memorization"] or {}).get("step"),
+        "grokking_step": (events["grokking"] or {}).get("step"),
         "definition_1": {"holds": d1.holds, "gamma_max": d1.gamma_max,
                          "dimensionless": None if d1.gamma_max is None else d1.gamma_max * tr.dist0_sq,
                          "n_violating": int(d1.own_infeasible_steps.size + d1.conflicting_steps.size),
@@ -173,7 +175,7 @@ def run_suite(preset: str, out: str | Path, seeds: int | None = None, progress: 
     ps = PRESETS[preset]
     n_seeds = ps.seeds if seeds is None else int(seeds)
     folder = Path(out) / f"transformer-{preset}"
-    runs = []
+    runs, traces = [], {}
     for seed in range(n_seeds):
         for vname, change in ps.variants:
             c = replace(ps.base, **change)
@@ -185,10 +187,14 @@ def run_suite(preset: str, out: str | Path, seeds: int | None = None, progress: 
                 runs.append({"name": name, "seed": seed, "config": asdict(c), "diverged": run.diverged})
                 continue
             runs.append(summarize(run, name, seed, c, wall or time.perf_counter() - t0))
+            traces[name] = run.trace
     report = {"suite": "transformer", "preset": preset, "note": ps.note, "seeds": n_seeds,
               "platform": platform.platform(), "torch": torch.__version__, "runs": runs,
               "claims": claims(runs)}
     folder.mkdir(parents=True, exist_ok=True)
+    from validation.grok_figure import plot_suite
+
+    report["figures"] = [str(p.relative_to(folder)) for p in plot_suite(runs, traces, folder)] if traces else []
     (folder / "report.json").write_text(json.dumps(report, indent=2, default=_json) + "\n")
     (folder / "report.md").write_text(render(report))
     return report
@@ -251,6 +257,8 @@ def render(report: dict) -> str:
                      f"{_g(d['gamma_max'])} | {_g(d['dimensionless'])} | {ph} | "
                      f"{'-' if mem is None else ('holds' if mem['holds'] else 'fails')} | "
                      f"{'-' if rnd is None else ('accepted' if rnd['holds'] else 'refused')} | {r['wall_s']:.0f} |")
+    for f in report.get("figures", []):
+        lines += ["", f"![{f}]({f})"]
     lines += ["", "## Claims", "", "| claim | verdict | numbers |", "|---|---|---|"]
     lines += [f"| {c['claim']} | {c['verdict']} | {c['numbers']} |" for c in report["claims"]]
     lines += ["", "theta* is each run's last iterate unless a column says otherwise; the memorization theta* is "
