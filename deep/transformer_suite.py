@@ -114,9 +114,12 @@ def _warmup(steps: int):
     return lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / steps))
 
 
-def measure_one(c: Config, seed: int, workdir: Path, progress: bool = False, desc: str = "run"):
-    """Measure one run of the suite (its split and its model from ``seed``)."""
-    task = modular_addition(p=c.p, train_fraction=c.train_fraction, seed=seed)
+def measure_one(c: Config, seed: int, workdir: Path, progress: bool = False, desc: str = "run",
+                random_labels: bool = False):
+    """Measure one run of the suite (its split and its model from ``seed``; ``random_labels``: every
+    pair's label permuted at random before the split, the skeptic's twin: noise can be memorized,
+    never grokked)."""
+    task = modular_addition(p=c.p, train_fraction=c.train_fraction, seed=seed, random_labels=random_labels)
 
     def model():
         return build_transformer(vocab_size=task.vocab_size, num_classes=task.num_classes, seq_len=task.seq_len,
@@ -127,7 +130,9 @@ def measure_one(c: Config, seed: int, workdir: Path, progress: bool = False, des
                    batch_size=c.batch_size, workdir=workdir, seed=seed, data_seed=seed,
                    held_out=TensorData(task.x_test, task.y_test), scheduler_fn=_warmup(c.warmup),
                    extras=Extras(events=True, sensitivity=(), record_grad=True),
-                   meta={"run": {"suite": "transformer", "seed": seed, **asdict(c)}}, progress=progress, desc=desc)
+                   meta={"run": {"suite": "transformer", "seed": seed, **asdict(c),
+                                 **({"random_labels": True} if random_labels else {})}},
+                   progress=progress, desc=desc)
 
 
 def summarize(run, name: str, seed: int, c: Config, wall_s: float) -> dict:
@@ -168,20 +173,22 @@ def summarize(run, name: str, seed: int, c: Config, wall_s: float) -> dict:
     }
 
 
-def run_suite(preset: str, out: str | Path, seeds: int | None = None, progress: bool = True) -> dict:
-    """Measure every run of ``preset`` (a finished one is loaded) and write the report."""
+def run_suite(preset: str, out: str | Path, seeds: int | None = None, progress: bool = True,
+              random_labels: bool = False) -> dict:
+    """Measure every run of ``preset`` (a finished one is loaded) and write the report
+    (``random_labels``: the twin on permuted labels, in ``OUT/transformer-<preset>-random-labels``)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown transformer preset {preset!r}; valid: {', '.join(PRESETS)}")
     ps = PRESETS[preset]
     n_seeds = ps.seeds if seeds is None else int(seeds)
-    folder = Path(out) / f"transformer-{preset}"
+    folder = Path(out) / (f"transformer-{preset}" + ("-random-labels" if random_labels else ""))
     runs, traces = [], {}
     for seed in range(n_seeds):
         for vname, change in ps.variants:
             c = replace(ps.base, **change)
             name = f"{vname}-s{seed}"
             t0 = time.perf_counter()
-            run = measure_one(c, seed, folder / "runs" / name, progress, name)
+            run = measure_one(c, seed, folder / "runs" / name, progress, name, random_labels)
             wall = run.meta.get("pass1", {}).get("wall_s", 0.0) + run.meta.get("pass2", {}).get("wall_s", 0.0)
             if run.trace is None:
                 runs.append({"name": name, "seed": seed, "config": asdict(c), "diverged": run.diverged})
@@ -189,6 +196,7 @@ def run_suite(preset: str, out: str | Path, seeds: int | None = None, progress: 
             runs.append(summarize(run, name, seed, c, wall or time.perf_counter() - t0))
             traces[name] = run.trace
     report = {"suite": "transformer", "preset": preset, "note": ps.note, "seeds": n_seeds,
+              "labels": "random" if random_labels else "true",
               "platform": platform.platform(), "torch": torch.__version__, "runs": runs,
               "claims": claims(runs)}
     folder.mkdir(parents=True, exist_ok=True)
@@ -235,7 +243,8 @@ def _g(x) -> str:
 
 
 def render(report: dict) -> str:
-    lines = [f"# Transformer suite, preset {report['preset']}: modular addition through grokking", ""]
+    lines = [f"# Transformer suite, preset {report['preset']}: modular addition through grokking"
+             + (" (RANDOM LABELS: the skeptic's twin)" if report.get("labels") == "random" else ""), ""]
     if report["note"]:
         lines += [f"Preset note: {report['note']}.", ""]
     lines += ["Question: does every update of a transformer's training point toward the final minimizer "

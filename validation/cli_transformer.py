@@ -12,7 +12,7 @@ from .cli_util import _choice_error, fail
 #: the deep command's options that the transformer suite reads (the rest must keep their defaults)
 _READ = {"suite", "preset", "seeds", "threads", "out_root", "quiet", "plan", "device"}
 _DEFAULTS = {"dataset": None, "data_root": None, "download": False, "cuda_graphs": None, "networks": None,
-             "variants": None, "labels": "true", "star_extend": 0.0, "executor": "local", "jobs": 1,
+             "variants": None, "star_extend": 0.0, "executor": "local", "jobs": 1,
              "ray_address": None, "slurm_partition": None}
 
 
@@ -40,8 +40,11 @@ def run_transformer(opts: dict) -> None:
         for name, change in ps.variants:
             click.echo(f"  {name}: {change or 'the base'}")
         return
-    report = run_suite(preset, opts["out_root"], seeds, progress=not opts.get("quiet"))
-    folder = Path(opts["out_root"]) / f"transformer-{preset}"
+    labels = opts.get("labels", "true")
+    if labels not in ("true", "random"):
+        _choice_error("labels", labels, ("true", "random"))
+    report = run_suite(preset, opts["out_root"], seeds, progress=not opts.get("quiet"), random_labels=labels == "random")
+    folder = Path(opts["out_root"]) / (f"transformer-{preset}" + ("-random-labels" if labels == "random" else ""))
     click.echo(f"report: {folder / 'report.md'}")
     for c in report["claims"]:
         click.echo(f"  {c['verdict']:<15}{c['claim']}: {c['numbers']}")
