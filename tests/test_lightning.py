@@ -92,7 +92,7 @@ class Lit(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule(opt), "interval": "step"}}
 
 
-def fit(run_dir, seed=SEED, reseed_after_model=None):
+def fit(run_dir, seed=SEED, reseed_after_model=None, precision="32-true", loader=None):
     """The user's script: seed_everything, the module, a deterministic Trainer with clipping."""
     L.seed_everything(seed, verbose=False)
     module = Lit()
@@ -101,8 +101,8 @@ def fit(run_dir, seed=SEED, reseed_after_model=None):
     cb = MeasurePath(run_dir)
     trainer = L.Trainer(max_epochs=EPOCHS, deterministic=True, gradient_clip_val=CLIP, gradient_clip_algorithm="norm",
                         accelerator="cpu", devices=1, callbacks=[cb], enable_progress_bar=False, logger=False,
-                        enable_model_summary=False, enable_checkpointing=False)
-    trainer.fit(module, cyclic_loader(TensorData(*tokens()), BATCH, DATA_SEED))
+                        enable_model_summary=False, enable_checkpointing=False, precision=precision)
+    trainer.fit(module, loader() if loader else cyclic_loader(TensorData(*tokens()), BATCH, DATA_SEED))
     return cb
 
 
@@ -113,11 +113,17 @@ def both(tmp_path_factory):
     first = fit(d / "run")
     assert first.mode == "record" and first.trace is None and (d / "run/theta_star.pt").exists()
     second = fit(d / "run")
-    ref = measure(TokenNet, adamw, TensorData(*tokens()), lr=LR, epochs=EPOCHS, batch_size=BATCH, workdir=d / "m",
-                  seed=SEED, data_seed=DATA_SEED, loss_fn=outputs(F.cross_entropy), scheduler_fn=schedule,
-                  grad_clip=CLIP, progress=False,
-                  extras=Extras(random_baseline=False, sensitivity=(), star_extend=0.0, record_grad=True))
-    return d, second, ref
+    return d, second, measured(d / "m")
+
+
+def measured(workdir, **kw):
+    return measure(TokenNet, adamw, TensorData(*tokens()), lr=LR, epochs=EPOCHS, batch_size=BATCH, workdir=workdir,
+                   seed=SEED, data_seed=DATA_SEED, loss_fn=outputs(F.cross_entropy), scheduler_fn=schedule,
+                   grad_clip=CLIP, progress=False,
+                   extras=Extras(random_baseline=False, sensitivity=(), star_extend=0.0, record_grad=True), **kw)
+
+
+COLUMNS = ("loss", "loss_star", "inner", "update_sq", "dist_sq", "grad_inner", "grad_sq", "eta", "step", "epoch")
 
 
 def test_the_batch_sampler_yields_cyclic_samplers_batches():
@@ -132,7 +138,7 @@ def test_the_callbacks_trace_is_measures_bit_for_bit(both):
     assert second.mode == "replay"
     tr, mt = load_trace(d / "run/trace.npz"), ref.trace  # what `gpcheck check RUN/trace.npz` reads
     assert len(tr) == STEPS and mt.eta is not None and tr.eta is not None
-    for col in ("loss", "loss_star", "inner", "update_sq", "dist_sq", "grad_inner", "grad_sq", "eta", "step", "epoch"):
+    for col in COLUMNS:
         a, b = getattr(tr, col), getattr(mt, col)
         assert np.array_equal(a, b), col
     assert tr.lr == mt.lr and tr.dist0_sq == mt.dist0_sq
@@ -185,3 +191,31 @@ def test_a_resumed_fit_is_refused(tmp_path):
     with pytest.raises(RuntimeError, match="issue 17543"):
         trainer.fit(Lit(), cyclic_loader(TensorData(*tokens()), BATCH), ckpt_path=str(tmp_path / "one.ckpt"))
     assert not (tmp_path / "r").exists()
+
+
+def test_bf16_mixed_is_measures_bf16_autocast_bit_for_bit(both, tmp_path):
+    fit(tmp_path / "run", precision="bf16-mixed")
+    cb = fit(tmp_path / "run", precision="bf16-mixed")
+    ref = measured(tmp_path / "m", autocast="bf16").trace
+    assert cb.trace.meta["setup"]["precision"] == "bf16-mixed"
+    assert not np.array_equal(ref.loss, both[2].trace.loss)  # autocast is on: not the float32 path
+    for col in COLUMNS:
+        assert np.array_equal(getattr(cb.trace, col), getattr(ref, col)), col
+
+
+def test_a_dataloader_without_its_own_generator_is_not_measures_training(both, tmp_path):
+    """Why cyclic_loader has a generator: a DataLoader draws its base seed from torch's global
+    generator each epoch, before the first step, and every dropout mask after it moves."""
+    from deep.lightning import DataBatches
+
+    data = TensorData(*tokens())
+
+    def loader():
+        return torch.utils.data.DataLoader(DataBatches(data), batch_sampler=CyclicBatchSampler(N, BATCH, DATA_SEED),
+                                           collate_fn=lambda b: b)
+    fit(tmp_path / "run", loader=loader)
+    cb = fit(tmp_path / "run", loader=loader)  # run 2 still reproduces run 1 ...
+    assert cb.trace is not None
+    ref = both[2].trace  # ... but not measure()'s path
+    assert not np.array_equal(cb.trace.loss, ref.loss)
+    assert np.array_equal(cb.trace.eta, ref.eta)
