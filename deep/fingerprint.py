@@ -33,7 +33,7 @@ from gamma_theory.recorder import lr_of
 from .tensordata import _bytes, data_digest
 
 
-def _sha(*parts) -> str:
+def sha_text(*parts) -> str:
     h = hashlib.sha256()
     for p in parts:
         h.update(p if isinstance(p, (bytes, memoryview)) else str(p).encode())
@@ -50,14 +50,14 @@ def state_digest(state: dict) -> str:
     return h.hexdigest()
 
 
-def _plain(v):
+def plain_value(v):
     """A JSON value for a param-group setting (tensors as numbers or digests)."""
     if isinstance(v, torch.Tensor):
         return float(v) if v.numel() == 1 else f"tensor:{state_digest({'t': v})[:16]}"
     if isinstance(v, (tuple, list)):
-        return [_plain(x) for x in v]
+        return [plain_value(x) for x in v]
     if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
+        return {str(k): plain_value(x) for k, x in v.items()}
     if v is None or isinstance(v, (bool, int, str)):
         return v
     if isinstance(v, float):
@@ -65,7 +65,7 @@ def _plain(v):
     return f"{type(v).__name__}"
 
 
-def _qualname(obj) -> str:
+def qualname(obj) -> str:
     t = type(obj)
     return f"{t.__module__}.{t.__qualname__}"
 
@@ -83,17 +83,17 @@ def fingerprint(model_fn, optimizer_fn, scheduler_fn, loss, data, seed: int, lr:
         params = [(n, tuple(p.shape), str(p.dtype)) for n, p in model.named_parameters()]
         out = {
             "model": {
-                "class": _qualname(model),
-                "structure_sha256": _sha(repr(model)),
-                "parameters_sha256": _sha(repr(params)),
+                "class": qualname(model),
+                "structure_sha256": sha_text(repr(model)),
+                "parameters_sha256": sha_text(repr(params)),
                 "num_params": int(sum(p.numel() for p in model.parameters())),
                 "theta0_sha256": state_digest(state),
             },
         }
         opt = optimizer_fn(model.parameters())
-        groups = [{k: _plain(v) for k, v in sorted(g.items()) if k != "params"} | {"num_params": len(g["params"])}
+        groups = [{k: plain_value(v) for k, v in sorted(g.items()) if k != "params"} | {"num_params": len(g["params"])}
                   for g in opt.param_groups]
-        out["optimizer"] = {"class": _qualname(opt), "param_groups": groups}
+        out["optimizer"] = {"class": qualname(opt), "param_groups": groups}
         if scheduler_fn is None:
             eta = lr_of(opt)
             if eta != float(lr):
@@ -112,8 +112,8 @@ def fingerprint(model_fn, optimizer_fn, scheduler_fn, loss, data, seed: int, lr:
                 raise ValueError(f"the schedule gives step {bad} the learning rate {rates[bad]}; every step needs "
                                  "eta_k > 0 (a step at rate 0 does not move theta and has no U_k): start a warm-up "
                                  "above 0")
-            out["schedule"] = {"class": _qualname(sched), "steps": steps, "first": float(rates[0]),
-                               "last": float(rates[-1]), "rates_sha256": _sha(rates.tobytes())}
+            out["schedule"] = {"class": qualname(sched), "steps": steps, "first": float(rates[0]),
+                               "last": float(rates[-1]), "rates_sha256": sha_text(rates.tobytes())}
     out["loss"] = loss.name
     out["data"] = {"class": type(data).__name__, "n": len(data), "sha256": data_digest(data)}
     return out
@@ -137,4 +137,4 @@ def differences(before, now, prefix: str = "") -> list[str]:
     return []
 
 
-__all__ = ["differences", "fingerprint", "state_digest"]
+__all__ = ["differences", "fingerprint", "plain_value", "qualname", "sha_text", "state_digest"]

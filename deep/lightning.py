@@ -72,7 +72,7 @@ from gamma_theory.recorder import lr_of
 from .data import CyclicSampler
 from .env import environment
 from .errors import RecordingError, ReplayMismatch, RunMismatch
-from .fingerprint import _plain, _qualname, _sha, differences
+from .fingerprint import plain_value, qualname, sha_text, differences
 from .folder import IDENTITY_RTOL
 from .losses import Loss, as_loss, outputs
 from .state import load_state, save_state
@@ -174,18 +174,18 @@ class MeasurePath(Callback):
     def _setup(self, trainer, module) -> dict:
         """What run 2 must share with run 1 (compared key by key)."""
         opt = trainer.optimizers[0]
-        groups = [{k: _plain(v) for k, v in sorted(g.items()) if k != "params"} | {"num_params": len(g["params"])}
+        groups = [{k: plain_value(v) for k, v in sorted(g.items()) if k != "params"} | {"num_params": len(g["params"])}
                   for g in opt.param_groups]
-        scheds = [{"class": _qualname(c.scheduler), "interval": c.interval, "frequency": c.frequency}
+        scheds = [{"class": qualname(c.scheduler), "interval": c.interval, "frequency": c.frequency}
                   for c in trainer.lr_scheduler_configs]
         params = [(n, tuple(p.shape), str(p.dtype)) for n, p in module.named_parameters()]
         return {
             "lightning": lightning.__version__,
             "torch": str(torch.__version__),
-            "module": {"class": _qualname(module), "structure_sha256": _sha(repr(module)),
-                       "parameters_sha256": _sha(repr(params)),
+            "module": {"class": qualname(module), "structure_sha256": sha_text(repr(module)),
+                       "parameters_sha256": sha_text(repr(params)),
                        "num_params": int(sum(p.numel() for p in module.parameters()))},
-            "optimizer": {"class": _qualname(opt), "param_groups": groups},
+            "optimizer": {"class": qualname(opt), "param_groups": groups},
             "schedulers": scheds,
             "loss": self.loss_fn.name,
             "max_epochs": trainer.max_epochs,
