@@ -174,32 +174,54 @@ def summarize(run, name: str, seed: int, c: Config, wall_s: float) -> dict:
 
 
 def run_suite(preset: str, out: str | Path, seeds: int | None = None, progress: bool = True,
-              random_labels: bool = False) -> dict:
-    """Measure every run of ``preset`` (a finished one is loaded) and write the report
-    (``random_labels``: the twin on permuted labels, in ``OUT/transformer-<preset>-random-labels``)."""
+              random_labels: bool = False, measure_missing: bool = True) -> dict:
+    """Measure every run of ``preset`` (a finished one is loaded) and write the report after every
+    run, so an interrupted suite keeps a report of what it finished (``random_labels``: the twin on
+    permuted labels, in ``OUT/transformer-<preset>-random-labels``). ``measure_missing=False``:
+    measure nothing, report the finished runs and list the others as not measured."""
     if preset not in PRESETS:
         raise ValueError(f"unknown transformer preset {preset!r}; valid: {', '.join(PRESETS)}")
     ps = PRESETS[preset]
     n_seeds = ps.seeds if seeds is None else int(seeds)
     folder = Path(out) / (f"transformer-{preset}" + ("-random-labels" if random_labels else ""))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "transformer_suite.json").write_text(json.dumps(
+        {"preset": preset, "seeds": n_seeds, "random_labels": random_labels}, indent=2) + "\n")
+    todo = [(seed, vname, replace(ps.base, **change)) for seed in range(n_seeds) for vname, change in ps.variants]
     runs, traces = [], {}
-    for seed in range(n_seeds):
-        for vname, change in ps.variants:
-            c = replace(ps.base, **change)
-            name = f"{vname}-s{seed}"
-            t0 = time.perf_counter()
-            run = measure_one(c, seed, folder / "runs" / name, progress, name, random_labels)
-            wall = run.meta.get("pass1", {}).get("wall_s", 0.0) + run.meta.get("pass2", {}).get("wall_s", 0.0)
-            if run.trace is None:
-                runs.append({"name": name, "seed": seed, "config": asdict(c), "diverged": run.diverged})
-                continue
+    report = None
+    for i, (seed, vname, c) in enumerate(todo):
+        name = f"{vname}-s{seed}"
+        workdir = folder / "runs" / name
+        if not measure_missing and not (workdir / "trace.json").exists():
+            continue
+        t0 = time.perf_counter()
+        run = measure_one(c, seed, workdir, progress, name, random_labels)
+        wall = run.meta.get("pass1", {}).get("wall_s", 0.0) + run.meta.get("pass2", {}).get("wall_s", 0.0)
+        if run.trace is None:
+            runs.append({"name": name, "seed": seed, "config": asdict(c), "diverged": run.diverged})
+        else:
             runs.append(summarize(run, name, seed, c, wall or time.perf_counter() - t0))
             traces[name] = run.trace
+        report = _write(folder, ps, preset, n_seeds, random_labels, runs, traces, todo)
+    return report if report is not None else _write(folder, ps, preset, n_seeds, random_labels, runs, traces, todo)
+
+
+def rebuild(folder: str | Path) -> dict:
+    """The report of a transformer suite folder from the runs finished in it (nothing measured)."""
+    folder = Path(folder)
+    info = json.loads((folder / "transformer_suite.json").read_text())
+    return run_suite(info["preset"], folder.parent, info["seeds"], progress=False,
+                     random_labels=info["random_labels"], measure_missing=False)
+
+
+def _write(folder, ps, preset, n_seeds, random_labels, runs, traces, todo) -> dict:
+    done = {r["name"] for r in runs}
     report = {"suite": "transformer", "preset": preset, "note": ps.note, "seeds": n_seeds,
               "labels": "random" if random_labels else "true",
               "platform": platform.platform(), "torch": torch.__version__, "runs": runs,
+              "not_measured": [f"{v}-s{s}" for s, v, _ in todo if f"{v}-s{s}" not in done],
               "claims": claims(runs)}
-    folder.mkdir(parents=True, exist_ok=True)
     from validation.grok_figure import plot_suite
 
     report["figures"] = [str(p.relative_to(folder)) for p in plot_suite(runs, traces, folder)] if traces else []
@@ -268,6 +290,8 @@ def render(report: dict) -> str:
                      f"{'-' if rnd is None else ('accepted' if rnd['holds'] else 'refused')} | {r['wall_s']:.0f} |")
     for f in report.get("figures", []):
         lines += ["", f"![{f}]({f})"]
+    if report.get("not_measured"):
+        lines += ["", f"Not measured (yet): {', '.join(report['not_measured'])}."]
     lines += ["", "## Claims", "", "| claim | verdict | numbers |", "|---|---|---|"]
     lines += [f"| {c['claim']} | {c['verdict']} | {c['numbers']} |" for c in report["claims"]]
     lines += ["", "theta* is each run's last iterate unless a column says otherwise; the memorization theta* is "
@@ -276,4 +300,4 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["PRESETS", "Config", "Preset", "claims", "measure_one", "render", "run_suite", "summarize"]
+__all__ = ["PRESETS", "Config", "Preset", "claims", "measure_one", "rebuild", "render", "run_suite", "summarize"]

@@ -51,3 +51,22 @@ def test_the_deep_command_runs_it_and_refuses_cifar_options(tmp_path):
     for args, want in ((["--preset", "lite"], "unknown preset 'lite'"), (["--networks", "resnet18"], "--networks")):
         bad = CliRunner().invoke(cli.main, ["deep", "--suite", "transformer", *args, "--out", str(tmp_path)])
         assert bad.exit_code == 2 and want in bad.output and "Traceback" not in bad.output
+
+
+def test_gpcheck_report_rebuilds_a_transformer_folder_from_its_finished_runs(tmp_path):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from validation import cli
+
+    first = run_suite("smoke", tmp_path, progress=False)
+    folder = tmp_path / "transformer-smoke"
+    shutil.rmtree(folder / "runs" / "sgd-s0")  # as if the suite had been stopped before its last run
+    (folder / "report.json").unlink()
+    out = CliRunner().invoke(cli.main, ["report", str(folder)])
+    assert out.exit_code == 0, out.output
+    rep = json.loads((folder / "report.json").read_text())
+    assert rep["not_measured"] == ["sgd-s0"] and "sgd-s0" in (folder / "report.md").read_text()
+    assert [r["definition_1"] for r in rep["runs"]] == [r["definition_1"] for r in first["runs"][:2]]
+    assert not (folder / "runs" / "sgd-s0").exists()  # nothing measured

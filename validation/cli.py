@@ -302,6 +302,17 @@ def report(path: str) -> None:
     if kind is None:
         fail(f"{path}: neither a suite folder (no runs/ folder) nor a measured run folder (no trace.json); "
              f"{_REPORT_WHAT}")
+    suite_file = Path(path) / "transformer_suite.json"
+    if suite_file.exists():  # the transformer suite's folder: its report from the runs finished in it
+        from deep.transformer_suite import rebuild
+
+        try:
+            rep = rebuild(path)
+        except ValueError as exc:
+            fail(str(exc))
+        click.echo(f"report: {Path(path) / 'report.md'} ({len(rep['runs'])} runs finished, "
+                   f"{len(rep['not_measured'])} not measured)")
+        return
     from .deep_report import ReportError, build_report
 
     try:
