@@ -54,6 +54,12 @@ class TokenTask:
     def __len__(self):
         return int(self.y_train.numel())
 
+    def as_data(self, device: torch.device | str = "cpu"):
+        """``(train, held_out)``: the two splits as :class:`deep.tensordata.TensorData` ``(x, y)``
+        on ``device``, ready for :func:`deep.measure.measure` (``loss_fn=outputs(F.cross_entropy)``;
+        ``batch(idx)`` gives ``(tokens, labels)``) and for the held-out accuracy."""
+        return split_data(self, device)
+
     def describe(self) -> str:
         m = self.meta
         txt = (f"{self.name}: {len(self)} training and {int(self.y_test.numel())} held-out examples "
@@ -144,6 +150,16 @@ def sparse_parity(n_bits: int = 20, k: int = 3, n_examples: int = 4096, train_fr
     return _split(f"sparse parity ({k} of {n_bits} bits)", x, y, train_fraction, seed, random_labels,
                   label_seed, vocab_size=2, num_classes=2,
                   meta={"task": "sparse_parity", "n_bits": n_bits, "k": k, "secret": secret.tolist()})
+
+
+def split_data(task: TokenTask, device: torch.device | str = "cpu"):
+    """``(train, held_out)`` of ``task`` as :class:`deep.tensordata.TensorData` ``(x, y)`` on
+    ``device``: the training split is what a measured run trains on (``len`` = the training
+    examples, ``batch(idx)`` = ``(tokens, labels)``), the held-out split gives the test accuracy."""
+    from .tensordata import TensorData
+
+    return (TensorData(task.x_train, task.y_train, device=device),
+            TensorData(task.x_test, task.y_test, device=device))
 
 
 TASKS = {"modular_addition": modular_addition, "sparse_parity": sparse_parity}

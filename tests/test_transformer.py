@@ -2,6 +2,7 @@
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -269,3 +270,71 @@ def test_a_transformer_fits_a_few_pairs():
 
 def test_transformer_class_is_the_built_model():
     assert isinstance(small(), Transformer)
+
+
+# ---------------------------------------------------------------- measured exactly
+
+def test_split_data_is_tensordata_of_each_split():
+    from deep.algorithmic import split_data
+    from deep.tensordata import TensorData
+
+    t = modular_addition(P, 0.4, seed=1)
+    train, held = t.as_data()
+    assert isinstance(train, TensorData) and isinstance(held, TensorData)
+    assert len(train) == len(t) and len(held) == t.y_test.numel()
+    x, y = train.batch(torch.tensor([2, 0]))
+    assert torch.equal(x, t.x_train[[2, 0]]) and torch.equal(y, t.y_train[[2, 0]])
+    xs, ys = zip(*held.eval_batches(50))
+    assert torch.equal(torch.cat(xs), t.x_test) and torch.equal(torch.cat(ys), t.y_test)
+    a, b = split_data(t)
+    assert torch.equal(a.tensors[0], train.tensors[0]) and torch.equal(b.tensors[1], held.tensors[1])
+
+
+@pytest.mark.parametrize("norm,dropout", [("pre", 0.0), ("post", 0.1)])
+def test_measured_exactly_with_adamw_warmup_and_a_bitwise_replay(tmp_path, norm, dropout):
+    """The suite's run through the open engine: the training split as TensorData, the loss
+    outputs(F.cross_entropy), AdamW with weight decay and a per-step warm-up; pass 2 replays
+    pass 1 bit for bit (with dropout too), and the trace matches a plain loop's losses."""
+    import json
+
+    from deep.losses import outputs
+    from deep.measure import measure
+
+    t = modular_addition(23, 0.4, seed=0)
+    train, held = t.as_data()
+    kw = dict(vocab_size=24, num_classes=23, seq_len=3, d_model=32, n_heads=4, norm=norm, dropout=dropout)
+
+    def opt_fn(p):
+        return torch.optim.AdamW(p, lr=1e-3, betas=(0.9, 0.98), weight_decay=1.0)
+
+    def warmup(opt):
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10))
+
+    res = measure(lambda: build_transformer(seed=0, **kw), opt_fn, train, lr=1e-3, epochs=25, batch_size=64,
+                  workdir=tmp_path / "r", seed=0, data_seed=0, loss_fn=outputs(F.cross_entropy),
+                  scheduler_fn=warmup, progress=False)
+    tr = res.trace
+    side = json.loads((tmp_path / "r/trace.json").read_text())
+    assert res.status == "ok" and len(tr) == 25 * 4  # 212 training pairs, 4 steps of 64 per epoch
+    assert side["replay_verified"]["final"] == "bitwise equal to theta*"
+    assert tr.eta[0] == pytest.approx(1e-4) and tr.eta[-1] == 1e-3
+    assert np.isfinite(tr.loss_star).all() and tr.loss[-1] < tr.loss[0]
+    assert side["theta_star_eval"]["eval"]["accuracy"] is not None
+    assert (dropout > 0) == ("random_step" in tr.meta)
+    if dropout == 0:  # a plain loop with the same sampler and init gives the same losses, bit for bit
+        from deep.data import CyclicSampler
+
+        torch.manual_seed(0)
+        m = build_transformer(seed=0, **kw)
+        opt = opt_fn(m.parameters())
+        sched = warmup(opt)
+        sampler, losses = CyclicSampler(len(train), 64, 0), []
+        for _ in range(25):
+            for idx in sampler.next_epoch():
+                loss = F.cross_entropy(m(t.x_train[idx]), t.y_train[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(float(loss.detach()))
+        assert np.array_equal(tr.loss, np.array(losses))
