@@ -106,7 +106,8 @@ def main(argv=None) -> int:
     reports = ROOT / "reports"
     # a suite folder without a report.json is a measurement under way: nothing committed to compare
     folders = args.folders or sorted(p.name for p in reports.iterdir()
-                                     if (p / "runs").is_dir() and (p / "report.json").is_file())
+                                     if (p / "runs").is_dir() and (p / "report.json").is_file()
+                                     and not p.name.startswith("transformer-"))  # not a CIFAR suite
     tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="verdicts-"))
     total_fail = total_change = 0
     rebuilt: dict[str, dict] = {}

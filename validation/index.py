@@ -42,6 +42,18 @@ def _suite_row(rel: str, rep: dict) -> str:
             f"{tally} | {wall:.0f} s |")
 
 
+def _transformer_row(rel: str, rep: dict) -> str:
+    runs = [r for r in rep["runs"] if "definition_1" in r]
+    verdicts = [c["verdict"] for c in rep["claims"]]
+    holds = sum(r["definition_1"]["holds"] for r in runs)
+    tally = (f"{verdicts.count('PASS')} PASS, {verdicts.count('FAIL')} FAIL, {verdicts.count('NOT APPLICABLE')} n/a "
+             f"of {len(verdicts)} claims; Definition 1 holds on {holds} of {len(runs)} runs; "
+             f"{sum(r['converged'] for r in runs)} converged; {len(rep.get('not_measured', []))} not measured")
+    wall = sum(r.get("wall_s") or 0 for r in runs)
+    return (f"| [{rel}]({rel}/report.md) | transformer | {rep['preset']} | modular addition | {rep.get('platform', '')} "
+            f"| - | {tally} | {wall:.0f} s |")
+
+
 def is_ours(path: Path) -> bool:
     """Absent, or an index gpcheck wrote (its first line is :data:`MARKER`)."""
     if not path.exists():
@@ -64,7 +76,8 @@ def write_index(root: str | Path = "reports") -> Path | None:
         rel = rj.parent.name
         try:
             rep = json.loads(rj.read_text())
-            rows.append(_ladder_row(rel, rep) if "n_pass" in rep else _suite_row(rel, rep))
+            rows.append(_ladder_row(rel, rep) if "n_pass" in rep else
+                        _transformer_row(rel, rep) if rep.get("suite") == "transformer" else _suite_row(rel, rep))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             rows.append(f"| [{rel}]({rel}/) | report.json is damaged: rebuild it with `gpcheck report {rel}` | | | | | | |")
     text = "\n".join([
