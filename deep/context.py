@@ -14,10 +14,13 @@ from .data import CyclicSampler, DeviceData
 from .folder import RunFolder
 from .graphs import StepGraphs
 from .state import load_state
-from .step import LossFn, Training, flat_model, use_capturable
+from .step import PLAIN, LossFn, Recipe, Training, flat_model, set_rng_state, use_capturable
 
 ModelFn = Callable[[], torch.nn.Module]
 OptimizerFn = Callable[[Iterable[torch.Tensor]], torch.optim.Optimizer]
+#: ``scheduler_fn(optimizer) -> scheduler``: a ``torch.optim.lr_scheduler`` object (anything with
+#: ``step()``, ``state_dict()`` and ``load_state_dict()``), stepped after every step
+SchedulerFn = Callable[[torch.optim.Optimizer], object]
 
 #: what an external theta*'s name may be: a companion file name, and none of the built-in ones
 _STAR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -116,6 +119,8 @@ class RunContext:
     progress: bool = True
     desc: str = "run"
     graphs_backend: Callable[[], object] | None = None
+    scheduler_fn: SchedulerFn | None = None
+    recipe: Recipe = PLAIN
 
     @property
     def device(self) -> torch.device:
@@ -150,10 +155,13 @@ class RunContext:
         return StepGraphs(self.device, self.graphs, backend=backend)
 
     def start(self) -> Training:
-        """The training at theta_0: a fresh model (its parameters in flat buffers), optimizer and sampler."""
+        """The training at theta_0: a fresh model (its parameters in flat buffers), optimizer,
+        scheduler and sampler."""
         model = self.fresh_model()
         flat = flat_model(model)
-        return Training(model, flat, self.optimizer(model), self.sampler())
+        opt = self.optimizer(model)
+        sched = self.scheduler_fn(opt) if self.scheduler_fn is not None else None
+        return Training(model, flat, opt, self.sampler(), sched, self.recipe)
 
     def resume(self, checkpoint: Path) -> Training:
         """The training exactly as pass 1 left it at ``checkpoint`` (mapped, not read: what is not
@@ -164,6 +172,9 @@ class RunContext:
         t.opt.load_state_dict(_copied(st["optimizer"]))  # the optimizer puts its state where pass 1 had it
         use_capturable(t.opt, self.graphs)
         t.sampler.load_state_dict(st["sampler"])
+        if t.sched is not None:
+            t.sched.load_state_dict(st["scheduler"])
+        set_rng_state(st.get("rng"), self.device)
         del st
         return t
 
@@ -187,4 +198,4 @@ def _copied(obj):
     return obj
 
 
-__all__ = ["NO_EXTRAS", "ExternalStar", "Extras", "ModelFn", "OptimizerFn", "RunContext"]
+__all__ = ["NO_EXTRAS", "ExternalStar", "Extras", "ModelFn", "OptimizerFn", "RunContext", "SchedulerFn"]

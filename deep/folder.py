@@ -22,6 +22,7 @@ from gamma_theory.recorder import trace_from_rows
 
 from .env import environment_mismatch
 from .errors import EnvironmentMismatch, RemeasureWarning, RunMismatch
+from .fingerprint import differences
 from .state import StateDamaged, load_state, remove_state, verify_state
 from .verify import SETUP_JSON, companion_path, consistent_status, read_trace_json
 
@@ -135,12 +136,22 @@ class RunFolder:
                 warnings.warn(f"{exc}; measuring {self.path} again from the start", RemeasureWarning, stacklevel=3)
                 self.wipe()
             else:
-                differ = {k: (before.get(k), setup.get(k)) for k in dict.fromkeys([*before, *setup])
-                          if before.get(k) != setup.get(k)}  # a key only one of them has differs too
+                if "fingerprint" not in before and "fingerprint" in setup:
+                    # measured before fingerprints: a suite run's spec ("run": network, knobs,
+                    # optimizer, ...) names what decides its path; any other such folder is refused
+                    legacy = {k: v for k, v in setup.items() if k != "fingerprint"}
+                    if "run" in before and not differences(before, legacy):
+                        return
+                    if not differences(before, legacy):
+                        raise RunMismatch(f"{self.path} holds a run measured before gpcheck recorded the model, "
+                                          "optimizer, schedule, loss and data it ran (setup.json has no "
+                                          "fingerprint), so it cannot tell whether it is this run; delete the "
+                                          "folder to measure again, or use another")
+                differ = differences(before, setup)  # a key only one of them has differs too
                 if differ:
-                    detail = ", ".join(f"{k}: {a} there vs {b} now" for k, (a, b) in differ.items())
-                    raise RunMismatch(f"{self.path} holds a run with other settings ({detail}); "
-                                      "use another output folder, or delete this one to start over")
+                    shown = "; ".join(differ[:4]) + (f"; and {len(differ) - 4} more" if len(differ) > 4 else "")
+                    raise RunMismatch(f"{self.path} holds another run ({shown}); use another output folder, or "
+                                      "delete this one to start over")
                 return
         write_json(path, setup, sort_keys=True, default=str)
 
@@ -260,30 +271,37 @@ class RunFolder:
         write_json(path, summary, sort_keys=True, default=str)
 
     # -- pass 2's verified part ------------------------------------------------------------------
-    def save_partial(self, rows: np.ndarray, step: np.ndarray, epoch: np.ndarray, verified_epoch: int,
-                     wall_s: float, invocations: list[dict] | None = None) -> None:
-        """The verified part of pass 2 (the recorder's rows for every theta*) and the epoch it
-        reaches, in one atomically written file (with what the invocations so far ran, as JSON text)."""
+    def save_partial(self, rows: np.ndarray, step: np.ndarray, epoch: np.ndarray, eta: np.ndarray | None,
+                     verified_epoch: int, wall_s: float, invocations: list[dict] | None = None) -> None:
+        """The verified part of pass 2 (the recorder's rows for every theta*, and every step's
+        eta_k) and the epoch it reaches, in one atomically written file (with what the
+        invocations so far ran, as JSON text)."""
         buf = io.BytesIO()
-        np.savez(buf, rows=rows, step=step, epoch=epoch, verified_epoch=verified_epoch, wall_s=wall_s,
+        np.savez(buf, rows=rows, step=step, epoch=epoch, eta=np.asarray(eta, dtype=np.float64),
+                 verified_epoch=verified_epoch, wall_s=wall_s,
                  invocations=np.array(json.dumps(invocations or [], default=str)))
         write_bytes(self.partial, buf.getvalue())
 
     def load_partial(self, p1: dict, width: int, lr: float, dist0_sq: float):
-        """``(rows, step, epoch, verified_epoch, wall_s, invocations)`` of the verified part of pass 2,
-        or ``(None, None, None, 0, 0.0, [])``. A file that does not agree with itself and with pass 1 (the
-        main theta*'s columns must meet the recording identity) raises :class:`StateDamaged`."""
+        """``(rows, step, epoch, verified_epoch, wall_s, invocations, eta)`` of the verified part of
+        pass 2, or ``(None, None, None, 0, 0.0, [], None)``. A file that does not agree with itself and
+        with pass 1 (the main theta*'s columns must meet the recording identity, with each step's
+        eta_k) raises :class:`StateDamaged`."""
         path = self.partial
         if not path.exists():
-            return None, None, None, 0, 0.0, []
+            return None, None, None, 0, 0.0, [], None
         try:
             with np.load(path, allow_pickle=False) as z:
                 rows, step, epoch = z["rows"], z["step"], z["epoch"]
+                # a part saved before schedules existed: every step at the constant lr
+                eta = z["eta"] if "eta" in z.files else np.full(len(rows), float(lr))
+                if eta.shape != (len(rows),):
+                    raise ValueError(f"eta has shape {eta.shape} for {len(rows)} rows")
                 verified, wall = int(z["verified_epoch"]), float(z["wall_s"])
                 runs = json.loads(str(z["invocations"])) if "invocations" in z.files else []
                 if not isinstance(runs, list):
                     raise ValueError("invocations is not a list")
-            main = trace_from_rows(rows, step, epoch, 0, lr, dist0_sq)
+            main = trace_from_rows(rows, step, epoch, 0, lr, dist0_sq, eta=eta)
         except Exception as exc:  # noqa: BLE001 - truncated zip, bad CRC, missing member, bad shape: damaged
             raise StateDamaged(path, f"is not readable ({type(exc).__name__}: {exc})") from None
         lengths = p1["epoch_steps"][:verified]
@@ -297,7 +315,7 @@ class RunFolder:
         if not agrees:
             raise StateDamaged(path, f"does not agree with itself or with pass 1 (claims epoch {verified}, "
                                      f"holds {len(rows)} rows)")
-        return rows, step, epoch, verified, wall, runs
+        return rows, step, epoch, verified, wall, runs, eta
 
 
 def load_companions(workdir, meta: dict) -> dict[str, Trace]:

@@ -44,19 +44,20 @@ import os
 import warnings
 from collections.abc import Callable
 
-import torch
 import torch.nn.functional as F
 
-from .context import NO_EXTRAS, ExternalStar, Extras, ModelFn, OptimizerFn, RunContext
-from .data import DeviceData
+from .context import NO_EXTRAS, ExternalStar, Extras, ModelFn, OptimizerFn, RunContext, SchedulerFn
+from .fingerprint import fingerprint
 from .env import deterministic
 from .errors import EnvironmentMismatch, RecordingError, RemeasureWarning, ReplayMismatch, RunMismatch, StarRefused
 from .folder import IDENTITY_RTOL, MeasuredRun, RunFolder, load_companions
+from .losses import as_loss
 from .pass1 import evaluate, extend, pass1
 from .pass2 import finish, pass2
 from .stars import verify_external_stars
 from .state import StateDamaged
-from .step import batch_stats_only, flat_model, train_epoch, use_capturable
+from .step import Recipe, batch_stats_only, flat_model, train_epoch, use_capturable
+from .tensordata import as_data
 
 #: devices whose steps can be captured in graphs (a stand-in ``graphs_backend`` allows any)
 CAPTURE_DEVICES = ("cuda",)
@@ -65,7 +66,7 @@ CAPTURE_DEVICES = ("cuda",)
 def measure(
     model_fn: ModelFn,
     optimizer_fn: OptimizerFn,
-    data: DeviceData,
+    data,
     *,
     lr: float,
     epochs: int,
@@ -73,7 +74,11 @@ def measure(
     workdir: str | os.PathLike,
     seed: int = 0,
     data_seed: int = 0,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+    loss_fn=F.cross_entropy,
+    scheduler_fn: SchedulerFn | None = None,
+    grad_clip: float | None = None,
+    accumulate: int = 1,
+    autocast: str | None = None,
     channels_last: bool = False,
     allow_tf32: bool = False,
     checkpoint_every: int | None = None,
@@ -87,39 +92,70 @@ def measure(
 ) -> MeasuredRun:
     """Train with ``optimizer_fn(model_fn().parameters())`` and measure the path exactly.
 
-    ``lr`` is the optimizer's constant base learning rate (the paper's eta). ``model_fn`` is
-    called after ``torch.manual_seed(seed)``; ``data_seed`` seeds the sampler. Everything is
-    written under ``workdir``; the finished trace is ``workdir/trace.npz`` (+ ``trace.json``).
-    Calling again with the same arguments resumes or, when finished, just loads the result.
-    The caller's determinism settings are restored on return.
+    ``data``: any data of the protocol of :mod:`deep.tensordata` (``device``, ``len``,
+    ``batch(idx)``, ``eval_batches``): :class:`~deep.data.DeviceData` images,
+    :class:`~deep.tensordata.TensorData` tokens or any tensors, or a map-style dataset (stacked
+    and moved to the device once). ``loss_fn(model, batch) -> scalar`` (:mod:`deep.losses`;
+    torch's own losses of ``(outputs, targets)``, the default cross-entropy among them, are
+    adapted; ``deep.losses.outputs(fn)`` adapts one's own).
+
+    ``lr``: the optimizer's base learning rate (the paper's eta). Without ``scheduler_fn`` it is
+    every step's rate, and the optimizer must have it. ``scheduler_fn(optimizer)``: a learning-rate
+    schedule, stepped after every step (warm-up plus cosine over the steps, say); each step's
+    eta_k is then read from the optimizer and recorded (the trace's ``eta`` column), ``U_k =
+    (theta_k - theta_{k+1}) / eta_k``, and Definition 1 and Theorem 1 are read with eta_k
+    (docs/schedules.md). ``grad_clip``, ``accumulate``, ``autocast``: :class:`deep.step.Recipe`.
+
+    ``model_fn`` is called after ``torch.manual_seed(seed)``; ``data_seed`` seeds the sampler.
+    A step may draw random numbers from torch's generators (dropout): they are saved in every
+    checkpoint and replayed, and each theta*'s loss is taken with the masks of the step at
+    theta_k. Everything is written under ``workdir``; the finished trace is
+    ``workdir/trace.npz`` (+ ``trace.json``). ``workdir/setup.json`` records every setting and a
+    fingerprint of what decides the path (model structure and theta_0, optimizer and its
+    hyper-parameters, schedule, loss, data): calling again with the same arguments resumes or,
+    when finished, just loads the result; a folder that holds another run is refused
+    (:class:`RunMismatch`, one line naming what differs). The caller's determinism settings are
+    restored on return.
 
     ``cuda_graphs``: run the steps of both passes as CUDA graph replays (:mod:`deep.graphs`;
-    default: on a CUDA device, yes). It is part of the run's settings, since with it an optimizer
-    that has a ``capturable`` mode (Adam) uses that mode, whose bits differ. ``graphs_backend``:
-    a factory of a stand-in for the CUDA graph backend (the tests emulate capture and replay on
-    the CPU with one); with it, ``cuda_graphs=True`` is allowed on any device.
+    default: on a CUDA device, for a plain step at a constant rate). It is part of the run's
+    settings, since with it an optimizer that has a ``capturable`` mode (Adam) uses that mode,
+    whose bits differ. ``graphs_backend``: a factory of a stand-in for the CUDA graph backend
+    (the tests emulate capture and replay on the CPU with one); with it, ``cuda_graphs=True`` is
+    allowed on any device.
     """
+    data = as_data(data)
+    loss = as_loss(loss_fn)
+    recipe = Recipe(grad_clip, accumulate, autocast)
+    _check_positive("epochs", epochs)
+    _check_positive("batch_size", batch_size)
     capture = CAPTURE_DEVICES if graphs_backend is None else (data.device.type,)
-    graphs = data.device.type in capture if cuda_graphs is None else bool(cuda_graphs)
+    plain = scheduler_fn is None and recipe.plain
+    graphs = data.device.type in capture and plain if cuda_graphs is None else bool(cuda_graphs)
     if graphs and data.device.type not in capture:
         raise ValueError(f"CUDA graphs need a CUDA device; the data is on {data.device} (use cuda_graphs=False)")
+    if graphs and not plain:
+        raise ValueError("CUDA graphs take a plain step at a constant learning rate (a schedule's rate would be "
+                         "baked into the graph); use cuda_graphs=False with scheduler_fn, grad_clip, accumulate "
+                         "or autocast")
     folder = RunFolder.open(workdir)
     checkpoint_every = checkpoint_every or max(1, epochs // 10)
     setup = dict(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, data_seed=data_seed,
                  channels_last=channels_last, allow_tf32=allow_tf32, checkpoint_every=checkpoint_every,
-                 n_train=len(data), extras=extras.to_dict())
+                 n_train=len(data), extras=extras.to_dict(), **recipe.to_setup())
     if graphs:  # only then: the folders of eager runs keep the settings they were measured with
         setup["cuda_graphs"] = True
     if meta and "run" in meta:  # the suite runner's run spec (network, knobs, width, ...)
         setup["run"] = meta["run"]
+    setup["fingerprint"] = fingerprint(model_fn, optimizer_fn, scheduler_fn, loss, data, seed, lr, epochs, batch_size)
     folder.claim(setup)
     done = folder.finished()
     if done is not None:
         if not keep_checkpoints:
             folder.drop_progress()  # what a crash during the last clean-up left behind
         return done
-    ctx = RunContext(model_fn, optimizer_fn, data, loss_fn, setup, folder, extras, keep_checkpoints, meta, progress,
-                     desc, graphs_backend)
+    ctx = RunContext(model_fn, optimizer_fn, data, loss, setup, folder, extras, keep_checkpoints, meta, progress,
+                     desc, graphs_backend, scheduler_fn, recipe)
     verify_external_stars(extras, model_fn)  # refused before anything is trained
     with deterministic(allow_tf32):
         try:
@@ -129,6 +165,11 @@ def measure(
                           "bit for bit)", RemeasureWarning, stacklevel=2)
             folder.wipe()
             return measure_passes(ctx)
+
+
+def _check_positive(name: str, v) -> None:
+    if isinstance(v, bool) or int(v) != v or v < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
 
 
 def measure_passes(ctx: RunContext) -> MeasuredRun:

@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from gamma_theory.files import fault_point
 
 from .context import RunContext
-from .data import DeviceData
 from .env import environment
 from .graphs import invocation, merged_step_path
 from .state import save_state
-from .step import batch_stats_only, copy_state, run_epochs, use_capturable
+from .losses import as_loss
+from .step import batch_stats_only, copy_state, rng_state, run_epochs, same_rng, set_rng_state, use_capturable
 
 
 def pass1(ctx: RunContext) -> dict:
@@ -46,15 +46,20 @@ def pass1(ctx: RunContext) -> dict:
         t.opt.load_state_dict(st["optimizer"])
         use_capturable(t.opt, ctx.graphs)
         t.sampler.load_state_dict(st["sampler"])
+        if t.sched is not None:
+            t.sched.load_state_dict(st["scheduler"])
+        set_rng_state(st.get("rng"), ctx.device)
+        random_step = bool(st.get("random_step", False))
         losses = [x.numpy() for x in st["losses"]]
         start, wall_before, state_prev = int(st["epoch"]), float(st["wall_s"]), st["model_prev"]
         before = list(st.get("invocations") or [])
         del st
     else:
         losses, start, wall_before, before = [], 0, 0.0, []
+        random_step = False  # whether a step drew from torch's random generators (dropout, noise)
         state_prev = None  # model state at the start of the previous epoch
         save_state(copy_state(t.model), folder.theta0)
-        save_state(_checkpoint(t, 0, [], None, 0.0, env), folder.checkpoint(0))
+        save_state(_checkpoint(t, 0, [], None, 0.0, env, random=False, device=ctx.device), folder.checkpoint(0))
 
     diverged = None
     t0, ran = time.perf_counter(), 0
@@ -63,8 +68,12 @@ def pass1(ctx: RunContext) -> dict:
         return before + [invocation(ran, elapsed, graphs)]
 
     bar = ctx.bar(range(start, epochs), "pass 1", start, epochs)
+    rng_before = rng_state(ctx.device)
     for ep in run_epochs(t, ctx.data, ctx.loss_fn, graphs, bar, sum(map(len, losses))):
         ran += len(ep.losses)
+        rng_now = rng_state(ctx.device)
+        random_step = random_step or not same_rng(rng_before, rng_now)
+        rng_before = rng_now
         if ep.diverged:
             diverged = ep.diverged
             # The iterate that starts the diverging epoch may already give an infinite loss, so
@@ -84,7 +93,7 @@ def pass1(ctx: RunContext) -> dict:
         if (ep.epoch + 1) % every == 0 or ep.epoch + 1 == epochs:
             elapsed = time.perf_counter() - t0
             save_state(_checkpoint(t, ep.epoch + 1, losses, state_prev, wall_before + elapsed, env,
-                                   invocations(elapsed)), folder.checkpoint(ep.epoch + 1))
+                                   invocations(elapsed), random_step, ctx.device), folder.checkpoint(ep.epoch + 1))
     elapsed = time.perf_counter() - t0
     wall, runs = wall_before + elapsed, invocations(elapsed)
     save_state(copy_state(t.model), folder.theta_star)
@@ -100,6 +109,7 @@ def pass1(ctx: RunContext) -> dict:
         "step_path": merged_step_path(runs),  # over every invocation that ran a kept step
         "invocations": runs,
         "diverged": diverged,
+        **({"random_step": True} if random_step else {}),  # only then: deterministic runs keep their pass1.json
         "epoch_mean_loss": [float(x.mean()) for x in losses],
         "theta_star_eval": evaluate(t.model, ctx.data, ctx.loss_fn, setup["batch_size"]) if steps else None,
     }
@@ -108,10 +118,16 @@ def pass1(ctx: RunContext) -> dict:
 
 
 def _checkpoint(t, epoch: int, losses: list[np.ndarray], model_prev, wall_s: float, env,
-                invocations: list[dict] | None = None) -> dict:
-    """Everything pass 1 needs to go on from ``epoch`` (tensors, dicts, lists and numbers only),
-    and what the invocations so far ran (``invocations``, kept up to this checkpoint)."""
+                invocations: list[dict] | None = None, random: bool = False, device=None) -> dict:
+    """Everything pass 1 needs to go on from ``epoch`` (tensors, dicts, lists and numbers only):
+    with the random state the next step draws from, the scheduler's state and whether a step so
+    far drew random numbers; and what the invocations so far ran (``invocations``, kept up to
+    this checkpoint)."""
+    extra = {"scheduler": t.sched.state_dict()} if t.sched is not None else {}
     return {
+        **extra,
+        "rng": rng_state(device if device is not None else t.flat.flat.device),
+        "random_step": bool(random),
         "invocations": invocations or [],
         "epoch": epoch,
         "model": t.model.state_dict(),
@@ -151,26 +167,43 @@ def extend(ctx: RunContext, p1: dict) -> dict | None:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: DeviceData, loss_fn, batch_size: int) -> dict:
+def evaluate(model: torch.nn.Module, data, loss_fn, batch_size: int) -> dict:
     """The whole data set at the model's parameters, in order, in batches of ``batch_size``: the
-    mean loss, the accuracy and the largest per-sample cross-entropy, in evaluation mode (BN
-    running statistics) and in training mode (batch statistics, running statistics untouched, as
-    ``loss_star`` is taken). The model is left in the mode it was in."""
+    mean loss and, where the loss classifies the model's outputs (:mod:`deep.losses`), the
+    accuracy and the largest per-sample cross-entropy; in evaluation mode (BN running statistics,
+    no dropout) and in training mode (batch statistics, running statistics untouched, dropout on:
+    as ``loss_star`` is taken). Draws nothing from the training's random state (it is restored).
+    The model is left in the mode it was in."""
+    loss_fn = as_loss(loss_fn)
     was_training = model.training
     out = {"n": len(data), "batch_size": batch_size}
-    for mode in ("eval", "train"):
-        model.train(mode == "train")
-        total, correct, worst = 0.0, 0, 0.0
-        with batch_stats_only(model):
-            for x, y in data.eval_batches(batch_size):
-                logits = model(x)
-                total += float(loss_fn(logits, y)) * len(y)
-                if logits.dim() == 2 and logits.shape[0] == len(y):
+    devices = [data.device] if data.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        for mode in ("eval", "train"):
+            model.train(mode == "train")
+            total, correct, worst, classified = 0.0, 0, 0.0, True
+            with batch_stats_only(model):
+                for batch in data.eval_batches(batch_size):
+                    pair = loss_fn.classify(model, batch) if classified else None
+                    if pair is None:
+                        classified = False
+                        n = _batch_len(batch)
+                        total += float(loss_fn(model, batch)) * n
+                        continue
+                    logits, y = pair
+                    total += float(loss_fn.out_fn(logits, y)) * len(y)
                     correct += int((logits.argmax(1) == y).sum())
                     worst = max(worst, float(F.cross_entropy(logits.float(), y, reduction="none").max()))
-        out[mode] = {"loss": total / len(data), "accuracy": correct / len(data), "max_sample_cross_entropy": worst}
+            out[mode] = {"loss": total / len(data)}
+            if classified:
+                out[mode].update(accuracy=correct / len(data), max_sample_cross_entropy=worst)
     model.train(was_training)
     return out
+
+
+def _batch_len(batch) -> int:
+    first = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return int(first.shape[0]) if isinstance(first, torch.Tensor) else len(first)
 
 
 __all__ = ["evaluate", "extend", "pass1"]

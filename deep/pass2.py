@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from gamma_theory import PathRecorder, Trace, TraceError, recording_identity
-from gamma_theory.recorder import BASE, PER_STAR, trace_from_rows
+from gamma_theory.recorder import BASE, PER_STAR, lr_of, trace_from_rows
 
 from .context import RunContext
 from .env import environment, environment_mismatch
@@ -28,26 +28,67 @@ from .folder import IDENTITY_RTOL, MeasuredRun
 from .graphs import invocation, merged_step_path
 from .state import load_state, remove_state
 from .stars import load_stars, star_sources
-from .step import batch_stats_only, make_step
+from .losses import as_loss
+from .step import batch_stats_only, make_step, rng_state, set_rng_state
 
 
 class StarRecording:
     """What pass 2 adds around the training step: the losses at the first ``active`` theta*
-    (``stars``) on the step's batch, the gradient's capture, and the recorder's row as output."""
+    (``stars``) on the step's batch, the gradient's capture, and the recorder's row as output.
 
-    def __init__(self, rec: PathRecorder, stars: list[torch.nn.Module], loss_fn, record_grad: bool):
-        self.rec, self.stars, self.loss_fn, self.record_grad = rec, stars, loss_fn, record_grad
+    ``random``: the step draws random numbers (dropout masks, noise; pass 1 saw torch's generator
+    advance). The sample z_k then includes them: each theta*'s forward starts from the random
+    state the training forward started from, so it sees the same masks, and the training's
+    generator is put back where the training forward left it (the replay draws exactly what
+    pass 1 drew). ``eta``: the step's learning rate under a schedule (set before each step;
+    None: the recorder's constant ``lr``)."""
 
-    def at_forward(self, x, y):
+    def __init__(self, rec: PathRecorder, stars: list[torch.nn.Module], loss_fn, record_grad: bool,
+                 random: bool = False, device: torch.device | None = None):
+        self.rec, self.stars, self.loss_fn, self.record_grad = rec, stars, as_loss(loss_fn), record_grad
+        self.random, self.device = bool(random), device or rec.prev.device
+        self.eta: float | None = None
+        self._start = None
+
+    def before_forward(self) -> None:
+        if self.random:
+            self._start = rng_state(self.device)
+
+    def at_forward(self, batch):
         with torch.no_grad():
-            return [self.loss_fn(m(x), y) for m in self.stars]
+            if not self.random:
+                return [self.loss_fn(m, batch) for m in self.stars]
+            after = rng_state(self.device)
+            out = []
+            for m in self.stars:
+                set_rng_state(self._start, self.device)
+                out.append(self.loss_fn(m, batch))
+            set_rng_state(after, self.device)
+            return out
 
     def at_gradient(self) -> None:
         if self.record_grad:
             self.rec.capture_grad()
 
     def output(self, loss, loss_star):
-        return self.rec.row(loss, loss_star)
+        return self.rec.row(loss, loss_star, self.eta)
+
+
+def likely_cause(random: bool, graphs: bool) -> str:
+    """Why a replay can leave pass 1's path, most likely first."""
+    causes = []
+    if random:
+        causes.append("the step draws random numbers (pass 1 saw torch's generator advance), and some come from a "
+                      "generator gpcheck does not save and replay: numpy's or Python's random, a torch.Generator of "
+                      "the model's or loss's own, DataLoader workers; draw them from torch's default generator")
+    else:
+        causes.append("the step depends on something besides the parameters, the optimizer, the batch and torch's "
+                      "generator (a generator of its own, numpy's or Python's random, a counter or cache kept in the "
+                      "model or the loss)")
+    causes.append("an op without a deterministic kernel, or a different device or library version")
+    if graphs:
+        causes.append("a CUDA graph replay that differs from the eager step: measure with --no-cuda-graphs")
+    return "The training is not reproducible here; likely: " + "; or ".join(causes)
 
 
 def params_equal(model: torch.nn.Module, ref: dict | torch.nn.Module) -> tuple[bool, float]:
@@ -79,7 +120,13 @@ def pass2(ctx: RunContext, p1: dict, p1b: dict | None) -> dict[str, Trace] | Non
     models, star_rows, dist0_sq = load_stars(sources, ctx.fresh_model, folder.theta0, device)
 
     width = BASE + PER_STAR * len(sources)
-    prior, prior_step, prior_epoch, start, wall_before, before = folder.load_partial(p1, width, ctx.lr, dist0_sq[0])
+    prior, prior_step, prior_epoch, start, wall_before, before, prior_eta = folder.load_partial(p1, width, ctx.lr,
+                                                                                            dist0_sq[0])
+    random = bool(p1.get("random_step"))
+    if random and ctx.graphs:
+        raise ValueError(f"{folder.path}: the step draws random numbers (dropout, noise), and pass 2 gives each "
+                         "theta* the training forward's random state, which a CUDA graph cannot; measure with "
+                         "cuda_graphs=False (--no-cuda-graphs)")
     t = ctx.resume(folder.checkpoint(start))
     rec = PathRecorder(t.flat, star_rows, ctx.lr, dist0_sq=dist0_sq,
                        first_step=len(prior) if prior is not None else 0, until=[s.until for s in sources],
@@ -87,9 +134,11 @@ def pass2(ctx: RunContext, p1: dict, p1b: dict | None) -> dict[str, Trace] | Non
 
     def all_rows():
         rows, step, epoch = rec.rows()
+        eta = rec.etas(always=True)
         if prior is None:
-            return rows, step, epoch
-        return np.concatenate([prior, rows]), np.concatenate([prior_step, step]), np.concatenate([prior_epoch, epoch])
+            return rows, step, epoch, eta
+        return (np.concatenate([prior, rows]), np.concatenate([prior_step, step]), np.concatenate([prior_epoch, epoch]),
+                np.concatenate([prior_eta, eta]))
 
     graphs = ctx.step_graphs()
     step_fns: dict[int, Callable] = {}  # per number of active theta*: one function, so one CUDA graph
@@ -107,10 +156,16 @@ def pass2(ctx: RunContext, p1: dict, p1b: dict | None) -> dict[str, Trace] | Non
             for idx in t.sampler.next_epoch(device):
                 active = rec.n_active()
                 if active not in step_fns:
-                    step_fns[active] = make_step(t.model, t.opt, ctx.data, ctx.loss_fn, t.flat,
-                                                 StarRecording(rec, models[:active], ctx.loss_fn, extras.record_grad))
-                (row,) = graphs.run(("replay", len(idx), active), step_fns[active], idx)
-                rec.push(row.clone() if graphs.requested else row, epoch)  # a graph's row is overwritten
+                    recording = StarRecording(rec, models[:active], ctx.loss_fn, extras.record_grad, random, device)
+                    step_fns[active] = (make_step(t.model, t.opt, ctx.data, ctx.loss_fn, t.flat, recording, t.recipe),
+                                        recording)
+                fn, recording = step_fns[active]
+                eta = lr_of(t.opt) if t.sched is not None else None  # eta_k: this step's rate, before sched.step()
+                recording.eta = eta
+                (row,) = graphs.run(("replay", len(idx), active), fn, idx)
+                rec.push(row.clone() if graphs.requested else row, epoch, eta)  # a graph's row is overwritten
+                if t.sched is not None:
+                    t.sched.step()
                 ran += 1
             rec.flush()
             t.flat.check()  # nothing moved the parameters out of the buffer the recorder reads
@@ -118,14 +173,9 @@ def pass2(ctx: RunContext, p1: dict, p1b: dict | None) -> dict[str, Trace] | Non
             if ck.exists():
                 ok, dev = params_equal(t.model, load_state(ck, "cpu", mmap=True)["model"])
                 if not ok:
-                    raise ReplayMismatch(
-                        f"{folder.path}: pass 2 left pass 1 at epoch {epoch + 1}: largest parameter deviation "
-                        f"{dev:.3e}. The training is not deterministic here (an op without a deterministic "
-                        "kernel, or a different device/library"
-                        + (", or a CUDA graph replay that differs from the eager step: measure with "
-                           "--no-cuda-graphs" if graphs.requested else "")
-                        + "); delete the folder to start over."
-                    )
+                    raise ReplayMismatch(f"{folder.path}: pass 2 left pass 1 at epoch {epoch + 1}: largest parameter "
+                                         f"deviation {dev:.3e}. {likely_cause(random, graphs.requested)}; delete "
+                                         "the folder to start over.")
                 elapsed = time.perf_counter() - t0
                 folder.save_partial(*all_rows(), epoch + 1, wall_before + elapsed, invocations(elapsed))
                 if not ctx.keep_checkpoints and last_verified != epoch + 1:
@@ -133,17 +183,18 @@ def pass2(ctx: RunContext, p1: dict, p1b: dict | None) -> dict[str, Trace] | Non
                 last_verified = epoch + 1
     ok, dev = params_equal(t.model, models[0])
     if not ok:
-        raise ReplayMismatch(f"{folder.path}: pass 2 ended {dev:.3e} away from theta* (largest parameter deviation)")
+        raise ReplayMismatch(f"{folder.path}: pass 2 ended {dev:.3e} away from theta* (largest parameter deviation). "
+                             f"{likely_cause(random, graphs.requested)}; delete the folder to start over.")
     elapsed = time.perf_counter() - t0
     wall, runs = wall_before + elapsed, invocations(elapsed)
-    rows, step, epoch = all_rows()
+    rows, step, epoch, eta = all_rows()
     traces = {}
     for j, src in enumerate(sources):
         meta = {"theta_star": src.what}
         if src.source() is not None:
             meta["source"] = src.source()
         traces[src.name] = trace_from_rows(rows, step, epoch, j, ctx.lr, dist0_sq[j], src.until, extras.record_grad,
-                                           meta)
+                                           meta, eta=eta)
     trace = traces["theta*"]
     trace.meta.update({
         "status": "diverged" if p1["diverged"] else "ok",
@@ -161,6 +212,12 @@ def pass2(ctx: RunContext, p1: dict, p1b: dict | None) -> dict[str, Trace] | Non
                   "step_path": merged_step_path(runs), "invocations": runs},
         "num_params": sum(p.numel() for p in models[0].parameters()),
     })
+    if random:  # only then: the traces of deterministic steps keep the metadata they had
+        trace.meta["random_step"] = {
+            "replayed": "bitwise (torch's generators saved in every checkpoint)",
+            "theta_star": "each theta*'s loss on step k is taken with the random state of the step at theta_k (the "
+                          "same dropout masks: the sample z_k includes them); it does not advance the training's "
+                          "generator"}
     return traces
 
 

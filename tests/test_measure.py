@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from deep.data import CyclicSampler, DeviceData
+from deep.losses import outputs
 from deep.measure import RemeasureWarning, ReplayMismatch, RunMismatch, batch_stats_only, measure
 from deep.state import load_state, save_state
 from gamma_theory import check_trace, flatten_params, trace_from_iterates
@@ -237,7 +238,7 @@ def test_diverged_run_is_reported_and_truncated(tmp_path):
         return F.mse_loss(out, F.one_hot(y, 3).float())
 
     res = measure(model_fn, lambda p: make_optimizer("sgd", p, 50.0), tiny_data(), lr=50.0, epochs=40,
-                  batch_size=16, workdir=tmp_path / "d", loss_fn=mse, progress=False)
+                  batch_size=16, workdir=tmp_path / "d", loss_fn=outputs(mse), progress=False)
     assert res.status == "diverged"
     assert res.diverged["reason"] in ("loss is not finite", "parameters are not finite")
     assert res.diverged["epoch"] >= 2  # a few good epochs come first
@@ -246,7 +247,7 @@ def test_diverged_run_is_reported_and_truncated(tmp_path):
     assert np.isfinite(tr.dist_sq).all()
     # the same call again reports the same, from disk
     again = measure(model_fn, lambda p: make_optimizer("sgd", p, 50.0), tiny_data(), lr=50.0, epochs=40,
-                    batch_size=16, workdir=tmp_path / "d", loss_fn=mse, progress=False)
+                    batch_size=16, workdir=tmp_path / "d", loss_fn=outputs(mse), progress=False)
     assert again.status == "diverged" and again.diverged == res.diverged
 
 
@@ -318,7 +319,7 @@ def test_divergence_right_after_a_resume_keeps_the_measured_epochs(tmp_path):
 
     def go(d):
         return measure(Linear, lambda p: make_optimizer("sgd", p, 50.0), tiny_data(), lr=50.0, epochs=40,
-                       batch_size=16, workdir=d, loss_fn=mse, checkpoint_every=1, progress=False)
+                       batch_size=16, workdir=d, loss_fn=outputs(mse), checkpoint_every=1, progress=False)
 
     full = go(tmp_path / "full")
     e = full.diverged["epoch"]
