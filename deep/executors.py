@@ -16,6 +16,11 @@ their processes that sits here.)
 * ``ray``: one Ray task per run, ``num_gpus=1`` on CUDA, on an existing cluster (an address) or
   one started here (``pip install 'gpcheck[ray]'``).
 
+With ``--star-seed N`` the queue runs in two waves (:func:`deep.tasks.waves`, :func:`in_waves`):
+seed N's runs (and every run that waits for none) first, then the runs judged against their end
+points, which must exist before those start. Every executor waits for the first wave to end
+before it hands out the second, so no array task or Ray task ever waits for another.
+
 Whichever runs a task, it measures it with :func:`deep.runner.execute_task` under the run's own
 lock in the shared output folder, so the bits are the same, two executors (or two invocations)
 never measure a run twice, and a task that dies leaves a run that the next invocation resumes.
@@ -39,7 +44,7 @@ from pathlib import Path
 from gamma_theory.files import PathEscape, read_json
 
 from .runner import write_suite_info
-from .tasks import SUITE_FILE, RunTask, queue_desc, suite_dirs, with_threads
+from .tasks import SUITE_FILE, RunTask, queue_desc, suite_dirs, waves, with_threads
 from .verify import SUITE_JSON
 
 EXECUTORS = ("local", "slurm", "ray")
@@ -111,6 +116,28 @@ def finish_suites(tasks: list[RunTask], walls: dict[Path, float], command: str |
         info = read_json(path, SUITE_JSON, "a suite.json")
         info.update(command=command or info.get("command"), executor=executor, jobs=executor.get("jobs"))
         write_suite_info(out, info, walls.get(out, 0.0))
+
+
+def in_waves(tasks: list[RunTask], run_wave) -> dict[Path, float]:
+    """Run ``run_wave(wave)`` for each wave of ``tasks`` (:func:`deep.tasks.waves`), one after the
+    other; per suite folder, its wall time from the start of the first wave until its last run
+    finished (each wave's own walls, which count from the wave's start, moved by when it started).
+    An interruption or killed workers in a wave stop the waves after it, with their walls so far."""
+    t0 = time.perf_counter()
+    walls: dict[Path, float] = {}
+
+    def moved(w: dict[Path, float], start: float) -> dict[Path, float]:
+        return {out: start + s for out, s in w.items()}
+
+    for wave in waves(tasks):
+        start = time.perf_counter() - t0
+        try:
+            got = run_wave(wave)
+        except (Interrupted, WorkersKilled) as exc:
+            exc.walls = {**walls, **moved(exc.walls, start)}
+            raise
+        walls.update(moved(got, start))
+    return {out: walls.get(out, 0.0) for out in suite_dirs(tasks)}
 
 
 # -- local: worker processes ---------------------------------------------------------------------
@@ -361,12 +388,13 @@ class LocalExecutor:
     def run(self, tasks: list[RunTask]) -> dict[Path, float | None]:
         """Measure ``tasks``; per suite folder its wall time (see :class:`_Watch`), or None where
         this process measured it itself (``jobs=1``: ``suite.json`` got its wall time as it went)."""
-        if self.jobs == 1:
+        if self.jobs == 1:  # one process measures the waves in order: one queue, one wall time
             from . import runner  # looked up when run: a test may stand in for the queue
 
-            return dict.fromkeys(runner.run_queue(tasks, progress=not self.quiet, command=self.command))
-        return run_local(tasks, self.jobs, cuda=self.cuda, threads=self.threads, quiet=self.quiet,
-                         desc=queue_desc(tasks), gpus=self.gpus)
+            ordered = [t for wave in waves(tasks) for t in wave]
+            return dict.fromkeys(runner.run_queue(ordered, progress=not self.quiet, command=self.command))
+        return in_waves(tasks, lambda wave: run_local(wave, self.jobs, cuda=self.cuda, threads=self.threads,
+                                                      quiet=self.quiet, desc=queue_desc(wave), gpus=self.gpus))
 
 
 @dataclass
@@ -390,10 +418,10 @@ class SlurmExecutor:
 
     def run(self, tasks: list[RunTask]) -> dict[Path, float]:
         per = self.threads or 1
-        return run_slurm(with_threads(tasks, None if self.cuda else per), folder=Path(self.folder),
-                         cluster=self.cluster, parallelism=self.jobs if self.jobs > 1 else None, time_min=self.time_min,
-                         partition=self.partition, gpus=1 if self.cuda else 0, cpus=per, extra=self.extra,
-                         quiet=self.quiet, desc=queue_desc(tasks))
+        return in_waves(tasks, lambda wave: run_slurm(
+            with_threads(wave, None if self.cuda else per), folder=Path(self.folder), cluster=self.cluster,
+            parallelism=self.jobs if self.jobs > 1 else None, time_min=self.time_min, partition=self.partition,
+            gpus=1 if self.cuda else 0, cpus=per, extra=self.extra, quiet=self.quiet, desc=queue_desc(wave)))
 
 
 @dataclass
@@ -413,9 +441,10 @@ class RayExecutor:
 
     def run(self, tasks: list[RunTask]) -> dict[Path, float]:
         per = self.threads or 1
-        return run_ray(with_threads(tasks, None if self.cuda else per), address=self.address,
-                       local_cpus=None if self.address else max(self.jobs, 1) * per, gpus=1 if self.cuda else 0,
-                       cpus=per, quiet=self.quiet, desc=queue_desc(tasks))
+        return in_waves(tasks, lambda wave: run_ray(
+            with_threads(wave, None if self.cuda else per), address=self.address,
+            local_cpus=None if self.address else max(self.jobs, 1) * per, gpus=1 if self.cuda else 0, cpus=per,
+            quiet=self.quiet, desc=queue_desc(wave)))
 
 
 Executor = LocalExecutor | SlurmExecutor | RayExecutor

@@ -55,15 +55,34 @@ class StepCosts:
     measured: bool
 
 
-def theta_star_forwards(epochs: int, extras: dict) -> float:
+def theta_star_forwards(epochs: int, extras: dict, external: int = 0) -> float:
     """The average number of theta* forwards per pass-2 step with ``extras`` (Extras.to_dict()):
     the real theta* and the random and extended ones on every step, each earlier iterate (at the
-    start of epoch ``e``) on the ``e / epochs`` of the path before it."""
+    start of epoch ``e``) on the ``e / epochs`` of the path before it, and each external theta*
+    (``extras``' own and ``external`` more: ``--star-seed``'s) on every step."""
     from .measure import Extras
 
-    ex = Extras(**{k: (tuple(v) if k == "sensitivity" else v) for k, v in extras.items()})
-    f = 1.0 + bool(ex.random_baseline) + bool(ex.extend_epochs(epochs))
-    return f + sum(e / epochs for e in ex.candidate_epochs(epochs))
+    ex = Extras(**{k: (tuple(v) if k == "sensitivity" else v) for k, v in extras.items() if k != "external_stars"})
+    f = 1.0 + bool(ex.random_baseline) + bool(ex.extend_epochs(epochs)) + len(extras.get("external_stars") or ())
+    return f + external + sum(e / epochs for e in ex.candidate_epochs(epochs))
+
+
+def _extras_key(extras: dict | None) -> tuple[dict | None, int]:
+    """A run's extras as the plan compares them: without the external theta* (whose paths differ
+    from run to run), and how many there are."""
+    if not isinstance(extras, dict):
+        return extras, 0
+    return {k: v for k, v in extras.items() if k != "external_stars"}, len(extras.get("external_stars") or ())
+
+
+def star_seed_plan_line(config: SuiteConfig) -> str:
+    """``--plan`` with ``--star-seed N``: which runs go first, and what the others cost more."""
+    n = config.star_seed
+    first = [r for r in config.runs if config.star_run(r) is None]
+    judged = [r for r in config.runs if config.star_run(r) is not None]
+    return (f"--star-seed {n}: the {len(first)} runs of seed {n} are measured first (their end points are the other "
+            f"runs' theta*), then the {len(judged)} others, each judged against seed {n}'s end point of its network "
+            "and variant: one more theta* forward (and Gram row) per pass-2 step, counted above.")
 
 
 def pass_costs(c: StepCosts, forwards: float) -> tuple[float, float]:
@@ -229,10 +248,39 @@ def _measured_runs(root: Path) -> list[dict]:
             ms = info["pass1"]["ms_per_step"] + info["pass2"]["ms_per_step"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
+        try:
+            ms1, ms2 = float(info["pass1"]["ms_per_step"]), float(info["pass2"]["ms_per_step"])
+        except (KeyError, TypeError, ValueError):
+            ms1 = ms2 = None
         out.append({"device_name": env.get("device_name"), "network": run.get("network"), "width": run.get("width"),
                     "batch_size": setup.get("batch_size"), "extras": setup.get("extras"), "ms": float(ms),
+                    "ms1": ms1, "ms2": ms2, "epochs": setup.get("epochs") or run.get("epochs"),
                     "where": str(p.parent)})
     return out
+
+
+def _per_theta_star(m: dict) -> float | None:
+    """A measured run's pass-2 cost per theta* it judged: what pass 2 took beyond pass 1's step (the
+    forwards at theta* and the recorder's rows), over its average number of theta* per step (None
+    when its trace.json does not say)."""
+    try:
+        f = theta_star_forwards(int(m["epochs"]), m["extras"])
+        return max(m["ms2"] - m["ms1"], 0.0) / f
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _with_external(m: dict, epochs: int, external: int) -> float:
+    """A measured run's ms/step (pass 1 + 2), with pass 2's cost per theta* (:func:`_per_theta_star`)
+    added for each external theta* more than it judged (taken off for each fewer)."""
+    return m["ms"] + (external - _extras_key(m["extras"])[1]) * _per_theta_star(m)
+
+
+def _external_text(more: int, per: float) -> str:
+    """What :func:`_with_external` added: ``more`` external theta* per step at ``per`` ms each."""
+    word = "more" if more > 0 else "fewer"
+    return (f"{abs(more)} theta* {word} per pass-2 step (another seed's end point) at their pass 2's "
+            f"{per:.1f} ms per theta* (median)")
 
 
 @dataclass
@@ -311,14 +359,32 @@ def plan_config(config: SuiteConfig, device_name: str, bench_results: str | Path
         same = [m for m in measured if (m["device_name"], m["network"], m["width"], m["batch_size"]) == key]
         mine = [m for m in same if not m.get("committed")]
         same = mine or same  # runs of this folder first, then the committed ones
-        exact = [m for m in same if m["extras"] == extras]
-        pick = exact or same
-        forwards = theta_star_forwards(r.epochs, extras)
-        if pick:
+        external = 1 if config.star_run(r) is not None else 0  # --star-seed: seed N's end point
+        want = (extras, external)
+        exact = [m for m in same if _extras_key(m["extras"]) == want]
+        # the same extras but for the external theta*: their ms/step, with pass 2's cost per theta* for each
+        # external one more or less
+        near = [m for m in same if _extras_key(m["extras"])[0] == extras and _per_theta_star(m) is not None]
+        forwards = theta_star_forwards(r.epochs, extras, external)
+        if exact:
+            pick = exact
             where = "committed run(s) in reports/" if pick[0].get("committed") else "measured run(s)"
             planned.append(PlannedRun(r.name, r.network, r.epochs, steps, statistics.median(m["ms"] for m in pick),
-                                      f"median of {len(pick)} {where}" + ("" if exact else " with other extras"),
-                                      done))
+                                      f"median of {len(pick)} {where}", done))
+            continue
+        if near:
+            ms = statistics.median(_with_external(m, r.epochs, external) for m in near)
+            where = "committed run(s) in reports/" if near[0].get("committed") else "measured run(s)"
+            more = external - _extras_key(near[0]["extras"])[1]
+            per = statistics.median(_per_theta_star(m) for m in near)
+            planned.append(PlannedRun(r.name, r.network, r.epochs, steps, ms,
+                                      f"median of {len(near)} {where}, {_external_text(more, per)}", done))
+            continue
+        if same:
+            pick = same
+            where = "committed run(s) in reports/" if pick[0].get("committed") else "measured run(s)"
+            planned.append(PlannedRun(r.name, r.network, r.epochs, steps, statistics.median(m["ms"] for m in pick),
+                                      f"median of {len(pick)} {where} with other extras", done))
             continue
         b = [m["costs"] for m in bench if (m["device_name"], m["network"], m["width"], m["batch_size"]) == key]
         if b:

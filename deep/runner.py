@@ -27,7 +27,7 @@ import traceback
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -38,15 +38,16 @@ from gamma_theory.optimizers import make_optimizer
 
 from .data import DataError, DeviceData, balanced_subset, load_split
 from .env import resolve_device
-from .measure import EnvironmentMismatch, Extras, MeasuredRun, RecordingError, ReplayMismatch, measure
+from .measure import (EnvironmentMismatch, Extras, ExternalStar, MeasuredRun, RecordingError, ReplayMismatch,
+                      StarRefused, measure)
 from .models import model_for_run
-from .state import StateDamaged
+from .state import StateDamaged, verify_state
 from .suites import ASSUMPTIONS, PRESET_TABLE, RunSpec
 from .tasks import (DATASET_CHOICES, DATASET_SHAPE, DEFAULT_OUT, LABELS, MANIFEST_FILE,  # noqa: F401 (re-exported)
                     RANDOM_LABELS_SEED, SUITE_FILE, RunTask, SuiteConfig, _digest, describe_outcome, outcomes,
-                    queue_desc, report_dir, resolve_datasets, resolve_suites, run_states, suite_dirs, suite_tasks,
-                    tasks_of, touched)
-from .verify import SUITE_JSON, manifest_entry_for, manifest_problem, read_manifest_file, read_trace_json
+                    queue_desc, report_dir, resolve_datasets, resolve_suites, run_states, star_seed_companion,
+                    suite_dirs, suite_tasks, tasks_of, touched, waves)
+from .verify import SETUP_JSON, SUITE_JSON, manifest_entry_for, manifest_problem, read_manifest_file, read_trace_json
 
 def load_train_data(dataset: str, n_sub: int | None, device: torch.device, data_root=None, download=False,
                     labels: str = "true"):
@@ -276,6 +277,7 @@ def open_suite(task: RunTask, command: str | None = None) -> _OpenSuite:
         "runs": [r.to_dict() for r in cfg.runs],
         **({"networks": list(cfg.networks)} if cfg.networks else {}),
         **({"variants": list(cfg.variants)} if cfg.variants else {}),
+        **({"star_seed": cfg.star_seed} if cfg.star_seed is not None else {}),
         "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     meta = {"suite": cfg.suite, "preset": cfg.preset, "dataset": cfg.dataset, "data": data_desc}
@@ -319,10 +321,109 @@ def measure_task(task: RunTask, blocking: bool = True, progress: bool = False, c
     s = _suite_of(task, {} if _opened is None else _opened, command)
     t0 = time.perf_counter()
     try:
-        return _measure_if_free(task.spec, s.out, s.data, s.num_classes, s.meta, progress, s.extras, blocking,
+        star = star_seed_extras(task, s.extras, blocking)
+        if star is None:  # seed N's end point is not there yet (--star-seed N)
+            if not blocking:
+                return False  # tried again, waiting, after the rest of the queue
+            _note(f"gpcheck: {task.name} is not measured: {_star_run_state(task)[1]}; rerun the same command once "
+                  "it has finished")
+            return True
+        extras, star_info = star
+        meta = s.meta if star_info is None else {**s.meta, "star_seed": star_info}
+        return _measure_if_free(task.spec, s.out, s.data, s.num_classes, meta, progress, extras, blocking,
                                 s.cuda_graphs, s.measuring)
     finally:
         s.busy_s += time.perf_counter() - t0
+
+
+# -- --star-seed N: the runs of the other seeds judged against seed N's end points ------------------
+def _star_run_state(task: RunTask) -> tuple[str, object]:
+    """Where seed N's run of the task's network and variant stands (``--star-seed N``):
+    ``("ready", ExternalStar)`` when it finished without diverging and its ``theta_star.pt``
+    verifies (the digest its ``.sha256`` holds); ``("unusable", why)`` when it diverged or ended in
+    an error (the task is measured without that companion, and its trace says why);
+    ``("waiting", why)`` when it has not finished (or its theta* is not intact)."""
+    cfg = task.config
+    other = cfg.star_run(task.spec)
+    n = cfg.star_seed
+    wd = cfg.out / "runs" / other.name
+    who = f"seed {n}'s run {other.name}"
+    done, err = wd / "trace.json", wd / "error.json"
+    if not done.is_file():
+        if err.is_file():
+            try:
+                e = read_json(err)
+                what = f"{e['error']}: {str(e['message']).splitlines()[0]}"
+            except (BadFile, KeyError, TypeError, IndexError):
+                what = "its error.json is damaged"
+            return "unusable", f"{who} ended in an error ({what})"
+        return "waiting", f"{who} has not finished"
+    try:
+        info = read_trace_json(done)
+    except BadFile as exc:
+        return "waiting", f"{who} does not verify ({exc})"
+    if info.get("status") == "diverged":
+        d = info.get("diverged") or {}
+        return "unusable", (f"{who} diverged ({d.get('reason')} in epoch {d.get('epoch')}): its last iterate is no "
+                            "end point of training")
+    star = wd / "theta_star.pt"
+    try:
+        verify_state(star)
+        sha = star.with_name(star.name + ".sha256").read_text().split()[0]
+    except (StateDamaged, OSError, IndexError) as exc:
+        return "waiting", (f"{who} finished, but its end point {star} is not there intact ({exc}); delete {wd} to "
+                           "measure it again")
+    return "ready", ExternalStar(star_seed_companion(n), str(star), sha)
+
+
+def _recorded_extras(workdir: Path) -> dict | None:
+    """The extras the run folder's ``setup.json`` recorded when the run started (None: not started,
+    or a setup.json that does not verify, which the run's claim wipes)."""
+    if not (workdir / "setup.json").is_file():
+        return None
+    try:
+        return read_json(workdir / "setup.json", SETUP_JSON, "a run's setup.json").get("extras") or {}
+    except BadFile:
+        return None
+
+
+def star_seed_extras(task: RunTask, extras: Extras, blocking: bool) -> tuple[Extras, dict | None] | None:
+    """The extras ``task`` is measured with, and what its trace records about ``--star-seed N``
+    (``{"seed", "run", "companion", "why"}``; None for a run that is judged against no other seed).
+
+    A run of another seed than N is also judged against seed N's end point of its network and
+    variant (companion ``star_seed<N>``, :func:`_star_run_state`). When that run diverged or ended
+    in an error, the task is measured without it, and ``why`` says so. The choice is made once, when
+    the run starts: a run folder that recorded its settings keeps them (a finished run is reused
+    as it was measured, wherever its theta* file now lies). None when seed N's run has not
+    finished: with ``blocking``, after waiting for the process that holds it."""
+    other = task.config.star_run(task.spec)
+    if other is None:
+        return extras, None
+    n = task.config.star_seed
+    name = star_seed_companion(n)
+    info = {"seed": n, "run": other.name, "companion": None, "why": None}
+    recorded = _recorded_extras(task.workdir)
+    if recorded is not None:
+        stars = [ExternalStar(**d) for d in recorded.get("external_stars") or [] if d.get("name") == name]
+        if stars:
+            return replace(extras, external_stars=(*extras.external_stars, stars[0])), {**info, "companion": name}
+        state, what = _star_run_state(task)
+        if state != "unusable":
+            now = what if state == "waiting" else "now it can"
+            what = (f"it started before seed {n}'s end point could serve ({now}); delete {task.workdir} to measure it "
+                    "against it")
+        return extras, {**info, "why": what}
+    state, what = _star_run_state(task)
+    if state == "waiting" and blocking:
+        with locked(task.config.out / "runs" / f".{other.name}.lock"):  # its holder measures it meanwhile
+            pass
+        state, what = _star_run_state(task)
+    if state == "ready":
+        return replace(extras, external_stars=(*extras.external_stars, what)), {**info, "companion": name}
+    if state == "unusable":
+        return extras, {**info, "why": what}
+    return None
 
 
 def run_queue(tasks: list[RunTask], *, progress: bool = True, command: str | None = None,
@@ -412,7 +513,7 @@ def _measure_if_free(spec: RunSpec, out: Path, data, num_classes: int, meta: dic
         was_finished = (workdir / "trace.json").is_file()
         try:
             run = run_one(spec, data, num_classes, workdir, meta, progress, extras, cuda_graphs)
-        except (ReplayMismatch, EnvironmentMismatch, RecordingError, StateDamaged, RuntimeError) as exc:
+        except (ReplayMismatch, EnvironmentMismatch, RecordingError, StateDamaged, StarRefused, RuntimeError) as exc:
             measuring()
             workdir.mkdir(parents=True, exist_ok=True)
             write_json(err, {"error": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()})

@@ -47,12 +47,35 @@ def resolve_datasets(dataset: str | None, preset: str) -> list[str]:
 
 
 def report_dir(out_root: str | os.PathLike, suite: str, preset: str, dataset: str, labels: str = "true",
-               networks: tuple[str, ...] | None = None, variants: tuple[str, ...] | None = None) -> Path:
-    """``OUT/<suite>-<preset>-<dataset>[-<network>+...][-<variant>+...][-random-labels]``: a suite
-    measured on some of its networks or variants only (``--networks``, ``--variants``) has a folder
-    of its own, so its report never shrinks the report of the whole suite."""
+               networks: tuple[str, ...] | None = None, variants: tuple[str, ...] | None = None,
+               star_seed: int | None = None) -> Path:
+    """``OUT/<suite>-<preset>-<dataset>[-<network>+...][-<variant>+...][-starseed<N>][-random-labels]``:
+    a suite measured on some of its networks or variants only (``--networks``, ``--variants``) has a
+    folder of its own, so its report never shrinks the report of the whole suite; so has one whose
+    runs are also judged against seed N's end points (``--star-seed N``: their settings differ, and a
+    run folder refuses other settings)."""
     only = ("-" + "+".join(networks) if networks else "") + ("-" + "+".join(variants) if variants else "")
-    return Path(out_root) / (f"{suite}-{preset}-{dataset}{only}" + ("-random-labels" if labels == "random" else ""))
+    star = f"-starseed{star_seed}" if star_seed is not None else ""
+    noise = "-random-labels" if labels == "random" else ""
+    return Path(out_root) / f"{suite}-{preset}-{dataset}{only}{star}{noise}"
+
+
+#: the companion a run records against seed N's end point (validation/companion_claims.py STAR_SEED)
+def star_seed_companion(seed: int) -> str:
+    return f"star_seed{seed}"
+
+
+def check_star_seed(star_seed: int | None, seeds: int) -> None:
+    """ValueError (one line, saying what to do) unless ``star_seed`` is None or one of ``seeds`` seeds (0 ..
+    seeds - 1) with at least one other seed to judge against it."""
+    if star_seed is None:
+        return
+    if seeds < 2:
+        raise ValueError(f"--star-seed {star_seed} judges the runs of the other seeds against seed {star_seed}'s end "
+                         f"points, and there is {seeds} seed: add --seeds 2 or more")
+    if not 0 <= star_seed < seeds:
+        raise ValueError(f"--star-seed {star_seed}: the runs have seeds 0 to {seeds - 1} (--seeds {seeds}); "
+                         "give one of them")
 
 
 @dataclass(frozen=True)
@@ -70,12 +93,25 @@ class SuiteConfig:
     star_extend: float = 0.0
     networks: tuple[str, ...] | None = None  #: only these networks of the suite (None: all)
     variants: tuple[str, ...] | None = None  #: only these variants (None: all)
+    #: ``--star-seed N``: every run of another seed is also judged against seed N's end point of its
+    #: network and variant (companion ``star_seed<N>``); seed N's runs are measured first (:func:`waves`)
+    star_seed: int | None = None
 
     @property
     def out(self) -> Path:
         """The suite folder."""
         return report_dir(self.out_root, self.suite, self.preset, self.dataset, self.labels, self.networks,
-                          self.variants)
+                          self.variants, self.star_seed)
+
+    def star_run(self, spec: RunSpec) -> RunSpec | None:
+        """The run whose end point ``spec`` is also judged against: seed N's run of the same network and
+        variant (None without ``--star-seed``, and for seed N's own runs)."""
+        if self.star_seed is None or spec.seed == self.star_seed:
+            return None
+        for r in self.runs:
+            if r.seed == self.star_seed and (r.network, r.variant) == (spec.network, spec.variant):
+                return r
+        return None
 
     @property
     def seeds(self) -> int:
@@ -141,19 +177,21 @@ class RunTask:
 
 def resolve_suites(suites, preset: str, dataset: str | None, out_root, *, seeds: int | None = None,
                  labels: str = "true", star_extend: float = 0.0, networks: tuple[str, ...] | None = None,
-                 variants: tuple[str, ...] | None = None) -> list[SuiteConfig]:
+                 variants: tuple[str, ...] | None = None, star_seed: int | None = None) -> list[SuiteConfig]:
     """One :class:`SuiteConfig` per suite of ``suites`` (a name or a list) and data set of
     ``dataset``, suite by suite; ValueError (naming the choices) for an unknown suite, preset or
-    data set, or a network or variant the suite lacks."""
+    data set, a network or variant the suite lacks, or a ``star_seed`` that is not one of the seeds
+    (:func:`check_star_seed`)."""
     suites = [suites] if isinstance(suites, str) else list(suites)
     networks = None if networks is None else tuple(dict.fromkeys(networks))
     variants = None if variants is None else tuple(dict.fromkeys(variants))
     configs = []
     for s in suites:
         suite = get_suite(s, preset, seeds, networks, variants)
+        check_star_seed(star_seed, len({r.seed for r in suite.runs}))
         for ds in resolve_datasets(dataset, preset):
             configs.append(SuiteConfig(s, preset, ds, str(out_root), PRESET_TABLE[preset], suite.question,
-                                       tuple(suite.runs), labels, star_extend, networks, variants))
+                                       tuple(suite.runs), labels, star_extend, networks, variants, star_seed))
     return configs
 
 
@@ -168,13 +206,25 @@ def suite_tasks(suites, preset: str, dataset: str | None, out_root, *, seeds: in
                 labels: str = "true", star_extend: float = 0.0, data_root=None, download: bool = False,
                 device: str | None = None, threads: int | None = None,
                 cuda_graphs: bool | None = None, networks: tuple[str, ...] | None = None,
-                variants: tuple[str, ...] | None = None) -> list[RunTask]:
+                variants: tuple[str, ...] | None = None, star_seed: int | None = None) -> list[RunTask]:
     """Every run of ``suites`` (a name or a list) on each data set of ``dataset``, in one queue:
     suite by suite, data set by data set, run by run (:func:`resolve_suites`, :func:`tasks_of`)."""
     configs = resolve_suites(suites, preset, dataset, out_root, seeds=seeds, labels=labels, star_extend=star_extend,
-                        networks=networks, variants=variants)
+                             networks=networks, variants=variants, star_seed=star_seed)
     return tasks_of(configs, data_root=data_root, download=download, device=device, threads=threads,
                     cuda_graphs=cuda_graphs)
+
+
+def waves(tasks: list[RunTask]) -> list[list[RunTask]]:
+    """The queue in the waves an executor measures one after the other: first every run whose end
+    point another run is judged against (``--star-seed N``: seed N's runs) and every run that
+    waits for none; then the runs that are judged against seed N's end points, which must exist
+    before they start (deep/runner.py reads its digest when the run starts). Without ``--star-seed``,
+    one wave: the queue as it is. Empty waves are left out; the order inside a wave is the queue's."""
+    first = [t for t in tasks if t.config.star_run(t.spec) is None]
+    second = [t for t in tasks if t.config.star_run(t.spec) is not None]
+    first.sort(key=lambda t: t.config.star_seed is None or t.spec.seed != t.config.star_seed)  # stable
+    return [w for w in (first, second) if w]
 
 
 def with_threads(tasks: list[RunTask], threads: int | None) -> list[RunTask]:

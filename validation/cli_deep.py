@@ -106,6 +106,10 @@ def _report_is_current(out: Path) -> bool:
                    "the reports go to OUT/<suite>-<preset>-<dataset>-random-labels/")
 @click.option("--star-extend", default=0.0, show_default=True, type=click.FloatRange(0, 10),
               help="also judge every path against a theta* trained this fraction of the epochs longer (0: not)")
+@click.option("--star-seed", default=None, type=int, metavar="N",
+              help="also judge every run of another seed against theta* = the end point of seed N's run of the same "
+                   "network and variant (companion star_seedN; seed N's runs are measured first), into a folder of "
+                   "its own: OUT/<suite>-<preset>-<dataset>[-...]-starseedN/ (needs --seeds 2 or more)")
 @click.option("--out", "out_root", default="gpcheck-out", show_default=True,
               help="root of the reports: OUT/<suite>-<preset>-<dataset>/ and the index OUT/README.md (the "
                    "committed ones: reports; a folder gpcheck-out is git-ignored)")
@@ -165,15 +169,15 @@ class _Deep:
 
 
 def _parse(suite, preset, dataset, data_root, download, device, threads, cuda_graphs, networks, variants, seeds,
-           labels, star_extend, out_root, quiet, plan, executor, jobs, ray_address, slurm_partition, slurm_time,
-           slurm_args, slurm_cluster) -> _Deep:
+           labels, star_extend, star_seed, out_root, quiet, plan, executor, jobs, ray_address, slurm_partition,
+           slurm_time, slurm_args, slurm_cluster) -> _Deep:
     """Check every option (one line and exit 2 for bad input) and resolve the suites once."""
     import torch
 
     from deep.env import resolve_device
     from deep.executors import EXECUTORS
-    from deep.suites import PRESETS, SUITES
-    from deep.tasks import DATASET_CHOICES, LABELS, resolve_suites
+    from deep.suites import PRESET_TABLE, PRESETS, SUITES
+    from deep.tasks import DATASET_CHOICES, LABELS, check_star_seed, resolve_suites
 
     _path_arg("--out", out_root, "reports")
     _path_arg("--data-root", data_root, "/data/cifar")
@@ -204,9 +208,13 @@ def _parse(suite, preset, dataset, data_root, download, device, threads, cuda_gr
         if suite == "all":
             fail("--networks and --variants pick networks and variants of one suite; give --suite activation, bn, "
                  "skip or optimizer with them")
+    try:
+        check_star_seed(star_seed, PRESET_TABLE[preset].seeds if seeds is None else seeds)
+    except ValueError as exc:
+        fail(str(exc))
     try:  # the one resolution of the suites, presets and filters: every later step reads these values
         configs = resolve_suites(suites, preset, dataset, out_root, seeds=seeds, labels=labels,
-                                 star_extend=star_extend, networks=networks, variants=variants)
+                                 star_extend=star_extend, networks=networks, variants=variants, star_seed=star_seed)
     except ValueError as exc:
         if networks is None and variants is None:
             fail(str(exc))
@@ -273,7 +281,7 @@ def _print_plan(o: _Deep) -> None:
     import torch
 
     from deep.env import cpu_name
-    from deep.plan import concurrency_advice, plan_config, render_plan, summary_line
+    from deep.plan import concurrency_advice, plan_config, render_plan, star_seed_plan_line, summary_line
 
     dev = o.dev
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
@@ -282,8 +290,11 @@ def _print_plan(o: _Deep) -> None:
     for c in o.configs:
         planned = plan_config(c, name, device=dev.type, timings=timings)
         everything += planned
-        click.echo(render_plan(planned, f"Plan: `{c.suite}` suite, `{c.preset}` preset, {c.dataset}, on {name} ({dev})",
-                               name, dev.type == "cuda") + "\n")
+        star = "" if c.star_seed is None else f", star seed {c.star_seed}"
+        click.echo(render_plan(planned, f"Plan: `{c.suite}` suite, `{c.preset}` preset, {c.dataset}{star}, on {name} "
+                               f"({dev})", name, dev.type == "cuda") + "\n")
+        if c.star_seed is not None:
+            click.echo(star_seed_plan_line(c) + "\n")
     if dev.type == "cuda":
         click.echo(concurrency_advice(name, max(1, torch.cuda.device_count())) + "\n")
     if len(everything) > len(planned):

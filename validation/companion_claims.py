@@ -126,9 +126,13 @@ def extended_link_claims(runs: list[RunNumbers]) -> list[dict]:
 STAR_SEED_CLAIM = "gamma tracks speed vs another seed's end point"
 
 
-def _star_seed_claim(net: str, variants: dict[str, RunNumbers], other: int) -> dict:
+def _star_seed_claim(net: str, variants: dict[str, RunNumbers], other: int,
+                     unusable: dict[tuple[str, str], str] | None = None) -> dict:
     """One network, one seed, theta* = seed ``other``'s final iterate of each variant: does the
-    gap-weighted mean gamma rank the converged variants as their speed does?"""
+    gap-weighted mean gamma rank the converged variants as their speed does? ``unusable``: why
+    seed ``other``'s end point of a (network, variant) cannot serve (it diverged, ended in an
+    error, or did not converge): that variant is left out, with the reason."""
+    unusable = unusable or {}
     name = f"{net} {STAR_SEED_CLAIM}"
     statement = (f"{net}: among its converged variants, ranking by the gap-weighted mean gamma (1 / (2 eta sum gap) "
                  "times 1 - " + _end_ratio_text() + ", by the identity) gives the same order as ranking by speed, "
@@ -139,15 +143,19 @@ def _star_seed_claim(net: str, variants: dict[str, RunNumbers], other: int) -> d
     for v, r in variants.items():
         numbers[v] = (f"gamma_bar {fmt(r.gamma_bar)}, mean loss {fmt(r.speed)}, end_ratio {fmt(r.end_ratio)}"
                       if r.judged else f"no trace against seed {other}'s end point ({r.status})")
+        star_why = unusable.get((net, v))
+        if star_why is not None:  # the path's own state is said too, when it also rules the variant out
+            why.append(f"{v}: {star_why}")
         if not r.judged:
-            why.append(f"{v} has no trace against seed {other}'s end point")
+            if star_why is None:
+                why.append(f"{v} has no trace against seed {other}'s end point")
         elif r.status == "diverged":
             why.append(f"{v} diverged")
         elif not r.converged:
             why.append(f"{v} did not converge")
         elif r.gamma_bar is None:
             why.append(f"{v} has no gap-weighted mean gamma (its gaps sum to 0)")
-        else:
+        elif star_why is None:
             values[v] = r.gamma_bar
     left_out = f" ({'; '.join(why)}: left out)" if why else ""
     if len(values) < 2:
@@ -175,18 +183,23 @@ def star_seed_claims(by_other: dict[int, list[RunNumbers]]) -> list[dict]:
     without it is ``missing``). Decided for each (seed of the path, seed N of theta*) pair and, with
     several pairs, summarized over them as claims are over seeds; NOT APPLICABLE when no run
     recorded such a companion, or when that theta* lies within NEAR_END of the path's end."""
+    unusable = getattr(by_other, "unusable", {})  # validation.run_summary.StarSeedRuns
     pairs: dict[str, list[dict]] = {}
     for other, runs in sorted(by_other.items()):
         for seed in sorted({r.seed for r in runs if r.judged and r.seed != other}):
             key = f"{seed} vs the end of s{other}"
             for net, variants in by_network([r for r in runs if r.seed == seed]).items():
-                pairs.setdefault(key, []).append(_star_seed_claim(net, variants, other))
+                pairs.setdefault(key, []).append(_star_seed_claim(net, variants, other, unusable.get(other)))
     if not pairs:
+        reasons = {f"seed {n}'s end point of {net}/{v}": w for n, bad in sorted(unusable.items())
+                   for (net, v), w in bad.items()}
+        why = "no run recorded another seed's end point as theta* (a companion star_seed<N>)"
+        if reasons:
+            why += ": " + "; ".join(reasons.values())
         return [claim_row(STAR_SEED_CLAIM, "agreement",
                          "among a network's converged variants, ranking by the gap-weighted mean gamma gives the "
                          "order of speed when each path is judged against theta* = another seed's final iterate of "
-                         "the same network and variant", NA, {},
-                         "no run recorded another seed's end point as theta* (a companion star_seed<N>)")]
+                         "the same network and variant", NA, reasons, why)]
     if len(pairs) == 1:
         return next(iter(pairs.values()))
     names = list(dict.fromkeys(c["claim"] for cs in pairs.values() for c in cs))

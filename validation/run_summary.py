@@ -141,6 +141,8 @@ def summarize(run: LoadedRun, num_classes: int | None = None) -> dict:
         "pass2": meta.get("pass2"),
         "env": meta.get("env"),
         "replay_verified": meta.get("replay_verified"),
+        # --star-seed N: which end point the run was judged against too, or why not (deep/runner.py)
+        **({"star_seed": meta["star_seed"]} if isinstance(meta.get("star_seed"), dict) else {}),
     }
 
 
@@ -235,11 +237,53 @@ def sensitivity_runs(summaries: list[dict]) -> dict[str, list[RunNumbers]]:
     return {label: [run_numbers(s, names.get(s["name"], "-")) for s in summaries] for label, names in labels.items()}
 
 
-def star_seed_runs(summaries: list[dict]) -> dict[int, list[RunNumbers]]:
-    """For each seed N whose end point some run recorded as a companion ``star_seed<N>``, every run
-    judged against it."""
-    seeds = sorted({int(m.group(1)) for c in companions_of(summaries) if (m := STAR_SEED.match(c))})
-    return {n: against(summaries, f"star_seed{n}") for n in seeds}
+class StarSeedRuns(dict):
+    """:func:`star_seed_runs`' answer: for each seed N, every run judged against its
+    ``star_seed<N>`` companion (a dict, as :func:`validation.companion_claims.star_seed_claims`
+    takes it), and in ``unusable[N][(network, variant)]`` why seed N's end point of that
+    configuration cannot serve as another near-minimizer (it diverged or ended in an error, so no
+    run recorded it; or its run did not converge), with its numbers."""
+
+    def __init__(self, runs: dict[int, list[RunNumbers]], unusable: dict[int, dict[tuple[str, str], str]]):
+        super().__init__(runs)
+        self.unusable = unusable
+
+
+def _star_convergence(s: dict) -> str | None:
+    """Why seed N's run ``s`` (its summary) gives no near-minimizer as theta*, or None when it does."""
+    if s.get("status") == "diverged":
+        return f"seed {(s.get('run') or {}).get('seed', 0)}'s run {s['name']} diverged"
+    if "check" not in s:
+        return f"seed {(s.get('run') or {}).get('seed', 0)}'s run {s['name']} has no trace ({s.get('status')})"
+    conv = s["convergence"]
+    if not conv["converged"] or s.get("status") != "ok":
+        ratio = conv.get("loss_ratio")
+        return (f"seed {(s.get('run') or {}).get('seed', 0)}'s run {s['name']} did not converge (last/first epoch "
+                f"loss {conv['final_loss']:.3g}/{conv['first_epoch_loss']:.3g} = "
+                f"{'n/a' if ratio is None else format(ratio, '.3g')} > {CONVERGED_FRACTION}): its end point is no "
+                "near-minimizer")
+    return None
+
+
+def star_seed_runs(summaries: list[dict]) -> StarSeedRuns:
+    """For each seed N whose end point some run recorded as a companion ``star_seed<N>``, or that a
+    run measured with ``--star-seed N`` names (its trace's ``star_seed``), every run judged against
+    it, and why seed N's end point of a configuration cannot serve (:class:`StarSeedRuns`)."""
+    seeds = {int(m.group(1)) for c in companions_of(summaries) if (m := STAR_SEED.match(c))}
+    seeds |= {int(s["star_seed"]["seed"]) for s in summaries if isinstance((s.get("star_seed") or {}).get("seed"), int)}
+    unusable: dict[int, dict[tuple[str, str], str]] = {}
+    for n in sorted(seeds):
+        bad = unusable.setdefault(n, {})
+        for s in summaries:
+            r = run_numbers(s)
+            info = s.get("star_seed") or {}
+            if info.get("seed") == n and info.get("why") and not info.get("companion"):
+                bad.setdefault((r.network, r.variant), info["why"])  # measured without it, and why (deep/runner.py)
+            if r.seed == n:  # seed N's own run: is its end point a near-minimizer?
+                why = _star_convergence(s)
+                if why is not None:
+                    bad.setdefault((r.network, r.variant), why)
+    return StarSeedRuns({n: against(summaries, f"star_seed{n}") for n in sorted(seeds)}, unusable)
 
 
 def seed_table(summaries: list[dict]) -> list[dict]:
