@@ -73,10 +73,20 @@ def schedule(opt):
     return torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(3, STEPS))
 
 
+def small_transformer():
+    """The transformer suite's model (deep/models/transformer.py): pre-LN, dropout 0.1, 2 heads."""
+    from deep.models.transformer import build_transformer
+
+    return build_transformer(vocab_size=V, num_classes=C, seq_len=T, norm="pre", dropout=0.1, d_model=16, n_heads=2,
+                             seed=0)
+
+
 class Lit(L.LightningModule):
+    net_fn = TokenNet
+
     def __init__(self):
         super().__init__()
-        self.net = TokenNet()
+        self.net = type(self).net_fn()
 
     def forward(self, x):
         return self.net(x)
@@ -92,10 +102,14 @@ class Lit(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule(opt), "interval": "step"}}
 
 
-def fit(run_dir, seed=SEED, reseed_after_model=None, precision="32-true", loader=None):
+class LitTransformer(Lit):
+    net_fn = staticmethod(small_transformer)
+
+
+def fit(run_dir, seed=SEED, reseed_after_model=None, precision="32-true", loader=None, module_cls=Lit):
     """The user's script: seed_everything, the module, a deterministic Trainer with clipping."""
     L.seed_everything(seed, verbose=False)
-    module = Lit()
+    module = module_cls()
     if reseed_after_model is not None:  # same theta_0, other dropout masks: not run 1's training
         torch.manual_seed(reseed_after_model)
     cb = MeasurePath(run_dir)
@@ -116,8 +130,8 @@ def both(tmp_path_factory):
     return d, second, measured(d / "m")
 
 
-def measured(workdir, **kw):
-    return measure(TokenNet, adamw, TensorData(*tokens()), lr=LR, epochs=EPOCHS, batch_size=BATCH, workdir=workdir,
+def measured(workdir, model_fn=TokenNet, **kw):
+    return measure(model_fn, adamw, TensorData(*tokens()), lr=LR, epochs=EPOCHS, batch_size=BATCH, workdir=workdir,
                    seed=SEED, data_seed=DATA_SEED, loss_fn=outputs(F.cross_entropy), scheduler_fn=schedule,
                    grad_clip=CLIP, progress=False,
                    extras=Extras(random_baseline=False, sensitivity=(), star_extend=0.0, record_grad=True), **kw)
@@ -219,3 +233,19 @@ def test_a_dataloader_without_its_own_generator_is_not_measures_training(both, t
     ref = both[2].trace  # ... but not measure()'s path
     assert not np.array_equal(cb.trace.loss, ref.loss)
     assert np.array_equal(cb.trace.eta, ref.eta)
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_a_transformer_with_dropout_adamw_cosine_clipping_is_measures_bit_for_bit(tmp_path, precision):
+    """Issue 22's case: a transformer with dropout, AdamW, warm-up plus cosine, clipping (and bf16),
+    through the callback and through measure(): both replays verified, every column equal."""
+    first = fit(tmp_path / "run", precision=precision, module_cls=LitTransformer)
+    assert first.mode == "record"
+    cb = fit(tmp_path / "run", precision=precision, module_cls=LitTransformer)
+    ref = measured(tmp_path / "m", model_fn=small_transformer,
+                   **({"autocast": "bf16"} if precision == "bf16-mixed" else {})).trace
+    assert cb.trace.meta["replay_verified"]["final"] == "bitwise equal to theta*"
+    assert ref.meta["replay_verified"]["final"] == "bitwise equal to theta*"
+    assert ref.meta.get("random_step") and ref.eta is not None
+    for col in COLUMNS:
+        assert np.array_equal(getattr(cb.trace, col), getattr(ref, col)), col
