@@ -67,6 +67,11 @@ def theta_star_forwards(epochs: int, extras: dict, external: int = 0) -> float:
     return f + external + sum(e / epochs for e in ex.candidate_epochs(epochs))
 
 
+def _where(measured: list[dict]) -> str:
+    """Where the runs an estimate comes from were measured."""
+    return "committed run(s) in reports/" if measured[0].get("committed") else "measured run(s)"
+
+
 def _extras_key(extras: dict | None) -> tuple[dict | None, int]:
     """A run's extras as the plan compares them: without the external theta* (whose paths differ
     from run to run), and how many there are."""
@@ -367,24 +372,19 @@ def plan_config(config: SuiteConfig, device_name: str, bench_results: str | Path
         near = [m for m in same if _extras_key(m["extras"])[0] == extras and _per_theta_star(m) is not None]
         forwards = theta_star_forwards(r.epochs, extras, external)
         if exact:
-            pick = exact
-            where = "committed run(s) in reports/" if pick[0].get("committed") else "measured run(s)"
-            planned.append(PlannedRun(r.name, r.network, r.epochs, steps, statistics.median(m["ms"] for m in pick),
-                                      f"median of {len(pick)} {where}", done))
+            planned.append(PlannedRun(r.name, r.network, r.epochs, steps, statistics.median(m["ms"] for m in exact),
+                                      f"median of {len(exact)} {_where(exact)}", done))
             continue
         if near:
             ms = statistics.median(_with_external(m, r.epochs, external) for m in near)
-            where = "committed run(s) in reports/" if near[0].get("committed") else "measured run(s)"
             more = external - _extras_key(near[0]["extras"])[1]
             per = statistics.median(_per_theta_star(m) for m in near)
             planned.append(PlannedRun(r.name, r.network, r.epochs, steps, ms,
-                                      f"median of {len(near)} {where}, {_external_text(more, per)}", done))
+                                      f"median of {len(near)} {_where(near)}, {_external_text(more, per)}", done))
             continue
         if same:
-            pick = same
-            where = "committed run(s) in reports/" if pick[0].get("committed") else "measured run(s)"
-            planned.append(PlannedRun(r.name, r.network, r.epochs, steps, statistics.median(m["ms"] for m in pick),
-                                      f"median of {len(pick)} {where} with other extras", done))
+            planned.append(PlannedRun(r.name, r.network, r.epochs, steps, statistics.median(m["ms"] for m in same),
+                                      f"median of {len(same)} {_where(same)} with other extras", done))
             continue
         b = [m["costs"] for m in bench if (m["device_name"], m["network"], m["width"], m["batch_size"]) == key]
         if b:

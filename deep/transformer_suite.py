@@ -152,7 +152,7 @@ def summarize(run, name: str, seed: int, c: Config, wall_s: float) -> dict:
     for k, ctr in comps.items():
         cd = definition_1(ctr)
         against[k] = {"steps": len(ctr), "holds": cd.holds, "gamma_max": cd.gamma_max,
-                      "n_violating": int(cd.own_infeasible_steps.size + cd.conflicting_steps.size),
+                      "n_violating": int(cd.violating_steps.size),
                       # Fact 1 along the path: a minimizer's loss is never above the path's on a batch
                       "n_negative_gap": int((ctr.gap < 0).sum())}
     return {
@@ -167,7 +167,7 @@ def summarize(run, name: str, seed: int, c: Config, wall_s: float) -> dict:
         "grokking_step": (events["grokking"] or {}).get("step"),
         "definition_1": {"holds": d1.holds, "gamma_max": d1.gamma_max,
                          "dimensionless": None if d1.gamma_max is None else d1.gamma_max * tr.dist0_sq,
-                         "n_violating": int(d1.own_infeasible_steps.size + d1.conflicting_steps.size),
+                         "n_violating": int(d1.violating_steps.size),
                          "share_positive": d1.share_positive},
         "theorem_1_holds": res.holds,
         "phases": by,
