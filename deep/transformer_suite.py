@@ -64,6 +64,15 @@ class Config:
     warmup: int = 10  #: linear warm-up over this many steps (0: off)
     batch_size: int = 512
     epochs: int = 300
+    layers: int = 1  #: transformer blocks (the registry's ``transformer1`` / ``transformer2``)
+
+    def spec(self) -> dict:
+        """The settings as a run's spec (``setup.json``'s ``run``): ``layers`` was added after the
+        cpu runs were committed, so it is named only when it is not 1 (those runs keep their setup)."""
+        d = asdict(self)
+        if d["layers"] == 1:
+            del d["layers"]
+        return d
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,7 @@ class Preset:
     variants: tuple[tuple[str, dict], ...]  #: (name, the settings that differ from the base)
     seeds: int = 3
     note: str = ""
+    sized_for: str = "cpu"  #: "cpu" (2 cores, the runs committed here) or "gpu" (one GPU)
 
 
 _KNOBS = (("base", {}), ("norm-post", {"norm": "post"}), ("norm-pre", {"norm": "pre"}),
@@ -93,6 +103,13 @@ PRESETS = {
     # sized by bench/grokking_sizing.py (docs/transformer.md): AdamW wd 1.0, train fraction 0.4,
     # batch 512 and a 10-step warm-up grokked at epoch 240 in 33 s of plain training on one thread
     "cpu": Preset("cpu", Config(), _KNOBS, seeds=3),
+    # one GPU: Power et al. (2022)'s setting, a 2-layer transformer (d_model 128, 4 heads) with a
+    # train fraction of 0.3, which groks later than 0.4 (their Fig. 1); 1,000 epochs of 6 steps
+    "lite": Preset("lite", Config(train_fraction=0.3, layers=2, epochs=1000), _KNOBS, seeds=3, sized_for="gpu",
+                   note="sized for one GPU: 2 layers, train fraction 0.3, 1,000 epochs (6,000 steps a run)"),
+    # one GPU, hours: the same for 10,000 epochs (60,000 steps, their 10^5-step order of magnitude)
+    "paper": Preset("paper", Config(train_fraction=0.3, layers=2, epochs=10000), _KNOBS, seeds=3, sized_for="gpu",
+                    note="sized for one GPU: 2 layers, train fraction 0.3, 10,000 epochs (60,000 steps a run)"),
 }
 
 
@@ -114,23 +131,27 @@ def _warmup(steps: int):
     return lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / steps))
 
 
+def model_fn(c: Config, task, seed: int):
+    """The run's model: ``transformer<layers>`` of the registry with the knobs of ``c``."""
+    def model():
+        return build_transformer(f"transformer{c.layers}", vocab_size=task.vocab_size, num_classes=task.num_classes,
+                                 seq_len=task.seq_len, norm=c.norm, residual=c.residual, activation=c.activation,
+                                 d_model=c.d_model, n_heads=c.n_heads, seed=seed)
+    return model
+
+
 def measure_one(c: Config, seed: int, workdir: Path, progress: bool = False, desc: str = "run",
-                random_labels: bool = False):
+                random_labels: bool = False, device: str | torch.device = "cpu"):
     """Measure one run of the suite (its split and its model from ``seed``; ``random_labels``: every
     pair's label permuted at random before the split, the skeptic's twin: noise can be memorized,
-    never grokked)."""
+    never grokked) on ``device`` (the pairs are put there once)."""
     task = modular_addition(p=c.p, train_fraction=c.train_fraction, seed=seed, random_labels=random_labels)
-
-    def model():
-        return build_transformer(vocab_size=task.vocab_size, num_classes=task.num_classes, seq_len=task.seq_len,
-                                 norm=c.norm, residual=c.residual, activation=c.activation, d_model=c.d_model,
-                                 n_heads=c.n_heads, seed=seed)
-
-    return measure(model, _optimizer(c), TensorData(task.x_train, task.y_train), lr=c.lr, epochs=c.epochs,
+    return measure(model_fn(c, task, seed), _optimizer(c), TensorData(task.x_train, task.y_train, device=device),
+                   lr=c.lr, epochs=c.epochs,
                    batch_size=c.batch_size, workdir=workdir, seed=seed, data_seed=seed,
-                   held_out=TensorData(task.x_test, task.y_test), scheduler_fn=_warmup(c.warmup),
+                   held_out=TensorData(task.x_test, task.y_test, device=device), scheduler_fn=_warmup(c.warmup),
                    extras=Extras(events=True, sensitivity=(), record_grad=True),
-                   meta={"run": {"suite": "transformer", "seed": seed, **asdict(c),
+                   meta={"run": {"suite": "transformer", "seed": seed, **c.spec(),
                                  **({"random_labels": True} if random_labels else {})}},
                    progress=progress, desc=desc)
 
@@ -177,7 +198,7 @@ def summarize(run, name: str, seed: int, c: Config, wall_s: float) -> dict:
 
 
 def run_suite(preset: str, out: str | Path, seeds: int | None = None, progress: bool = True,
-              random_labels: bool = False, measure_missing: bool = True) -> dict:
+              random_labels: bool = False, measure_missing: bool = True, device: str = "cpu") -> dict:
     """Measure every run of ``preset`` (a finished one is loaded) and write the report after every
     run, so an interrupted suite keeps a report of what it finished (``random_labels``: the twin on
     permuted labels, in ``OUT/transformer-<preset>-random-labels``). ``measure_missing=False``:
@@ -199,7 +220,7 @@ def run_suite(preset: str, out: str | Path, seeds: int | None = None, progress: 
         if not measure_missing and not (workdir / "trace.json").exists():
             continue
         t0 = time.perf_counter()
-        run = measure_one(c, seed, workdir, progress, name, random_labels)
+        run = measure_one(c, seed, workdir, progress, name, random_labels, device)
         wall = run.meta.get("pass1", {}).get("wall_s", 0.0) + run.meta.get("pass2", {}).get("wall_s", 0.0)
         if run.trace is None:
             runs.append({"name": name, "seed": seed, "config": asdict(c), "diverged": run.diverged})

@@ -48,7 +48,7 @@ def test_the_deep_command_runs_it_and_refuses_cifar_options(tmp_path):
                                        "--quiet"])
     assert ok.exit_code == 0, ok.output
     assert (tmp_path / "transformer-smoke/report.md").exists() and "principle" in ok.output
-    for args, want in ((["--preset", "lite"], "unknown preset 'lite'"), (["--networks", "resnet18"], "--networks")):
+    for args, want in ((["--preset", "long"], "unknown preset 'long'"), (["--networks", "resnet18"], "--networks")):
         bad = CliRunner().invoke(cli.main, ["deep", "--suite", "transformer", *args, "--out", str(tmp_path)])
         assert bad.exit_code == 2 and want in bad.output and "Traceback" not in bad.output
 

@@ -28,22 +28,34 @@ def run_transformer(opts: dict) -> None:
     preset = opts["preset"]
     if preset not in PRESETS:
         _choice_error("preset", preset, tuple(PRESETS))
-    if opts.get("device") not in (None, "cpu"):
-        fail("the transformer suite runs on the CPU here (its presets are sized for 2 cores); leave out --device")
     ps = PRESETS[preset]
+    # default: the cpu presets on the CPU (their committed runs ran there); the GPU presets on a GPU when present
+    device = opts.get("device") or ("cuda" if ps.sized_for == "gpu" and torch.cuda.is_available() else "cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        fail(f"--device {device}: the transformer suite runs on cpu, cuda or cuda:N")
     seeds = opts.get("seeds") or ps.seeds
     if opts.get("threads"):
         torch.set_num_threads(opts["threads"])
+    labels = opts.get("labels", "true")
+    if labels not in ("true", "random"):
+        _choice_error("labels", labels, ("true", "random"))
     if opts.get("plan"):
+        from deep.transformer_plan import plan, render
+
         click.echo(f"transformer suite, preset {preset}: {len(ps.variants)} variants x {seeds} seed(s), "
                    f"{ps.base.epochs} epochs each (base {Config.__name__}: {ps.base})")
         for name, change in ps.variants:
             click.echo(f"  {name}: {change or 'the base'}")
+        planned, name, note = plan(preset, seeds, opts["out_root"], device, labels == "random")
+        click.echo("")
+        click.echo(render(preset, planned, name, note, ps.sized_for), nl=False)
         return
-    labels = opts.get("labels", "true")
-    if labels not in ("true", "random"):
-        _choice_error("labels", labels, ("true", "random"))
-    report = run_suite(preset, opts["out_root"], seeds, progress=not opts.get("quiet"), random_labels=labels == "random")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        fail(f"--device {device}: no CUDA device on this machine; leave out --device to run on the CPU")
+    if ps.sized_for == "gpu" and device == "cpu":
+        click.echo(f"note: the {preset} preset is sized for one GPU; on this CPU it takes long (see --plan)", err=True)
+    report = run_suite(preset, opts["out_root"], seeds, progress=not opts.get("quiet"), random_labels=labels == "random",
+                       device=device)
     folder = Path(opts["out_root"]) / (f"transformer-{preset}" + ("-random-labels" if labels == "random" else ""))
     click.echo(f"report: {folder / 'report.md'}")
     for c in report["claims"]:
