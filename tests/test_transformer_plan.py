@@ -24,7 +24,7 @@ def _finished(root, preset, run, spec, ms1, ms2, device_name):
 def test_layers_enter_a_run_spec_only_when_not_one_and_build_that_many_blocks():
     assert "layers" not in Config().spec()  # the committed cpu runs' setup.json stays theirs
     lite = PRESETS["lite"].base
-    assert lite.spec()["layers"] == 2 and PRESETS["lite"].sized_for == "gpu"
+    assert lite.spec()["layers"] == 2 and PRESETS["lite"].sized_for == "gpu" and lite.train_fraction == 0.4
     task = modular_addition(p=lite.p, train_fraction=lite.train_fraction, seed=0)
     assert len(model_fn(lite, task, 0)().blocks) == 2 and len(model_fn(Config(), task, 0)().blocks) == 1
 
