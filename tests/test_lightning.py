@@ -106,17 +106,21 @@ class LitTransformer(Lit):
     net_fn = staticmethod(small_transformer)
 
 
-def fit(run_dir, seed=SEED, reseed_after_model=None, precision="32-true", loader=None, module_cls=Lit):
-    """The user's script: seed_everything, the module, a deterministic Trainer with clipping."""
+def fit(run_dir, seed=SEED, reseed_after_model=None, precision="32-true", loader=None, module_cls=Lit, callbacks=(),
+        resume=False, **trainer_kw):
+    """The user's script: seed_everything, the module, a deterministic Trainer with clipping.
+    ``resume``: True fits with ``ckpt_path=cb.resume_path()``, a path with that one."""
     L.seed_everything(seed, verbose=False)
     module = module_cls()
     if reseed_after_model is not None:  # same theta_0, other dropout masks: not run 1's training
         torch.manual_seed(reseed_after_model)
     cb = MeasurePath(run_dir)
+    kw = dict(enable_checkpointing=False) | trainer_kw
     trainer = L.Trainer(max_epochs=EPOCHS, deterministic=True, gradient_clip_val=CLIP, gradient_clip_algorithm="norm",
-                        accelerator="cpu", devices=1, callbacks=[cb], enable_progress_bar=False, logger=False,
-                        enable_model_summary=False, enable_checkpointing=False, precision=precision)
-    trainer.fit(module, loader() if loader else cyclic_loader(TensorData(*tokens()), BATCH, DATA_SEED))
+                        accelerator="cpu", devices=1, callbacks=[cb, *callbacks], enable_progress_bar=False,
+                        logger=False, enable_model_summary=False, precision=precision, **kw)
+    ckpt = cb.resume_path() if resume is True else (str(resume) if resume else None)
+    trainer.fit(module, loader() if loader else cyclic_loader(TensorData(*tokens()), BATCH, DATA_SEED), ckpt_path=ckpt)
     return cb
 
 
@@ -194,15 +198,18 @@ def test_a_second_run_that_is_not_the_first_is_stopped_at_its_first_epoch(both, 
         fit(tmp_path / "run", seed=SEED + 1)
 
 
-def test_a_resumed_fit_is_refused(tmp_path):
+@pytest.mark.parametrize("weights_only", [False, True])
+def test_a_fit_resumed_from_lightnings_own_checkpoint_is_refused(tmp_path, weights_only):
+    """Only MeasurePath's own checkpoints resume a measured fit (tests/test_lightning_resume.py);
+    one without callback states at all (weights_only) is refused too, by on_fit_start."""
     quiet = dict(enable_progress_bar=False, logger=False, enable_model_summary=False, enable_checkpointing=False,
                  accelerator="cpu", deterministic=True)
     L.seed_everything(0, verbose=False)
     plain = L.Trainer(max_epochs=1, **quiet)
     plain.fit(Lit(), cyclic_loader(TensorData(*tokens()), BATCH))
-    plain.save_checkpoint(tmp_path / "one.ckpt")
+    plain.save_checkpoint(tmp_path / "one.ckpt", weights_only=weights_only)
     trainer = L.Trainer(max_epochs=2, callbacks=[MeasurePath(tmp_path / "r")], **quiet)
-    with pytest.raises(RuntimeError, match="issue 17543"):
+    with pytest.raises(RuntimeError, match=r"issue 17543.*ckpt_path=cb\.resume_path\(\)"):
         trainer.fit(Lit(), cyclic_loader(TensorData(*tokens()), BATCH), ckpt_path=str(tmp_path / "one.ckpt"))
     assert not (tmp_path / "r").exists()
 
