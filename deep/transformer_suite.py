@@ -179,7 +179,7 @@ def summarize(run, name: str, seed: int, c: Config, wall_s: float) -> dict:
 def run_suite(preset: str, out: str | Path, seeds: int | None = None, progress: bool = True,
               random_labels: bool = False, measure_missing: bool = True) -> dict:
     """Measure every run of ``preset`` (a finished one is loaded) and write the report after every
-    run, so an interrupted suite keeps a report of what it finished (``random_labels``: the twin on
+    run measured, so an interrupted suite keeps a report of what it finished (``random_labels``: the twin on
     permuted labels, in ``OUT/transformer-<preset>-random-labels``). ``measure_missing=False``:
     measure nothing, report the finished runs and list the others as not measured."""
     if preset not in PRESETS:
@@ -193,10 +193,11 @@ def run_suite(preset: str, out: str | Path, seeds: int | None = None, progress: 
     todo = [(seed, vname, replace(ps.base, **change)) for seed in range(n_seeds) for vname, change in ps.variants]
     runs, traces = [], {}
     report = None
-    for i, (seed, vname, c) in enumerate(todo):
+    for seed, vname, c in todo:
         name = f"{vname}-s{seed}"
         workdir = folder / "runs" / name
-        if not measure_missing and not (workdir / "trace.json").exists():
+        finished = (workdir / "trace.json").exists()
+        if not measure_missing and not finished:
             continue
         t0 = time.perf_counter()
         run = measure_one(c, seed, workdir, progress, name, random_labels)
@@ -206,7 +207,9 @@ def run_suite(preset: str, out: str | Path, seeds: int | None = None, progress: 
         else:
             runs.append(summarize(run, name, seed, c, wall or time.perf_counter() - t0))
             traces[name] = run.trace
-        report = _write(folder, ps, preset, n_seeds, random_labels, runs, traces, todo)
+        # after a run measured now, the report so far; a loaded run waits for the next write (a
+        # rebuild draws the figures once, not once per run)
+        report = _write(folder, ps, preset, n_seeds, random_labels, runs, traces, todo) if not finished else None
     return report if report is not None else _write(folder, ps, preset, n_seeds, random_labels, runs, traces, todo)
 
 
