@@ -59,4 +59,4 @@ def run_transformer(opts: dict) -> None:
     folder = Path(opts["out_root"]) / (f"transformer-{preset}" + ("-random-labels" if labels == "random" else ""))
     click.echo(f"report: {folder / 'report.md'}")
     for c in report["claims"]:
-        click.echo(f"  {c['verdict']:<15}{c['claim']}: {c['numbers']}")
+        click.echo(f"  {c['verdict']:<15}{c['claim']}: {c.get('why') or c['numbers']}")
