@@ -24,7 +24,8 @@ END = "<!-- results: end -->"
 ROOT = Path(__file__).resolve().parents[1]
 #: the evidence reports, in the README's order (a folder that is absent is skipped)
 SUITES = ["activation-cpu-cifar10-jpeg", "bn-cpu-cifar10-jpeg", "skip-cpu-cifar10-jpeg", "optimizer-cpu-cifar10-jpeg",
-          "skip-long-cifar10-jpeg", "skip-cpu-cifar10-jpeg-random-labels"]
+          "skip-long-cifar10-jpeg", "skip-long-cifar10-jpeg-resnet34", "bn-rate-cifar10-jpeg-resnet18-all",
+          "activation-rate-cifar10-jpeg-alexnet-relu", "skip-cpu-cifar10-jpeg-random-labels"]
 
 
 def _short(text: str, n: int = 200) -> str:
@@ -147,6 +148,32 @@ def standing(reports: dict[str, dict]) -> list[str]:
     return out
 
 
+def pooled_rate(reports: dict[str, dict]) -> list[str]:
+    """The per-step violation rate of converged runs pooled over the true-label reports (each path
+    counted once: the reports hold disjoint runs), with its 95% Clopper-Pearson interval and what it
+    predicts at the paper's length."""
+    from scipy import stats
+
+    rows = [(n, r["violation_rate"]) for n, r in reports.items()
+            if r.get("violation_rate") and (r.get("labels") or "true") == "true"]
+    if not rows:
+        return []
+    k = sum(v["violating_steps"] for _, v in rows)
+    n = sum(v["steps"] for _, v in rows)
+    runs = sum(v["runs"] for _, v in rows)
+    paper = rows[0][1]["paper_steps"]
+    ci = stats.binomtest(k, n).proportion_ci(0.95)
+
+    def at(p):
+        return 1.0 - (1.0 - p) ** paper
+
+    return [f"Pooled over the {len(rows)} true-label reports above that have converged runs: **{k} violating step(s) in "
+            f"{n:,} steps** of {runs} converged paths, a per-step rate of {fmt3(k / n)} (95% CI {fmt3(ci.low)} to "
+            f"{fmt3(ci.high)}). At the paper's {paper:,} steps a path would break Definition 1 at least once with "
+            f"probability {fmt3(at(k / n))} ({fmt3(at(ci.low))} to {fmt3(at(ci.high))}). By report: "
+            + "; ".join(f"`{f}` {v['violating_steps']} in {v['steps']:,}" for f, v in rows) + ".", ""]
+
+
 def render(reports_dir: str | Path = ROOT / "reports") -> str:
     reports_dir = Path(reports_dir)
     reports = {}
@@ -159,6 +186,7 @@ def render(reports_dir: str | Path = ROOT / "reports") -> str:
     lines += standing(reports) + [""]
     for folder, rep in reports.items():
         lines += suite_block(folder, rep)
+    lines += pooled_rate(reports)
     return "\n".join(lines + [END])
 
 
