@@ -286,42 +286,56 @@ def plot_paths(columns: dict[str, dict[str, Trace]], path: str | os.PathLike,
 def plot_picture(pictures: list, path: str | Path, title: str = "") -> Path:
     """The paper's Fig. 12: per run, its path in the plane of its first two principal components
     over the loss contours of that plane, with the SGD direction at every epoch's iterate (arrows,
-    lengths scaled for display). ``pictures``: :class:`deep.picture.PathPicture` objects."""
+    lengths scaled for display). ``pictures``: :class:`deep.picture.PathPicture` objects.
+
+    The axes are to scale (equal aspect: an arrow's angle is the plane's), so a path whose second
+    component is small draws a flat panel: each panel's height follows its data, the colorbar sits
+    under it and the legend under the figure, so that nothing overlaps whatever the shape."""
     n = len(pictures)
-    fig = Figure(figsize=(5.2 * n, 4.8), dpi=110)
-    for k, p in enumerate(pictures):
-        ax = fig.add_subplot(1, n, k + 1)
+
+    def ratio(p):  # height / width of the panel's data at equal aspect (grid extents)
+        w = float(np.ptp(p.grid_a)) or 1.0
+        return min(max(float(np.ptp(p.grid_b)) / w, 0.12), 1.6)
+
+    width = 5.6
+    panel_h = max(ratio(p) for p in pictures) * width
+    fig = Figure(figsize=(width * n, panel_h + 2.6), dpi=110, layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    handles = None
+    for ax, p in zip(axes, pictures):
         A, B = np.meshgrid(p.grid_a, p.grid_b)
         z = np.log10(np.maximum(p.grid_loss, 1e-12))
         cs = ax.contourf(A, B, z, levels=20, cmap="viridis", alpha=0.85)
         ax.contour(A, B, z, levels=20, colors="k", linewidths=0.3, alpha=0.5)
-        fig.colorbar(cs, ax=ax, label="log10 loss on the subset")
+        fig.colorbar(cs, ax=ax, orientation="horizontal", location="bottom", shrink=0.8, aspect=35,
+                     label="log10 loss on the subset")
         c = p.coords
-        ax.plot(c[:, 0], c[:, 1], "-o", color="white", markersize=2.5, linewidth=1.2, label="path (per epoch)")
+        ax.plot(c[:, 0], c[:, 1], "-o", color="white", markeredgecolor="0.2", markeredgewidth=0.4, markersize=3,
+                linewidth=1.2, label="path (per epoch)")
         ax.plot(c[0, 0], c[0, 1], "s", color="white", markeredgecolor="k", markersize=7, label="theta_0")
-        star = "theta*" + ("" if p.star_loss is None else f" (loss {fmt3(p.star_loss)})")
-        ax.plot(0, 0, "*", color="red", markeredgecolor="k", markersize=13, label=star)
+        ax.plot(0, 0, "*", color="red", markeredgecolor="k", markersize=13, label="theta* (the last iterate)")
         d = p.sgd_dirs
         if d.size:
             span = max(np.ptp(c[:, 0]), np.ptp(c[:, 1]), 1e-12)
             norm = np.linalg.norm(d, axis=1, keepdims=True)
             u = np.where(norm > 0, d / np.maximum(norm, 1e-300), 0.0) * 0.08 * span
             ax.quiver(c[:-1, 0], c[:-1, 1], u[:, 0], u[:, 1], angles="xy", scale_units="xy", scale=1,
-                      color="orange", width=0.004, label="SGD direction (projected)")
+                      color="orange", width=0.004, label="SGD direction (projected; length for display)")
         r = p.meta.get("run") or {}
-        inplane = (f"; in-plane share of the SGD direction {fmt3(float(np.nanmean(p.sgd_inplane)))}"
-                   if p.sgd_inplane.size else "")
-        ax.set_title(f"{p.name}\n{r.get('optimizer')} lr {fmt3(r.get('lr'))}; mean cos(SGD, step) "
-                     f"{fmt3(float(np.nanmean(p.sgd_cos_to_step)) if p.sgd_cos_to_step.size else None)}{inplane}\n"
-                     "axes to scale (equal aspect): arrow angles are the plane's", fontsize=8)
+        cos = fmt3(float(np.nanmean(p.sgd_cos_to_step))) if p.sgd_cos_to_step.size else "n/a"
+        share = fmt3(float(np.nanmean(p.sgd_inplane))) if p.sgd_inplane.size else "n/a"
+        star = "n/a" if p.star_loss is None else fmt3(p.star_loss)
+        ax.set_title(f"{p.name} ({r.get('optimizer')}, lr {fmt3(r.get('lr'))}); theta*'s subset loss {star}\n"
+                     f"mean cos(SGD direction, epoch step) {cos}; in-plane share of the SGD direction {share}",
+                     fontsize=8)
         ax.set_aspect("equal", adjustable="box")
-        ax.set_xlabel(f"PC1 ({100 * p.explained[0]:.1f}% of variance)")
-        ax.set_ylabel(f"PC2 ({100 * p.explained[1]:.1f}% of variance)")
-        if k == 0:
-            ax.legend(fontsize=7, loc="best")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        ax.set_xlabel(f"PC1 ({100 * p.explained[0]:.1f}% of variance)", fontsize=8)
+        ax.set_ylabel(f"PC2 ({100 * p.explained[1]:.1f}%)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        handles = ax.get_legend_handles_labels()
+    fig.legend(*handles, loc="outside lower center", ncol=4, fontsize=7, frameon=False)
+    head = (title + "\n" if title else "") + "axes to scale (equal aspect): the arrows' angles are the plane's"
+    fig.suptitle(head, fontsize=9)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     out = Path(path)
