@@ -177,3 +177,18 @@ def test_a_fail_resting_on_undecidable_steps_says_so():
     c = principle_claims([rn("a"), shaky, rn("c", d1=False)])[0]
     assert c["verdict"] == FAIL and "net/b" in c["why"] and "rests on them alone" not in c["why"]
     assert "undecidable" not in principle_claims([rn("a")])[0]["why"]
+
+
+def test_a_claim_failing_in_most_seeds_gets_the_sign_test_of_its_failure():
+    from validation.claims import FAIL, PASS
+    from validation.seeds import over_seeds
+
+    def c(verdict, margin):
+        return {"claim": "x", "kind": "equivalence", "statement": "s", "verdict": verdict, "numbers": {}, "why": "",
+                "margin": margin}
+
+    out = over_seeds({s: c(FAIL, -0.5 - s) for s in range(7)})
+    assert out["verdict"] == FAIL and out["numbers"]["fails in"] == "7 of 7 seeds"
+    assert out["numbers"]["sign test p (it fails)"] == "7.81e-03" and "p = 0.00781" in out["why"]
+    mixed = over_seeds({0: c(PASS, 0.2), 1: c(FAIL, -0.1), 2: c(PASS, 0.3)})  # fails in a minority: no such test
+    assert mixed["verdict"] == FAIL and "fails in" not in mixed["numbers"]
