@@ -63,3 +63,19 @@ def pytest_sessionfinish(session, exitstatus):
 
         warnings.warn(msg)
         print(f"\nWARNING: {msg}")
+
+
+# -- torch's global determinism switch is put back after every test -----------------------------
+# Lightning's Trainer(deterministic=True) turns torch's deterministic algorithms on for the whole
+# process and leaves them on; a module-scoped fixture that fits once does so before any function
+# fixture of its module can look. Every test ends with the switch as the session started.
+import pytest  # noqa: E402
+
+_DETERMINISTIC_AT_START = torch.are_deterministic_algorithms_enabled()
+
+
+@pytest.fixture(autouse=True)
+def _determinism_as_at_start():
+    yield
+    if torch.are_deterministic_algorithms_enabled() != _DETERMINISTIC_AT_START:
+        torch.use_deterministic_algorithms(_DETERMINISTIC_AT_START)
