@@ -243,13 +243,18 @@ def violation_rate(runs: list[RunNumbers]) -> dict | None:
     rows = [r for r in runs if r.judged and r.converged and r.n_steps]
     if not rows:
         return None
-    k, n = sum(r.n_violating for r in rows), sum(r.n_steps for r in rows)
+    return rate_numbers(sum(r.n_violating for r in rows), sum(r.n_steps for r in rows), len(rows))
+
+
+def rate_numbers(k: int, n: int, runs: int) -> dict:
+    """``k`` violating steps in ``n`` steps of ``runs`` paths: the rate, its 95% Clopper-Pearson
+    interval, and the chance of at least one violation on a path of the paper's length."""
     ci = stats.binomtest(k, n).proportion_ci(0.95)
 
     def at_paper(p):
         return 1.0 - (1.0 - p) ** PAPER_STEPS
 
-    return {"violating_steps": k, "steps": n, "runs": len(rows), "rate": k / n, "ci95": [ci.low, ci.high],
+    return {"violating_steps": k, "steps": n, "runs": runs, "rate": k / n, "ci95": [ci.low, ci.high],
             "paper_steps": PAPER_STEPS, "p_violation_at_paper_length": at_paper(k / n),
             "p_violation_at_paper_length_ci95": [at_paper(ci.low), at_paper(ci.high)]}
 
