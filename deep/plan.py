@@ -157,26 +157,66 @@ def _bench_costs(results: Path) -> list[dict]:
     return out
 
 
-def time_steps(network: str, width: float, batch_size: int, device: str = "cpu", steps: int = 2) -> StepCosts:
-    """Time a few steps here, at the runner's settings: a deterministic training step with flat
-    buffers, a forward at a theta*, and the recorder's row (one theta*, gradient columns); after
-    one untimed step of each. Random CIFAR-shaped data."""
+def time_parts(m, fp, opt, stars, x, y, lr: float, steps: int) -> dict[str, float]:
+    """ms of the parts of a measured step, each over ``steps`` steps after one untimed step: a
+    training step of ``m`` (its flat buffers ``fp``, optimizer ``opt``) on the batch ``(x, y)``,
+    the forwards at the theta* ``stars`` (batch statistics), and the recorder's row with one row
+    per theta* and the gradient columns. :func:`time_steps` and the transformer suite's plan time
+    their runs with it."""
     import torch
     import torch.nn.functional as F
 
     from gamma_theory import PathRecorder
     from gamma_theory.flat import FlatParams
 
-    from .env import deterministic
-    from .measure import batch_stats_only, flat_model
-    from .models import build_model
+    from .measure import batch_stats_only
 
-    dev = torch.device(device)
+    dev = x.device
 
     def sync():
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
+    _, rows = FlatParams.like(stars)
+    rec = PathRecorder(fp, rows, lr, record_grad=True)
+    t = {"train": 0.0, "forward": 0.0, "record": 0.0}
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        loss = F.cross_entropy(m(x), y)
+        fp.zero_grad()
+        loss.backward()
+        rec.capture_grad()
+        opt.step()
+        sync()
+        t1 = time.perf_counter()
+        ls = []
+        for star in stars:
+            with torch.no_grad(), batch_stats_only(star):
+                ls.append(F.cross_entropy(star(x), y))
+        sync()
+        t2 = time.perf_counter()
+        row = rec.row(loss.detach(), ls)
+        sync()
+        t3 = time.perf_counter()
+        rec.push(row)
+        if i:  # the first step of each is a warm-up
+            t["train"] += t1 - t0
+            t["forward"] += t2 - t1
+            t["record"] += t3 - t2
+    return {k: 1e3 * v / steps for k, v in t.items()}
+
+
+def time_steps(network: str, width: float, batch_size: int, device: str = "cpu", steps: int = 2) -> StepCosts:
+    """Time a few steps here, at the runner's settings: a deterministic training step with flat
+    buffers, a forward at a theta*, and the recorder's row (one theta*, gradient columns); after
+    one untimed step of each (:func:`time_parts`). Random CIFAR-shaped data."""
+    import torch
+
+    from .env import deterministic
+    from .measure import flat_model
+    from .models import build_model
+
+    dev = torch.device(device)
     with deterministic(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         cl = dev.type == "cuda"
@@ -185,36 +225,12 @@ def time_steps(network: str, width: float, batch_size: int, device: str = "cpu",
         if cl:
             m, star = m.to(memory_format=torch.channels_last), star.to(memory_format=torch.channels_last)
         fp = flat_model(m)
-        _, rows = FlatParams.like([star])
         opt = torch.optim.SGD(m.parameters(), lr=0.01)
-        rec = PathRecorder(fp, rows, 0.01, record_grad=True)
         x = torch.randn(batch_size, 3, 32, 32, device=dev)
         if cl:
             x = x.to(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (batch_size,), device=dev)
-        t = {"train": 0.0, "forward": 0.0, "record": 0.0}
-        for i in range(steps + 1):
-            t0 = time.perf_counter()
-            loss = F.cross_entropy(m(x), y)
-            fp.zero_grad()
-            loss.backward()
-            rec.capture_grad()
-            opt.step()
-            sync()
-            t1 = time.perf_counter()
-            with torch.no_grad(), batch_stats_only(star):
-                ls = F.cross_entropy(star(x), y)
-            sync()
-            t2 = time.perf_counter()
-            row = rec.row(loss.detach(), [ls])
-            sync()
-            t3 = time.perf_counter()
-            rec.push(row)
-            if i:  # the first step of each is a warm-up
-                t["train"] += t1 - t0
-                t["forward"] += t2 - t1
-                t["record"] += t3 - t2
-    ms = {k: 1e3 * v / steps for k, v in t.items()}
+        ms = time_parts(m, fp, opt, [star], x, y, 0.01, steps)
     return StepCosts(ms["train"], ms["forward"], ms["record"] / 3,
                      f"timed here ({steps} steps of each part, eager)", True)
 

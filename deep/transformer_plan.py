@@ -79,55 +79,28 @@ def measured_runs(roots) -> list[dict]:
 
 
 def time_steps(c, device: str = "cpu", steps: int = 3) -> tuple[float, float]:
-    """(pass 1, pass 2) ms/step of config ``c`` timed here on ``device``: a deterministic training
-    step of the run's model and optimizer on a batch of its task (flat buffers), and the same step
-    with :data:`STARS` forwards at a theta* and the recorder's row; one untimed step first."""
+    """(pass 1, pass 2) ms/step of config ``c`` timed here on ``device`` with
+    :func:`deep.plan.time_parts`: a deterministic training step of the run's model and optimizer
+    on a batch of its task (flat buffers), and that step plus :data:`STARS` forwards at a theta* and
+    the recorder's row; one untimed step first."""
     import torch
-    import torch.nn.functional as F
-
-    from gamma_theory import PathRecorder
-    from gamma_theory.flat import FlatParams
 
     from .algorithmic import modular_addition
     from .env import deterministic
+    from .plan import time_parts
     from .step import flat_model
     from .transformer_suite import _optimizer, model_fn
 
     dev = torch.device(device)
-
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
     task = modular_addition(p=c.p, train_fraction=c.train_fraction, seed=0)
     with deterministic(), torch.random.fork_rng(devices=[]):
         m = model_fn(c, task, 0)().to(dev)
         stars = [model_fn(c, task, 1 + i)().to(dev) for i in range(STARS)]
         fp = flat_model(m)
-        _, rows = FlatParams.like(stars)
         opt = _optimizer(c)(m.parameters())
-        rec = PathRecorder(fp, rows, c.lr, record_grad=True)
         n = min(c.batch_size, len(task.y_train))
-        x, y = task.x_train[:n].to(dev), task.y_train[:n].to(dev)
-        t1 = t2 = 0.0
-        for i in range(steps + 1):
-            t0 = time.perf_counter()
-            loss = F.cross_entropy(m(x), y)
-            fp.zero_grad()
-            loss.backward()
-            rec.capture_grad()
-            opt.step()
-            sync()
-            ta = time.perf_counter()
-            with torch.no_grad():
-                ls = [F.cross_entropy(s(x), y) for s in stars]
-            rec.push(rec.row(loss.detach(), ls))
-            sync()
-            tb = time.perf_counter()
-            if i:
-                t1 += ta - t0
-                t2 += tb - t0
-    return 1e3 * t1 / steps, 1e3 * t2 / steps
+        ms = time_parts(m, fp, opt, stars, task.x_train[:n].to(dev), task.y_train[:n].to(dev), c.lr, steps)
+    return ms["train"], ms["train"] + ms["forward"] + ms["record"]
 
 
 def _here(device: str) -> bool:
@@ -158,13 +131,14 @@ def plan(preset: str, seeds: int | None, out_root: str | Path, device: str = "cp
     here = _here(device)
     name = _device_name(device) if here else str(device)
     roots = [Path(out_root)] + ([committed] if committed is not None and Path(committed) != Path(out_root) else [])
-    found = [m for m in measured_runs(roots) if m["device_name"] == name]
+    runs = measured_runs(roots)
+    found = [m for m in runs if m["device_name"] == name]
     timed: dict[tuple, tuple[float, str]] = {}
     planned = []
     for seed in range(n_seeds):
         for vname, change in ps.variants:
             c = replace(ps.base, **change)
-            spec = c.spec() | {"layers": c.layers}
+            spec = c.spec()  # without "layers" when 1, as _shape reads it
             run = f"{vname}-s{seed}"
             n_train = len(modular_addition(p=c.p, train_fraction=c.train_fraction, seed=seed).y_train)
             steps = c.epochs * math.ceil(n_train / c.batch_size)
@@ -186,12 +160,12 @@ def plan(preset: str, seeds: int | None, out_root: str | Path, device: str = "cp
             planned.append(PlannedRun(run, c.epochs, steps, ms, src, done))
     note = ""
     if not here:
-        cpu_ms = None
-        cpu = [m["ms"] for m in measured_runs(roots) if _shape(m["spec"]) == _shape(ps.base.spec() | {"layers": ps.base.layers})]
+        cpu_name = _device_name("cpu")
+        cpu = [m["ms"] for m in runs if m["device_name"] == cpu_name and _shape(m["spec"]) == _shape(ps.base.spec())]
         cpu_ms = statistics.median(cpu) if cpu else sum(timer(ps.base, "cpu"))
         steps = sum(p.steps for p in planned if not p.done)
         note = (f"{device} is not on this machine and no finished run measured on one was found, so there is no "
-                f"estimate for it; on this machine's CPU ({_device_name('cpu')}) the runs left would take about "
+                f"estimate for it; on this machine's CPU ({cpu_name}) the runs left would take about "
                 f"{steps * cpu_ms / 3.6e6:.1f} hours ({cpu_ms:.1f} ms/step, the base variant)")
     return planned, name, note
 
