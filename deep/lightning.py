@@ -99,7 +99,7 @@ from .fingerprint import plain_value, qualname, sha_text, differences
 from .folder import IDENTITY_RTOL
 from .losses import Loss, as_loss, outputs
 from .state import load_state, save_state
-from .step import batch_stats_only, flat_model
+from .step import batch_stats_only, flat_model, rng_state, set_rng_state
 
 DEFAULT_LOSS = outputs(F.cross_entropy, "F.cross_entropy")
 
@@ -170,27 +170,23 @@ def _largest_deviation(params, ref: dict, names) -> float:
 
 
 #: what MeasurePath's part of a Lightning checkpoint is marked with, and its layout's version
-WRITTEN_BY, CHECKPOINT_FORMAT = "deep.lightning.MeasurePath", 1
+WRITTEN_BY, CHECKPOINT_FORMAT = "deep.lightning.MeasurePath", 2  # 2: torch's states as deep.step.rng_state writes them
 
 
 def _rng_states(device: torch.device) -> dict:
-    """torch's CPU generator (and ``device``'s on CUDA), numpy's and Python's ``random`` states,
-    in types ``torch.load(weights_only=True)`` reads back (Lightning loads checkpoints so)."""
+    """torch's generators (:func:`deep.step.rng_state`: the CPU's, and ``device``'s on CUDA), and
+    numpy's and Python's ``random`` states (Lightning's ``seed_everything`` seeds them too), in types
+    ``torch.load(weights_only=True)`` reads back (Lightning loads checkpoints so)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
     version, state, gauss = random.getstate()
-    out = {"torch": torch.get_rng_state(),
-           "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                     "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-           "python": {"version": int(version), "state": [int(x) for x in state], "gauss": gauss}}
-    if device.type == "cuda":
-        out["cuda"] = torch.cuda.get_rng_state(device)
-    return out
+    return {"torch": rng_state(device),
+            "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "python": {"version": int(version), "state": [int(x) for x in state], "gauss": gauss}}
 
 
 def _set_rng_states(states: dict, device: torch.device) -> None:
-    torch.set_rng_state(states["torch"])
-    if device.type == "cuda" and "cuda" in states:
-        torch.cuda.set_rng_state(states["cuda"], device)
+    set_rng_state(states["torch"], device)
     n = states["numpy"]
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
                          n["cached_gaussian"]))
